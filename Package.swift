@@ -1,0 +1,67 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "cevm",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cevm", targets: ["cevm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+    ],
+    targets: [
+        // Thin executable: everything lives in CEVMCommands.
+        .executableTarget(name: "cevm", dependencies: ["CEVMCommands"], swiftSettings: strict),
+
+        // C macros Swift cannot import (CPU_SET, posix_spawn flags).
+        .target(name: "CSystemShims"),
+        // Syscall wrappers: spawn, wait, signals, affinity, durable files.
+        .target(name: "CEVMSystem", dependencies: ["CSystemShims"], swiftSettings: strict),
+        // QEMU Machine Protocol client over a Unix socket.
+        .target(
+            name: "QMP",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
+        // One QEMU process: argv, spawn, QMP session, pinning, teardown, KVM probe.
+        .target(name: "QEMU", dependencies: ["QMP", "CEVMSystem"], swiftSettings: strict),
+        // $CEVM_HOME layout, VM names, specs and status files.
+        .target(name: "VMStore", dependencies: ["CEVMSystem"], swiftSettings: strict),
+        // The per-VM supervisor: owns the instance, console log, control socket.
+        .target(
+            name: "Supervisor",
+            dependencies: [
+                "QEMU", "VMStore", "CEVMSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
+        // The seed's integration and AccessDisk protocols as pure state machines.
+        .target(name: "DiskIntegration", exclude: ["README.md"], swiftSettings: strict),
+        // Command-line commands, one file per subcommand.
+        .target(
+            name: "CEVMCommands",
+            dependencies: [
+                "Supervisor", "QEMU", "VMStore", "CEVMSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "CEVMSystemTests", dependencies: ["CEVMSystem"], swiftSettings: strict),
+        .testTarget(
+            name: "QMPTests",
+            dependencies: ["QMP", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: strict),
+        .testTarget(name: "QEMUTests", dependencies: ["QEMU"], swiftSettings: strict),
+        .testTarget(name: "VMStoreTests", dependencies: ["VMStore"], swiftSettings: strict),
+        .testTarget(name: "DiskIntegrationTests", dependencies: ["DiskIntegration"], swiftSettings: strict),
+        .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore"], swiftSettings: strict),
+    ]
+)

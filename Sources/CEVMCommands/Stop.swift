@@ -1,0 +1,77 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CEVMSystem
+import Foundation
+import Supervisor
+import VMStore
+
+struct Stop: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stop a VM: its QEMU gets SIGTERM, then SIGKILL; its supervisor exits.")
+
+    @Argument(help: "The VM's name.") var name: String
+
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        try await Output.reporting {
+            let name = try parseName(name)
+            let paths = common.home.vm(name)
+            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            if paths.supervisorAlive {
+                Output.progress("\(name): stopping…")
+                _ = try await ControlClient.send(.stop, to: paths, name: name)
+                let deadline = ContinuousClock.now + .seconds(60)
+                while paths.supervisorAlive {
+                    if ContinuousClock.now > deadline { throw SupervisorError.controlFailed(name, "still running 60 s after stop") }
+                    try await Task.sleep(for: .milliseconds(50))
+                }
+            } else if let status = paths.readStatus(), status.state.isLive, let pid = status.qemuPID,
+                Self.isQEMU(pid: pid, of: paths)
+            {
+                // The supervisor died and left its QEMU behind: end it here.
+                kill(pid, SIGTERM)
+                var status = status
+                status.state = .stopped
+                status.exitReason = "QEMU pid \(pid) ended by `cevm stop` after its supervisor was lost"
+                status.qemuPID = nil
+                try paths.writeStatus(status)
+            } else {
+                throw SupervisorError.notRunning(name)
+            }
+            Output.endProgress()
+            let status = paths.readStatus()
+            if common.json { return try Output.json(status) }
+            Output.line("\(name) stopped\(status?.exitReason.map { ": \($0)" } ?? "")")
+        }
+    }
+
+    /// True when `pid` is a QEMU of this VM (its command line names the VM's
+    /// run directory), so a recycled pid is never signalled.
+    static func isQEMU(pid: Int32, of paths: VMPaths) -> Bool {
+        guard let cmdline = try? Files.read("/proc/\(pid)/cmdline") else { return false }
+        return String(decoding: cmdline, as: UTF8.self).contains(paths.runDirectory)
+    }
+}
+
+struct Remove: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a stopped VM and all its files.")
+
+    @Argument(help: "The VM's name.") var name: String
+
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        try await Output.reporting {
+            let name = try parseName(name)
+            let paths = common.home.vm(name)
+            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            if paths.supervisorAlive { throw CLIError("VM '\(name)' is running: `cevm stop \(name)` first") }
+            try FileManager.default.removeItem(atPath: paths.directory)
+            if common.json { return try Output.json(["removed": name.value]) }
+            Output.line("\(name) removed")
+        }
+    }
+}

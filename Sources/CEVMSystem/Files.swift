@@ -1,0 +1,135 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Small file-system operations with the durability cevm needs.
+public enum Files {
+    /// mkdir(2) with `mode`, creating parents; an existing directory is
+    /// accepted and its mode set to `mode` (chmod(2)).
+    public static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws {
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            prefix += "/" + component
+            if mkdir(prefix, mode) != 0 && errno != EEXIST {
+                throw SystemError("mkdir", errno: errno, subject: prefix)
+            }
+        }
+        if chmod(path, mode) != 0 { throw SystemError("chmod", errno: errno, subject: path) }
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// Reads a whole file (bounded by `limit` bytes).
+    public static func read(_ path: String, limit: Int = 64 << 20) throws -> [UInt8] {
+        let fd = try retryingEINTR("open", subject: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = try chunk.withUnsafeMutableBytes { buf in
+                try retryingEINTR("read", subject: path) { Glibc.read(fd, buf.baseAddress, buf.count) }
+            }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+            if out.count > limit {
+                throw SystemError("read", errno: EFBIG, subject: "\(path) (over \(limit) bytes)")
+            }
+        }
+        return out
+    }
+
+    public static func readString(_ path: String, limit: Int = 64 << 20) throws -> String {
+        String(decoding: try read(path, limit: limit), as: UTF8.self)
+    }
+
+    /// Writes all of `bytes` to `fd`, retrying short writes and EINTR.
+    public static func writeAll(_ fd: Int32, _ bytes: some Collection<UInt8>, subject: String? = nil) throws {
+        let array = Array(bytes)
+        var offset = 0
+        while offset < array.count {
+            let n = try array.withUnsafeBytes { buf in
+                try retryingEINTR("write", subject: subject) {
+                    Glibc.write(fd, buf.baseAddress.map { $0 + offset }, buf.count - offset)
+                }
+            }
+            offset += n
+        }
+    }
+
+    /// fsync(2) of a path (a file or a directory).
+    public static func fsync(path: String) throws {
+        let fd = try retryingEINTR("open", subject: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        try retryingEINTR("fsync", subject: path) { Glibc.fsync(fd) }
+    }
+
+    /// Replaces `path` atomically and durably: writes a temporary name in the
+    /// same directory, fsyncs it, renames it over `path`, fsyncs the directory.
+    /// A crash leaves either the old content or the new, never a mix.
+    public static func writeAtomically(_ bytes: some Collection<UInt8>, to path: String, mode: mode_t = 0o600) throws {
+        let directory = parent(of: path)
+        let temporary = "\(path).tmp-\(getpid())"
+        let fd = try retryingEINTR("open", subject: temporary) {
+            open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        }
+        do {
+            try writeAll(fd, bytes, subject: temporary)
+            try retryingEINTR("fsync", subject: temporary) { Glibc.fsync(fd) }
+            close(fd)
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        if rename(temporary, path) != 0 {
+            let code = errno
+            unlink(temporary)
+            throw SystemError("rename", errno: code, subject: "\(temporary) -> \(path)")
+        }
+        try fsync(path: directory)
+    }
+
+    /// Appends to a file opened O_APPEND, creating it with `mode`.
+    public static func openForAppend(_ path: String, mode: mode_t = 0o600) throws -> Int32 {
+        try retryingEINTR("open", subject: path) { open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, mode) }
+    }
+
+    public static func remove(_ path: String) {
+        unlink(path)
+    }
+
+    /// Names in a directory, without "." and "..", sorted.
+    public static func list(_ path: String) throws -> [String] {
+        guard let dir = opendir(path) else { throw SystemError("opendir", errno: errno, subject: path) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafePointer(to: entry.pointee.d_name) {
+                $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    public static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        if slash == path.startIndex { return "/" }
+        return String(path[..<slash])
+    }
+
+    /// stat(2) size in bytes.
+    public static func size(_ path: String) throws -> Int64 {
+        var st = stat()
+        if stat(path, &st) != 0 { throw SystemError("stat", errno: errno, subject: path) }
+        return Int64(st.st_size)
+    }
+}

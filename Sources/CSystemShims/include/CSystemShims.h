@@ -1,0 +1,21 @@
+#ifndef CEVM_SYSTEM_SHIMS_H
+#define CEVM_SYSTEM_SHIMS_H
+
+#include <spawn.h>
+#include <sys/types.h>
+
+/// sched_setaffinity(2) for one thread id, with the CPU list given as an
+/// array (CPU_SET is a macro Swift cannot import). Returns 0 or -1 with errno.
+int cevm_set_affinity(pid_t tid, const int *cpus, int count);
+
+/// sched_getaffinity(2): writes up to `max` CPU numbers into `out`, returns
+/// how many, or -1 with errno.
+int cevm_get_affinity(pid_t tid, int *out, int max);
+
+/// The POSIX_SPAWN_SETSID flag of glibc (a macro behind _GNU_SOURCE).
+short cevm_posix_spawn_setsid_flag(void);
+
+/// posix_spawn_file_actions_addclosefrom_np(3): close every descriptor >= from.
+int cevm_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
+
+#endif

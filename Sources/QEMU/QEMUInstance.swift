@@ -1,0 +1,227 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import Foundation
+import QMP
+import Synchronization
+
+/// Why an instance ended: the process's own status, plus what QEMU said on
+/// QMP before it went (a SHUTDOWN event names guest power-off or reset).
+public struct ExitReason: Sendable, Equatable, Codable, CustomStringConvertible {
+    public var status: ExitStatus
+    /// SHUTDOWN's `reason` ("guest-shutdown", "guest-reset", "host-signal", "host-qmp-quit", ...).
+    public var shutdownReason: String?
+    /// True when the guest asked for it (SHUTDOWN's `guest`).
+    public var byGuest: Bool
+    /// True when cevm asked for it (stop, teardown).
+    public var requested: Bool
+
+    public var description: String {
+        var parts: [String] = []
+        if let shutdownReason {
+            switch shutdownReason {
+            case "guest-shutdown": parts.append("the guest powered off")
+            case "guest-reset": parts.append("the guest rebooted (instances run with -no-reboot)")
+            case "guest-panic": parts.append("the guest panicked")
+            default: parts.append("QEMU shut down (\(shutdownReason))")
+            }
+        } else if requested {
+            parts.append("stopped on request")
+        }
+        parts.append("QEMU \(status)")
+        return parts.joined(separator: "; ")
+    }
+}
+
+/// One QEMU process and everything that belongs to it: its QMP session, its
+/// console pipe, its threads' placement, its end. The instance is the only
+/// owner of the process; `stop` is idempotent.
+///
+/// Lifecycle: `launch` spawns QEMU paused (`-S`), waits for its QMP socket,
+/// pins every thread, and (unless the config is `incoming`) lets the guest
+/// run. Console bytes go to the `console` callback from a reader thread.
+public final class QEMUInstance: Sendable {
+    public let config: InstanceConfig
+    public let process: ChildProcess
+    public let qmp: QMPClient
+    public let stderrLog: String
+    private let state: Mutex<State>
+
+    private struct State {
+        var shutdownReason: String?
+        var shutdownByGuest = false
+        var stopRequested = false
+        var cpuset: CPUSet?
+    }
+
+    public var pid: pid_t { process.pid }
+    public var qemuVersion: String { qmp.greeting.versionString }
+    public var cpuset: CPUSet? { state.withLock { $0.cpuset } }
+
+    private init(config: InstanceConfig, process: ChildProcess, qmp: QMPClient, stderrLog: String) {
+        self.config = config
+        self.process = process
+        self.qmp = qmp
+        self.stderrLog = stderrLog
+        self.state = Mutex(State())
+    }
+
+    /// Starts QEMU for `config`.
+    /// - Parameters:
+    ///   - stderrLog: QEMU's stderr is appended there; its tail explains early exits.
+    ///   - console: receives the guest's serial output as it arrives (on a reader thread).
+    ///   - cpuset: every thread of the process is pinned there before the guest runs.
+    ///   - startTimeout: how long QEMU may take to open its QMP socket.
+    public static func launch(
+        _ config: InstanceConfig,
+        binary: String = QEMUCommandLine.defaultBinary,
+        stderrLog: String,
+        cpuset: CPUSet? = nil,
+        startTimeout: Duration = .seconds(30),
+        console: @escaping @Sendable ([UInt8]) -> Void
+    ) async throws -> QEMUInstance {
+        guard Executables.find(binary) != nil else { throw QEMUError.qemuMissing(binary: binary) }
+        unlink(config.qmpSocket)
+        var pipeFDs: [Int32] = [-1, -1]
+        if pipe(&pipeFDs) != 0 { throw SystemError("pipe", errno: errno) }
+        for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+        let child: ChildProcess
+        do {
+            child = try ChildProcess.spawn(
+                binary, arguments: QEMUCommandLine.arguments(for: config),
+                stdin: .null, stdout: .descriptor(pipeFDs[1]), stderr: .appendFile(stderrLog))
+        } catch {
+            close(pipeFDs[0])
+            close(pipeFDs[1])
+            throw error
+        }
+        close(pipeFDs[1])
+        startConsoleReader(fd: pipeFDs[0], console: console)
+
+        let client: QMPClient
+        do {
+            client = try await connectQMP(config.qmpSocket, child: child, timeout: startTimeout, stderrLog: stderrLog)
+        } catch {
+            await child.terminate(grace: .seconds(2))
+            throw error
+        }
+        let instance = QEMUInstance(config: config, process: child, qmp: client, stderrLog: stderrLog)
+        instance.watchEvents()
+        do {
+            // QMP socket mode: 0600 (the run directory is 0700 as well).
+            chmod(config.qmpSocket, 0o600)
+            if let cpuset { try instance.pin(to: cpuset) }
+            if !config.incoming { try await instance.resume() }
+        } catch {
+            await instance.stop()
+            throw error
+        }
+        return instance
+    }
+
+    /// Connects to QMP, retrying while QEMU creates its socket; fails at once
+    /// if QEMU exits first.
+    private static func connectQMP(_ path: String, child: ChildProcess, timeout: Duration, stderrLog: String) async throws -> QMPClient {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            if let status = child.exitStatus {
+                throw QEMUError.exitedAtStart(status: status, stderr: tail(of: stderrLog))
+            }
+            if Files.exists(path) {
+                do { return try await QMPClient.connect(unixSocketPath: path, timeout: .seconds(10)) } catch QMPError.connectionFailed {
+                    // the socket exists but does not accept yet
+                }
+            }
+            if ContinuousClock.now >= deadline {
+                throw QEMUError.startTimedOut(seconds: Double(timeout.components.seconds), stderr: tail(of: stderrLog))
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    private static func startConsoleReader(fd: Int32, console: @escaping @Sendable ([UInt8]) -> Void) {
+        let thread = Thread {
+            var buffer = [UInt8](repeating: 0, count: 16384)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                if n > 0 {
+                    console(Array(buffer[0..<n]))
+                } else if n == 0 || errno != EINTR {
+                    break
+                }
+            }
+            close(fd)
+        }
+        thread.start()
+    }
+
+    private func watchEvents() {
+        let events = qmp.events()
+        Task { [weak self] in
+            for await event in events where event.name == "SHUTDOWN" {
+                self?.state.withLock { state in
+                    state.shutdownReason = event.data["reason"]?.stringValue
+                    state.shutdownByGuest = event.data["guest"]?.boolValue ?? false
+                }
+            }
+        }
+    }
+
+    /// Pins every thread of the process (vCPUs, I/O, main loop) to `cpuset`.
+    @discardableResult
+    public func pin(to cpuset: CPUSet) throws -> [pid_t] {
+        let threads = try Affinity.pin(process: pid, to: cpuset)
+        state.withLock { $0.cpuset = cpuset }
+        return threads
+    }
+
+    /// QMP `cont`.
+    public func resume() async throws {
+        do { _ = try await qmp.execute("cont") } catch let error as QMPError { throw QEMUError.qmp(error) }
+    }
+
+    /// The vCPU thread ids from QMP `query-cpus-fast`.
+    public func vcpuThreads() async throws -> [pid_t] {
+        let reply: JSONValue
+        do { reply = try await qmp.execute("query-cpus-fast") } catch let error as QMPError { throw QEMUError.qmp(error) }
+        return (reply.arrayValue ?? []).compactMap { $0["thread-id"]?.intValue.map { pid_t($0) } }
+    }
+
+    /// QMP `query-status`'s status ("running", "paused", "postmigrate", "inmigrate", ...).
+    public func runState() async throws -> String {
+        do { return try await qmp.execute("query-status")["status"]?.stringValue ?? "unknown" } catch let error as QMPError {
+            throw QEMUError.qmp(error)
+        }
+    }
+
+    /// Waits until the process ends by itself.
+    public func waitForExit() async -> ExitReason {
+        let status = await process.wait()
+        return reason(status)
+    }
+
+    /// Ends the process: SIGTERM, then SIGKILL after `grace`. Idempotent.
+    @discardableResult
+    public func stop(grace: Duration = .seconds(5)) async -> ExitReason {
+        state.withLock { $0.stopRequested = true }
+        let status = await process.terminate(grace: grace)
+        await qmp.close()
+        return reason(status)
+    }
+
+    /// The exit reason once the process has ended.
+    public var exitReason: ExitReason? { process.exitStatus.map(reason) }
+
+    private func reason(_ status: ExitStatus) -> ExitReason {
+        state.withLock {
+            ExitReason(status: status, shutdownReason: $0.shutdownReason, byGuest: $0.shutdownByGuest, requested: $0.stopRequested)
+        }
+    }
+
+    /// The last lines of a log file, for error messages.
+    public static func tail(of path: String, lines: Int = 5) -> String {
+        guard let text = try? Files.readString(path) else { return "" }
+        return text.split(separator: "\n").suffix(lines).joined(separator: "\n").trimmingSpaces()
+    }
+}

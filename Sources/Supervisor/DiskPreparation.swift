@@ -1,0 +1,21 @@
+import CEVMSystem
+import QEMU
+import VMStore
+
+/// A VM's disk is cevm's own qcow2 overlay T over a read-only base image B.
+/// QEMU opens B only as T's backing file, read-only; B is never written.
+enum DiskPreparation {
+    static func prepare(spec: VMSpec, paths: VMPaths) async throws -> InstanceConfig.Drive? {
+        guard let disk = spec.disk else { return nil }
+        if disk.createdByCEVM && !Files.exists(disk.base) {
+            try await QEMUImg.create(disk.base, sizeBytes: disk.sizeBytes)
+        }
+        guard Files.exists(disk.base) else {
+            throw SupervisorError.startFailed(spec.name, "base image \(disk.base) does not exist")
+        }
+        if !Files.exists(paths.overlay) {
+            try await QEMUImg.createOverlay(paths.overlay, backing: disk.base, backingFormat: disk.baseFormat)
+        }
+        return InstanceConfig.Drive(file: paths.overlay, format: "qcow2")
+    }
+}

@@ -1,0 +1,282 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import Dispatch
+import Foundation
+import QEMU
+import Synchronization
+import VMStore
+
+/// The per-VM supervisor: the one process that owns a VM's QEMU instance,
+/// its console log and its control socket, for as long as the VM runs.
+///
+/// It holds the VM's `lock` (flock) for its whole life, so a second
+/// supervisor of the same VM cannot start, and a crashed one leaves no
+/// stale lock. It records every change of state in `status.json`.
+public final class Supervisor: Sendable {
+    public struct Options: Sendable {
+        /// How long the guest must stay up after QEMU starts it before the
+        /// VM counts as running rather than dying at boot.
+        public var bootGrace: Duration = .seconds(3)
+        public var qemuBinary: String = QEMUCommandLine.defaultBinary
+        /// Called on every state change (for --foreground progress).
+        public var onStatus: (@Sendable (VMStatus) -> Void)?
+
+        public init() {}
+    }
+
+    public let home: Home
+    public let name: VMName
+    public let paths: VMPaths
+    let options: Options
+    private let inner: Mutex<Inner>
+    private let stopSignal = AsyncSignal()
+
+    private struct Inner {
+        var status: VMStatus
+        var instance: QEMUInstance?
+    }
+
+    init(home: Home, name: VMName, options: Options) {
+        self.home = home
+        self.name = name
+        self.paths = home.vm(name)
+        self.options = options
+        self.inner = Mutex(Inner(status: VMStatus(name: name, state: .starting)))
+    }
+
+    /// Runs the VM until it stops; returns the final status.
+    /// Throws `SupervisorError.alreadyRunning` when another supervisor owns it.
+    public static func run(home: Home, name: VMName, options: Options = Options()) async throws -> VMStatus {
+        let paths = home.vm(name)
+        guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+        guard let lock = try FileLock.tryAcquire(paths.lock) else {
+            throw SupervisorError.alreadyRunning(name, pid: paths.readStatus()?.supervisorPID)
+        }
+        let supervisor = Supervisor(home: home, name: name, options: options)
+        let result = await supervisor.supervise()
+        withExtendedLifetime(lock) {}
+        return result
+    }
+
+    public var status: VMStatus { inner.withLock { $0.status } }
+
+    private func update(_ change: (inout VMStatus) -> Void) {
+        let snapshot = inner.withLock { inner in
+            change(&inner.status)
+            inner.status.updatedAt = Timestamp.now()
+            return inner.status
+        }
+        try? paths.writeStatus(snapshot)
+        options.onStatus?(snapshot)
+    }
+
+    /// Asks the supervisor to stop its VM.
+    public func requestStop() { stopSignal.fire() }
+
+    private func supervise() async -> VMStatus {
+        update {
+            $0 = VMStatus(name: name, state: .starting)
+            $0.supervisorPID = getpid()
+        }
+        let signals = installSignalHandlers()
+        defer { signals.forEach { $0.cancel() } }
+
+        let control = Task {
+            try await ControlServer(path: paths.controlSocket) { [self] request in
+                switch request {
+                case .status:
+                    return ControlResponse(ok: true, status: status)
+                case .stop:
+                    requestStop()
+                    return ControlResponse(ok: true, status: status)
+                }
+            }.run(ready: {})
+        }
+        defer {
+            control.cancel()
+            unlink(paths.controlSocket)
+        }
+
+        do {
+            try await boot()
+        } catch {
+            update {
+                $0.state = .failed
+                $0.message = "\(error)"
+            }
+            return status
+        }
+        return await runUntilEnd()
+    }
+
+    private func boot() async throws {
+        try paths.checkSocketPaths()
+        let spec = try paths.readSpec()
+        try Files.makeDirectory(paths.runDirectory, mode: 0o700)
+        try Files.makeDirectory(paths.diskDirectory, mode: 0o700)
+        let drive = try await DiskPreparation.prepare(spec: spec, paths: paths)
+        let accel = try await resolveAccelerator(spec.accel)
+        let console = try ConsoleLog(path: paths.consoleLog)
+        let config = InstanceConfig(
+            name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine,
+            accel: accel.accelerator, boot: spec.boot.instanceBoot, drive: drive,
+            qmpSocket: paths.qmpSocket(instance: 0))
+        let instance = try await QEMUInstance.launch(
+            config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
+            cpuset: spec.cpuset, console: console.sink(instance: 0))
+        let vcpus = (try? await instance.vcpuThreads()) ?? []
+        inner.withLock { $0.instance = instance }
+        update {
+            $0.state = .booting
+            $0.qemuPID = instance.pid
+            $0.accel = "\(accel.accelerator.rawValue) (\(accel.reason))"
+            $0.cpuset = spec.cpuset?.description
+            $0.vcpuThreads = vcpus.map { Int32($0) }
+            $0.qemuVersion = instance.qemuVersion
+            $0.startedAt = Timestamp.now()
+            $0.exitReason = nil
+            $0.message = nil
+        }
+        // The boot grace: a guest that dies now died at boot.
+        let ended = await firstOf(instance: instance, within: options.bootGrace)
+        if let reason = ended {
+            console.finish(instance: 0)
+            let tail = Self.consoleTail(paths.consoleLog)
+            update {
+                $0.state = .failed
+                $0.exitReason = reason.description
+                $0.qemuPID = nil
+                $0.message = SupervisorError.diedAtBoot(name, reason: reason.description, console: tail).description
+            }
+            throw SupervisorError.diedAtBoot(name, reason: reason.description, console: tail)
+        }
+        update { $0.state = .running }
+    }
+
+    /// Waits for the instance to end, or for `duration` to pass (nil), or a
+    /// stop request (which stops the instance).
+    private func firstOf(instance: QEMUInstance, within duration: Duration?) async -> ExitReason? {
+        var contenders: [@Sendable () async -> ExitReason?] = [
+            { await instance.waitForExit() },
+            { [stopSignal] in
+                await stopSignal.wait()
+                return nil
+            },
+        ]
+        if let duration {
+            contenders.append {
+                try? await Task.sleep(for: duration)
+                return nil
+            }
+        }
+        let first = await race(contenders)
+        if first == nil && stopSignal.fired { return await stopInstance(instance) }
+        return first
+    }
+
+    private func stopInstance(_ instance: QEMUInstance) async -> ExitReason {
+        update { $0.state = .stopping }
+        return await instance.stop()
+    }
+
+    private func runUntilEnd() async -> VMStatus {
+        guard let instance = inner.withLock({ $0.instance }) else { return status }
+        var reason = await firstOf(instance: instance, within: nil)
+        if reason == nil { reason = await instance.waitForExit() }
+        guard let reason else { return status }
+        let byRequestOrGuest = reason.requested || reason.shutdownReason == "guest-shutdown"
+        update {
+            $0.state = byRequestOrGuest ? .stopped : .failed
+            $0.exitReason = reason.description
+            $0.qemuPID = nil
+            $0.vcpuThreads = []
+            if !byRequestOrGuest { $0.message = "the instance ended unexpectedly: \(reason)" }
+        }
+        return status
+    }
+
+    private func resolveAccelerator(_ choice: AccelChoice) async throws -> AccelProbe.Result {
+        switch choice {
+        case .tcg: return AccelProbe.Result(accelerator: .tcg, reason: "requested")
+        case .kvm:
+            _ = try await AccelProbe.require(.kvm, binary: options.qemuBinary)
+            return AccelProbe.Result(accelerator: .kvm, reason: "requested")
+        case .auto:
+            return await AccelProbe.resolveAuto(cacheDirectory: home.cacheDirectory, binary: options.qemuBinary)
+        }
+    }
+
+    private func installSignalHandlers() -> [DispatchSourceSignal] {
+        [SIGTERM, SIGINT, SIGHUP].map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number)
+            source.setEventHandler { [stopSignal] in stopSignal.fire() }
+            source.resume()
+            return source
+        }
+    }
+
+    static func consoleTail(_ path: String, lines: Int = 10) -> String {
+        guard let text = try? Files.readString(path) else { return "" }
+        return text.split(separator: "\n").suffix(lines).map { ConsoleLog.parse($0).text }.joined(separator: "\n")
+    }
+}
+
+extension VMSpec.Boot {
+    var instanceBoot: InstanceConfig.Boot {
+        switch self {
+        case .kernel(let kernel, let initrd, let append): return .kernel(kernel: kernel, initrd: initrd, append: append)
+        case .disk: return .disk
+        }
+    }
+}
+
+/// The result of whichever operation finishes first. The others are left to
+/// finish on their own (they must be harmless to leave running: waits that
+/// end with the process or the signal they wait for).
+func race<T: Sendable>(_ operations: [@Sendable () async -> T]) async -> T {
+    await withCheckedContinuation { continuation in
+        let resumed = AsyncSignal()
+        for operation in operations {
+            Task {
+                let value = await operation()
+                if resumed.fireFirst() { continuation.resume(returning: value) }
+            }
+        }
+    }
+}
+
+/// A one-shot signal many tasks can wait for.
+final class AsyncSignal: Sendable {
+    private let state = Mutex<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    var fired: Bool { state.withLock { $0.fired } }
+
+    func fire() { fireFirst() }
+
+    /// Fires; true for the one call that fired it.
+    @discardableResult
+    func fireFirst() -> Bool {
+        let (first, waiters) = state.withLock { state -> (Bool, [CheckedContinuation<Void, Never>]) in
+            if state.fired { return (false, []) }
+            state.fired = true
+            defer { state.waiters = [] }
+            return (true, state.waiters)
+        }
+        waiters.forEach { $0.resume() }
+        return first
+    }
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> Bool in
+                if state.fired { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import CEVMSystem
+
+/// Which accelerator QEMU uses. `auto` probes KVM with a tiny guest and
+/// falls back to TCG when KVM does not run it.
+public enum AccelChoice: String, Codable, Sendable, CaseIterable {
+    case auto, kvm, tcg
+}
+
+/// What a VM is: everything needed to start an instance of it again.
+/// Stored as `spec.json` in the VM's directory.
+public struct VMSpec: Codable, Sendable, Equatable {
+    public var name: VMName
+    public var memoryMiB: Int
+    public var vcpus: Int
+    /// Host CPUs the instance's threads are pinned to; nil = not pinned.
+    public var cpuset: CPUSet?
+    public var accel: AccelChoice
+    public var machine: String
+    public var boot: Boot
+    public var disk: Disk?
+    /// True when the VM runs the bundled guest.
+    public var bundledGuest: Bool
+    public var createdAt: String
+
+    public enum Boot: Codable, Sendable, Equatable {
+        /// Direct kernel boot.
+        case kernel(kernel: String, initrd: String?, append: String)
+        /// Boot from the disk (its boot loader).
+        case disk
+    }
+
+    /// The VM's disk: a read-only base image B under cevm's own overlay.
+    public struct Disk: Codable, Sendable, Equatable {
+        /// Absolute path of the base image.
+        public var base: String
+        /// Format of the base image as qemu-img reports it ("qcow2", "raw").
+        public var baseFormat: String
+        /// Virtual size in bytes.
+        public var sizeBytes: Int64
+        /// True when cevm created the base (an empty disk of `--disk-size`).
+        public var createdByCEVM: Bool
+
+        public init(base: String, baseFormat: String, sizeBytes: Int64, createdByCEVM: Bool) {
+            self.base = base
+            self.baseFormat = baseFormat
+            self.sizeBytes = sizeBytes
+            self.createdByCEVM = createdByCEVM
+        }
+    }
+
+    public init(
+        name: VMName, memoryMiB: Int, vcpus: Int, cpuset: CPUSet?, accel: AccelChoice, machine: String,
+        boot: Boot, disk: Disk?, bundledGuest: Bool, createdAt: String = Timestamp.now()
+    ) {
+        self.name = name
+        self.memoryMiB = memoryMiB
+        self.vcpus = vcpus
+        self.cpuset = cpuset
+        self.accel = accel
+        self.machine = machine
+        self.boot = boot
+        self.disk = disk
+        self.bundledGuest = bundledGuest
+        self.createdAt = createdAt
+    }
+}

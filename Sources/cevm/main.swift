@@ -1,0 +1,3 @@
+import CEVMCommands
+
+await CEVM.launch()

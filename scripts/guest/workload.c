@@ -1,0 +1,618 @@
+/*
+ * cevm-workload: the bundled guest's workload (runs as PID 1).
+ *
+ * It keeps a memory working set and a ring of disk records whose contents are
+ * deterministic functions of a tick counter, and verifies them every tick, so
+ * that a VM that was migrated, checkpointed or restored can prove that its
+ * memory and disk are consistent with each other and with its past.
+ *
+ * Parameters come from /proc/cmdline (the last occurrence of a key wins):
+ *   cevm.mem=MiB cevm.pages=N cevm.disk=N cevm.tick=MS cevm.verify=N cevm.job=N
+ * Console lines (exact formats, see Docs/guest.md):
+ *   cevm-workload start mem=<MiB> pages=<n> disk=<n> tick=<ms> verify=<n> job=<units>
+ *   cevm-tick counter=<c> sum=<16 hex> mem=<ok|BAD> disk=<ok|BAD|off>
+ *   cevm-error ...
+ *   cevm-job done=<units> total=<N> rate=<x.y>
+ *   cevm-job complete units=<N> seconds=<s.mmm>
+ *
+ * Build: gcc -static -O2 -o cevm-workload workload.c
+ * Outside the guest (pid != 1) the environment variables CEVM_CMDLINE (used
+ * instead of /proc/cmdline) and CEVM_DISK (used instead of /dev/vda, may be a
+ * regular file) help testing; the program then exits instead of powering off.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/fs.h>
+#include <linux/reboot.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096u
+#define WORDS (PAGE / 8u)
+#define MAX_SLOTS 4096u          /* ring cap: 16 MiB of records */
+#define MAX_ERR_LINES 8          /* per category and tick */
+
+#define HDR_MAGIC UINT64_C(0x314b53444d564543) /* "CEVMDSK1" little endian */
+#define REC_MAGIC UINT64_C(0x3143455244564543) /* "CEVDREC1" */
+#define HDR_VERSION 1u
+
+/* Record layout (4096 bytes, little-endian u64 words):
+ *   w[0] magic  w[1] tick  w[2] j  w[3] slot  w[4..510] filler(tick,j,i)
+ *   w[511] checksum = csum(w[0..510])
+ * Header (slot -1, byte offset 0):
+ *   w[0] magic  w[1] version  w[2] nslots  w[3..510] 0  w[511] checksum
+ * Slot s lives at byte offset 4096 * (1 + s). */
+
+static int pid1;
+static int con = 1;
+
+/* ---------- output ---------- */
+
+static void out(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void out(const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if (n > (int)sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    const char *p = buf;
+    while (n > 0) { /* one write per line: lines are never split by us */
+        ssize_t w = write(con, p, (size_t)n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return;
+        }
+        p += w;
+        n -= (int)w;
+    }
+}
+
+static void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void fatal(const char *fmt, ...)
+{
+    char buf[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    out("cevm-error fatal %s", buf);
+    if (!pid1)
+        exit(1);
+    for (;;) /* PID 1 never exits */
+        sleep(3600);
+}
+
+/* ---------- hashing ---------- */
+
+static inline uint64_t mix64(uint64_t z)
+{
+    z += UINT64_C(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return z ^ (z >> 31);
+}
+
+/* seed of page p at version v; also its contribution to the digest */
+static inline uint64_t page_seed(uint64_t p, uint64_t v)
+{
+    return mix64(p * UINT64_C(0xd1b54a32d192ed03) ^ mix64(v ^ UINT64_C(0x632be59bd9b4e019)));
+}
+
+static inline uint64_t page_word(uint64_t seed, uint64_t i)
+{
+    return seed ^ (i * UINT64_C(0x9e3779b97f4a7c15));
+}
+
+/* j-th page chosen at tick c */
+static inline uint64_t pick_page(uint64_t c, uint64_t j, uint64_t npages)
+{
+    return mix64(c * UINT64_C(0xa0761d6478bd642f) ^ mix64(j + UINT64_C(0xe7037ed1a0b428db))) % npages;
+}
+
+static uint64_t csum(const uint64_t *w, unsigned n)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    for (unsigned i = 0; i < n; i++)
+        h = mix64(h ^ w[i]) + i;
+    return h;
+}
+
+/* ---------- parameters ---------- */
+
+struct params {
+    uint64_t mem, pages, disk, tick, verify, job;
+};
+
+static void parse_cmdline(const char *s, struct params *P)
+{
+    static const char *const keys[] = {"cevm.mem=", "cevm.pages=", "cevm.disk=",
+                                       "cevm.tick=", "cevm.verify=", "cevm.job="};
+    uint64_t *dst[] = {&P->mem, &P->pages, &P->disk, &P->tick, &P->verify, &P->job};
+    while (*s) {
+        while (*s == ' ' || *s == '\t' || *s == '\n')
+            s++;
+        if (!*s)
+            break;
+        const char *e = s;
+        while (*e && *e != ' ' && *e != '\t' && *e != '\n')
+            e++;
+        for (unsigned k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+            size_t kl = strlen(keys[k]);
+            if ((size_t)(e - s) > kl && strncmp(s, keys[k], kl) == 0) {
+                char num[32];
+                size_t nl = (size_t)(e - s) - kl;
+                if (nl >= sizeof num)
+                    break;
+                memcpy(num, s + kl, nl);
+                num[nl] = 0;
+                char *end;
+                errno = 0;
+                unsigned long long v = strtoull(num, &end, 10);
+                if (errno == 0 && *end == 0 && num[0] != '-')
+                    *dst[k] = v; /* later occurrences overwrite: last wins */
+            }
+        }
+        s = e;
+    }
+}
+
+static void read_params(struct params *P)
+{
+    *P = (struct params){.mem = 16, .pages = 64, .disk = 4, .tick = 200, .verify = 0, .job = 0};
+    const char *env = pid1 ? NULL : getenv("CEVM_CMDLINE");
+    if (env) {
+        parse_cmdline(env, P);
+    } else {
+        char buf[4096];
+        int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && pid1) {
+            mkdir("/proc", 0555);
+            mount("proc", "/proc", "proc", 0, NULL);
+            fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+        }
+        if (fd >= 0) {
+            ssize_t n = read(fd, buf, sizeof buf - 1);
+            close(fd);
+            buf[n > 0 ? n : 0] = 0;
+            parse_cmdline(buf, P);
+        } else {
+            out("cevm-error cmdline unreadable: %s (using defaults)", strerror(errno));
+        }
+    }
+    if (P->mem < 1)
+        P->mem = 1;
+    if (P->mem > 65536)
+        P->mem = 65536;
+    if (P->tick < 1)
+        P->tick = 1;
+    if (P->tick > 3600000)
+        P->tick = 3600000;
+    if (P->pages > 1000000)
+        P->pages = 1000000;
+    if (P->disk > 1024)
+        P->disk = 1024;
+}
+
+/* ---------- time ---------- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void sleep_until(uint64_t t)
+{
+    struct timespec ts = {.tv_sec = (time_t)(t / 1000000000u), .tv_nsec = (long)(t % 1000000000u)};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+}
+
+/* ---------- state (all in guest memory: it migrates with the VM) ---------- */
+
+static struct params prm;
+static uint64_t npages;
+static uint64_t *mem;       /* npages * WORDS words */
+static uint32_t *ver;       /* per-page version */
+static uint64_t digest;     /* XOR over p of page_seed(p, ver[p]) */
+static uint64_t vcursor;    /* next page to verify in partial mode */
+
+enum { DISK_OFF, DISK_ON, DISK_BROKEN };
+static int disk_state = DISK_OFF;
+static int dfd = -1;
+static uint64_t nslots;
+static int fresh_disk;      /* header was never initialised at this boot */
+static uint64_t *dbuf;      /* 4096-aligned: record being written */
+static uint64_t *rbuf;      /* 4096-aligned: read buffer */
+
+static void fill_page(uint64_t p)
+{
+    uint64_t s = page_seed(p, ver[p]);
+    uint64_t *w = mem + p * WORDS;
+    for (uint64_t i = 0; i < WORDS; i++)
+        w[i] = page_word(s, i);
+}
+
+static void mem_init(void)
+{
+    npages = prm.mem * 256u;
+    size_t bytes = (size_t)npages * PAGE;
+    mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (mem == MAP_FAILED)
+        fatal("cannot allocate %" PRIu64 " MiB working set: %s", prm.mem, strerror(errno));
+    ver = calloc(npages, sizeof *ver);
+    if (!ver)
+        fatal("cannot allocate version array");
+    digest = 0;
+    for (uint64_t p = 0; p < npages; p++) {
+        fill_page(p);
+        digest ^= page_seed(p, 0);
+    }
+}
+
+/* returns 1 if ok */
+static int mem_tick(uint64_t c)
+{
+    for (uint64_t j = 0; j < prm.pages; j++) {
+        uint64_t p = pick_page(c, j, npages);
+        digest ^= page_seed(p, ver[p]);
+        ver[p]++;
+        digest ^= page_seed(p, ver[p]);
+        fill_page(p);
+    }
+    int ok = 1, reported = 0;
+    uint64_t bad = 0;
+    uint64_t n = (prm.verify == 0 || prm.verify >= npages) ? npages : prm.verify;
+    uint64_t p = (n == npages) ? 0 : vcursor;
+    for (uint64_t k = 0; k < n; k++) {
+        uint64_t s = page_seed(p, ver[p]);
+        const uint64_t *w = mem + p * WORDS;
+        for (uint64_t i = 0; i < WORDS; i++) {
+            if (w[i] != page_word(s, i)) {
+                ok = 0;
+                bad++;
+                if (reported++ < MAX_ERR_LINES)
+                    out("cevm-error counter=%" PRIu64 " mem page=%" PRIu64 " version=%" PRIu32
+                        " word=%" PRIu64 " expected=%016" PRIx64 " found=%016" PRIx64,
+                        c, p, ver[p], i, page_word(s, i), w[i]);
+                break;
+            }
+        }
+        if (++p == npages)
+            p = 0;
+    }
+    if (n != npages)
+        vcursor = p;
+    if (bad > MAX_ERR_LINES)
+        out("cevm-error counter=%" PRIu64 " mem bad-pages=%" PRIu64 " (only the first %d shown)",
+            c, bad, MAX_ERR_LINES);
+    if (n == npages) {
+        /* full pass: the incremental digest must match the version array */
+        uint64_t d = 0;
+        for (uint64_t q = 0; q < npages; q++)
+            d ^= page_seed(q, ver[q]);
+        if (d != digest) {
+            ok = 0;
+            out("cevm-error counter=%" PRIu64 " mem digest expected=%016" PRIx64 " found=%016" PRIx64,
+                c, d, digest);
+        }
+    }
+    return ok;
+}
+
+/* ---------- disk ---------- */
+
+static int pread_full(uint64_t *buf, off_t off)
+{
+    for (;;) {
+        ssize_t n = pread(dfd, buf, PAGE, off);
+        if (n == (ssize_t)PAGE)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n >= 0)
+            errno = EIO;
+        return -1;
+    }
+}
+
+static int pwrite_full(const uint64_t *buf, off_t off)
+{
+    for (;;) {
+        ssize_t n = pwrite(dfd, buf, PAGE, off);
+        if (n == (ssize_t)PAGE)
+            return 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n >= 0)
+            errno = EIO;
+        return -1;
+    }
+}
+
+static off_t slot_off(uint64_t s) { return (off_t)((1 + s) * PAGE); }
+
+static void make_record(uint64_t *w, uint64_t c, uint64_t j, uint64_t slot)
+{
+    w[0] = REC_MAGIC;
+    w[1] = c;
+    w[2] = j;
+    w[3] = slot;
+    uint64_t s = mix64(c * UINT64_C(0x8ebc6af09c88c6e3) ^ mix64(j ^ UINT64_C(0x589965cc75374cc3)));
+    for (unsigned i = 4; i < WORDS - 1; i++)
+        w[i] = page_word(s, i);
+    w[WORDS - 1] = csum(w, WORDS - 1);
+}
+
+static int all_zero(const uint64_t *w)
+{
+    for (unsigned i = 0; i < WORDS; i++)
+        if (w[i])
+            return 0;
+    return 1;
+}
+
+/* classify rbuf: 0 empty, 1 valid record (tick/j filled), -1 corrupt */
+static int classify(const uint64_t *w, uint64_t slot, uint64_t *tick, uint64_t *j)
+{
+    if (all_zero(w))
+        return 0;
+    if (w[0] != REC_MAGIC || w[3] != slot || w[WORDS - 1] != csum(w, WORDS - 1))
+        return -1;
+    uint64_t tmp[WORDS];
+    make_record(tmp, w[1], w[2], slot);
+    if (memcmp(tmp, w, PAGE) != 0)
+        return -1;
+    *tick = w[1];
+    *j = w[2];
+    return 1;
+}
+
+static void disk_init(void)
+{
+    if (prm.disk == 0)
+        return;
+    const char *path = pid1 ? NULL : getenv("CEVM_DISK");
+    if (!path)
+        path = "/dev/vda";
+    if (access(path, F_OK) != 0)
+        return; /* no disk: disk=off */
+    disk_state = DISK_BROKEN;
+    if (posix_memalign((void **)&dbuf, PAGE, PAGE) || posix_memalign((void **)&rbuf, PAGE, PAGE))
+        fatal("cannot allocate disk buffers");
+    dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+    if (dfd < 0) {
+        out("cevm-error disk-io open %s: %s", path, strerror(errno));
+        return;
+    }
+    uint64_t size = 0;
+    if (ioctl(dfd, BLKGETSIZE64, &size) != 0) {
+        struct stat st;
+        if (fstat(dfd, &st) == 0 && S_ISREG(st.st_mode))
+            size = (uint64_t)st.st_size;
+    }
+    uint64_t cap = size / PAGE > 1 ? size / PAGE - 1 : 0;
+    if (cap > MAX_SLOTS)
+        cap = MAX_SLOTS;
+    if (pread_full(rbuf, 0) != 0) {
+        out("cevm-error disk-io read header: %s", strerror(errno));
+        return;
+    }
+    if (all_zero(rbuf)) {
+        if (cap < 2 * prm.disk) {
+            out("cevm-error disk-header device too small: %" PRIu64 " bytes, %" PRIu64
+                " slots, need %" PRIu64, size, cap, 2 * prm.disk);
+            return;
+        }
+        nslots = cap;
+        memset(dbuf, 0, PAGE);
+        dbuf[0] = HDR_MAGIC;
+        dbuf[1] = HDR_VERSION;
+        dbuf[2] = nslots;
+        dbuf[WORDS - 1] = csum(dbuf, WORDS - 1);
+        if (pwrite_full(dbuf, 0) != 0 || fdatasync(dfd) != 0) {
+            out("cevm-error disk-io write header: %s", strerror(errno));
+            return;
+        }
+        fresh_disk = 1;
+    } else {
+        if (rbuf[0] != HDR_MAGIC || rbuf[1] != HDR_VERSION || rbuf[WORDS - 1] != csum(rbuf, WORDS - 1)) {
+            out("cevm-error disk-header unrecognised header on %s (not a cevm disk?)", path);
+            return;
+        }
+        nslots = rbuf[2];
+        if (nslots > size / PAGE - 1 || nslots < 2 * prm.disk) {
+            out("cevm-error disk-header slots=%" PRIu64 " does not fit device (%" PRIu64
+                " bytes) with disk=%" PRIu64, nslots, size, prm.disk);
+            return;
+        }
+    }
+    disk_state = DISK_ON;
+}
+
+/* returns 1 if ok */
+static int disk_tick(uint64_t c)
+{
+    int ok = 1, lines = 0;
+    uint64_t t, jj;
+    /* (1) the slots of this tick must be empty or hold older ticks */
+    for (uint64_t j = 0; j < prm.disk; j++) {
+        uint64_t s = (c * prm.disk + j) % nslots;
+        if (pread_full(rbuf, slot_off(s)) != 0) {
+            ok = 0;
+            if (lines++ < MAX_ERR_LINES)
+                out("cevm-error counter=%" PRIu64 " disk-io read slot=%" PRIu64 ": %s", c, s, strerror(errno));
+            continue;
+        }
+        int k = classify(rbuf, s, &t, &jj);
+        if (k < 0) {
+            ok = 0;
+            if (lines++ < MAX_ERR_LINES)
+                out("cevm-error counter=%" PRIu64 " disk-corrupt slot=%" PRIu64 " before-write found-magic=%016" PRIx64
+                    " found-tick=%" PRIu64, c, s, rbuf[0], rbuf[1]);
+        } else if (k > 0 && t >= c) {
+            ok = 0;
+            if (lines++ < MAX_ERR_LINES)
+                out("cevm-error counter=%" PRIu64 " disk-newer slot=%" PRIu64 " expected-tick<%" PRIu64
+                    " found-tick=%" PRIu64 " found-j=%" PRIu64, c, s, c, t, jj);
+        }
+    }
+    /* (2) write this tick's records */
+    for (uint64_t j = 0; j < prm.disk; j++) {
+        uint64_t s = (c * prm.disk + j) % nslots;
+        make_record(dbuf, c, j, s);
+        if (pwrite_full(dbuf, slot_off(s)) != 0) {
+            ok = 0;
+            if (lines++ < MAX_ERR_LINES)
+                out("cevm-error counter=%" PRIu64 " disk-io write slot=%" PRIu64 ": %s", c, s, strerror(errno));
+        }
+    }
+    if (fdatasync(dfd) != 0) {
+        ok = 0;
+        if (lines++ < MAX_ERR_LINES)
+            out("cevm-error counter=%" PRIu64 " disk-io fdatasync: %s", c, strerror(errno));
+    }
+    /* (3) read them back; (4) the previous tick's records must be intact */
+    for (int pass = 0; pass < 2; pass++) {
+        uint64_t want = pass == 0 ? c : c - 1;
+        if (pass == 1 && c == 1 && fresh_disk)
+            break; /* very first tick of a fresh boot on a new disk */
+        for (uint64_t j = 0; j < prm.disk; j++) {
+            uint64_t s = (want * prm.disk + j) % nslots;
+            if (pread_full(rbuf, slot_off(s)) != 0) {
+                ok = 0;
+                if (lines++ < MAX_ERR_LINES)
+                    out("cevm-error counter=%" PRIu64 " disk-io read slot=%" PRIu64 ": %s", c, s, strerror(errno));
+                continue;
+            }
+            int k = classify(rbuf, s, &t, &jj);
+            if (k == 1 && t == want && jj == j)
+                continue;
+            ok = 0;
+            if (lines++ >= MAX_ERR_LINES)
+                continue;
+            const char *what = pass == 0 ? "disk-readback" : "disk-older";
+            if (k == 0)
+                out("cevm-error counter=%" PRIu64 " %s slot=%" PRIu64 " expected-tick=%" PRIu64
+                    " expected-j=%" PRIu64 " found=empty", c, what, s, want, j);
+            else if (k < 0)
+                out("cevm-error counter=%" PRIu64 " disk-corrupt slot=%" PRIu64 " expected-tick=%" PRIu64
+                    " expected-j=%" PRIu64 " found-magic=%016" PRIx64 " found-tick=%" PRIu64,
+                    c, s, want, j, rbuf[0], rbuf[1]);
+            else
+                out("cevm-error counter=%" PRIu64 " %s slot=%" PRIu64 " expected-tick=%" PRIu64
+                    " expected-j=%" PRIu64 " found-tick=%" PRIu64 " found-j=%" PRIu64,
+                    c, t > want ? "disk-newer" : what, s, want, j, t, jj);
+        }
+    }
+    if (lines > MAX_ERR_LINES)
+        out("cevm-error counter=%" PRIu64 " disk errors=%d (only the first %d shown)", c, lines, MAX_ERR_LINES);
+    return ok;
+}
+
+/* ---------- main ---------- */
+
+static const char *disk_word(int ok)
+{
+    if (disk_state == DISK_OFF)
+        return "off";
+    if (disk_state == DISK_BROKEN)
+        return "BAD";
+    return ok ? "ok" : "BAD";
+}
+
+/* one unit of work; returns mem_ok, sets *disk_ok */
+static int do_tick(uint64_t c, int *disk_ok)
+{
+    int mok = mem_tick(c);
+    *disk_ok = disk_state == DISK_ON ? disk_tick(c) : 1;
+    return mok;
+}
+
+static void power_off(void)
+{
+    sync();
+    if (!pid1)
+        exit(0);
+    reboot(RB_POWER_OFF);
+    for (;;)
+        sleep(3600);
+}
+
+int main(void)
+{
+    pid1 = getpid() == 1;
+    if (pid1) {
+        int fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+        if (fd >= 0)
+            con = fd;
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        signal(SIGHUP, SIG_IGN);
+        signal(SIGPIPE, SIG_IGN);
+    } else {
+        signal(SIGPIPE, SIG_IGN);
+    }
+    read_params(&prm);
+    out("cevm-workload start mem=%" PRIu64 " pages=%" PRIu64 " disk=%" PRIu64 " tick=%" PRIu64
+        " verify=%" PRIu64 " job=%" PRIu64, prm.mem, prm.pages, prm.disk, prm.tick, prm.verify, prm.job);
+    mem_init();
+    disk_init();
+
+    const uint64_t tick_ns = prm.tick * 1000000u;
+    if (prm.job > 0) {
+        uint64_t t0 = now_ns(), next = t0 + tick_ns;
+        int mok_all = 1, dok_all = 1;
+        for (uint64_t c = 1; c <= prm.job; c++) {
+            int dok, mok = do_tick(c, &dok);
+            mok_all &= mok;
+            dok_all &= dok;
+            uint64_t t = now_ns();
+            if (t >= next || c == prm.job) {
+                double secs = (double)(t - t0) / 1e9;
+                out("cevm-tick counter=%" PRIu64 " sum=%016" PRIx64 " mem=%s disk=%s",
+                    c, digest, mok_all ? "ok" : "BAD", disk_word(dok_all));
+                out("cevm-job done=%" PRIu64 " total=%" PRIu64 " rate=%.1f",
+                    c, prm.job, secs > 0 ? (double)c / secs : 0.0);
+                mok_all = dok_all = 1;
+                while (next <= t)
+                    next += tick_ns;
+            }
+        }
+        out("cevm-job complete units=%" PRIu64 " seconds=%.3f", prm.job, (double)(now_ns() - t0) / 1e9);
+        power_off();
+    }
+
+    uint64_t next = now_ns();
+    for (uint64_t c = 1;; c++) {
+        sleep_until(next);
+        int dok, mok = do_tick(c, &dok);
+        out("cevm-tick counter=%" PRIu64 " sum=%016" PRIx64 " mem=%s disk=%s",
+            c, digest, mok ? "ok" : "BAD", disk_word(dok));
+        next += tick_ns;
+        uint64_t t = now_ns();
+        if (next < t)
+            next = t; /* late: run the next tick now, but never a burst */
+    }
+}
