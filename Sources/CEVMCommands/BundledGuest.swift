@@ -9,6 +9,9 @@ struct BundledGuest {
     var initrd: String { "\(directory)/initrd.img" }
     var manifest: String { "\(directory)/guest.json" }
 
+    /// The workload's first console line: the guest has booted.
+    static let readyMarker = "cevm-workload start"
+
     private struct Manifest: Decodable {
         var kernel: String
         var append: String

@@ -70,6 +70,9 @@ struct Run: AsyncParsableCommand {
             try home.prepare()
             let paths = home.vm(name)
             try paths.checkSocketPaths()
+            for tool in [QEMUCommandLine.defaultBinary, "qemu-img"] where Executables.find(tool) == nil {
+                throw QEMUError.qemuMissing(binary: tool)
+            }
             if paths.supervisorAlive {
                 throw SupervisorError.alreadyRunning(name, pid: paths.readStatus()?.supervisorPID)
             }
@@ -82,9 +85,6 @@ struct Run: AsyncParsableCommand {
                 let spec = try await makeSpec(name: name)
                 try Files.makeDirectory(paths.directory, mode: 0o700)
                 try paths.writeSpec(spec)
-            }
-            guard Executables.find(QEMUCommandLine.defaultBinary) != nil else {
-                throw QEMUError.qemuMissing(binary: QEMUCommandLine.defaultBinary)
             }
             let status = foreground ? try await runForeground(home: home, name: name) : try await runDetached(home: home, name: name)
             Output.endProgress()
@@ -147,7 +147,8 @@ struct Run: AsyncParsableCommand {
         }
         return VMSpec(
             name: name, memoryMiB: memoryMiB, vcpus: vcpus, cpuset: pinned, accel: accel ?? .auto,
-            machine: machine ?? QEMUCommandLine.defaultMachine, boot: boot, disk: diskSpec, bundledGuest: bundled)
+            machine: machine ?? QEMUCommandLine.defaultMachine, boot: boot, disk: diskSpec, bundledGuest: bundled,
+            readyMarker: bundled ? BundledGuest.readyMarker : nil)
     }
 
     private var supervisorOptions: Supervisor.Options {

@@ -12,6 +12,7 @@ public final class ConsoleLog: Sendable {
     public let path: String
     private let fd: Int32
     private let partial: Mutex<[Int: [UInt8]]>
+    private let watches: Mutex<[(needle: [UInt8], signal: AsyncSignal)]>
 
     /// Longest line kept whole; a longer one is split.
     public static let maximumLine = 64 * 1024
@@ -20,6 +21,24 @@ public final class ConsoleLog: Sendable {
         self.path = path
         self.fd = try Files.openForAppend(path)
         self.partial = Mutex([:])
+        self.watches = Mutex([])
+    }
+
+    /// A signal fired when a line containing `text` is logged from now on.
+    func signal(whenLineContains text: String) -> AsyncSignal {
+        let signal = AsyncSignal()
+        watches.withLock { $0.append((Array(text.utf8), signal)) }
+        return signal
+    }
+
+    private func check(_ line: [UInt8]) {
+        let fired = watches.withLock { watches -> [AsyncSignal] in
+            guard !watches.isEmpty else { return [] }
+            let hits = watches.filter { line.contains(subsequence: $0.needle) }.map(\.signal)
+            watches.removeAll { watch in hits.contains { $0 === watch.signal } }
+            return hits
+        }
+        fired.forEach { $0.fire() }
     }
 
     deinit { close(fd) }
@@ -38,6 +57,7 @@ public final class ConsoleLog: Sendable {
                 switch byte {
                 case 0x0a:
                     out += stamp + pending + [0x0a]
+                    check(pending)
                     pending.removeAll(keepingCapacity: true)
                 case 0x0d, 0x00:
                     continue
@@ -73,5 +93,15 @@ public final class ConsoleLog: Sendable {
             return Line(time: String(line[..<space]), text: String(line[line.index(after: space)...]))
         }
         return Line(time: "", text: String(line))
+    }
+}
+
+extension Array where Element == UInt8 {
+    func contains(subsequence needle: [UInt8]) -> Bool {
+        guard !needle.isEmpty, needle.count <= count else { return needle.isEmpty }
+        for start in 0...(count - needle.count) where self[start] == needle[0] {
+            if self[start..<(start + needle.count)].elementsEqual(needle) { return true }
+        }
+        return false
     }
 }

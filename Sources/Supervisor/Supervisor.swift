@@ -19,6 +19,8 @@ public final class Supervisor: Sendable {
         /// How long the guest must stay up after QEMU starts it before the
         /// VM counts as running rather than dying at boot.
         public var bootGrace: Duration = .seconds(3)
+        /// How long a guest with a ready marker may take to print it.
+        public var bootTimeout: Duration = .seconds(180)
         public var qemuBinary: String = QEMUCommandLine.defaultBinary
         /// Called on every state change (for --foreground progress).
         public var onStatus: (@Sendable (VMStatus) -> Void)?
@@ -119,6 +121,7 @@ public final class Supervisor: Sendable {
         let drive = try await DiskPreparation.prepare(spec: spec, paths: paths)
         let accel = try await resolveAccelerator(spec.accel)
         let console = try ConsoleLog(path: paths.consoleLog)
+        let ready = spec.readyMarker.map { console.signal(whenLineContains: $0) }
         let config = InstanceConfig(
             name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine,
             accel: accel.accelerator, boot: spec.boot.instanceBoot, drive: drive,
@@ -139,8 +142,19 @@ public final class Supervisor: Sendable {
             $0.exitReason = nil
             $0.message = nil
         }
-        // The boot grace: a guest that dies now died at boot.
-        let ended = await firstOf(instance: instance, within: options.bootGrace)
+        // A guest that dies before its ready marker (or within the grace
+        // period, for a guest without one) died at boot.
+        var ended: ExitReason?
+        if let ready {
+            ended = await firstOf(instance: instance, within: options.bootTimeout, or: ready)
+            if ended == nil && !ready.fired && !stopSignal.fired {
+                await instance.stop()
+                throw SupervisorError.startFailed(
+                    name, "no '\(spec.readyMarker ?? "")' on the console within \(options.bootTimeout); see \(paths.consoleLog)")
+            }
+        } else {
+            ended = await firstOf(instance: instance, within: options.bootGrace)
+        }
         if let reason = ended {
             console.finish(instance: 0)
             let tail = Self.consoleTail(paths.consoleLog)
@@ -157,7 +171,7 @@ public final class Supervisor: Sendable {
 
     /// Waits for the instance to end, or for `duration` to pass (nil), or a
     /// stop request (which stops the instance).
-    private func firstOf(instance: QEMUInstance, within duration: Duration?) async -> ExitReason? {
+    private func firstOf(instance: QEMUInstance, within duration: Duration?, or signal: AsyncSignal? = nil) async -> ExitReason? {
         var contenders: [@Sendable () async -> ExitReason?] = [
             { await instance.waitForExit() },
             { [stopSignal] in
@@ -165,6 +179,12 @@ public final class Supervisor: Sendable {
                 return nil
             },
         ]
+        if let signal {
+            contenders.append {
+                await signal.wait()
+                return nil
+            }
+        }
         if let duration {
             contenders.append {
                 try? await Task.sleep(for: duration)
@@ -218,9 +238,16 @@ public final class Supervisor: Sendable {
         }
     }
 
+    /// The console's last lines; a kernel panic's headline is kept in front
+    /// when its stack trace pushed it out of the tail.
     static func consoleTail(_ path: String, lines: Int = 10) -> String {
         guard let text = try? Files.readString(path) else { return "" }
-        return text.split(separator: "\n").suffix(lines).map { ConsoleLog.parse($0).text }.joined(separator: "\n")
+        let all = text.split(separator: "\n").map { ConsoleLog.parse($0).text }
+        var tail = Array(all.suffix(lines))
+        if let panic = all.last(where: { $0.contains("Kernel panic") }), !tail.contains(panic) {
+            tail = [panic, "..."] + tail
+        }
+        return tail.joined(separator: "\n")
     }
 }
 

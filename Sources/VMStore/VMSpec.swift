@@ -20,6 +20,9 @@ public struct VMSpec: Codable, Sendable, Equatable {
     public var disk: Disk?
     /// True when the VM runs the bundled guest.
     public var bundledGuest: Bool
+    /// A console text that shows the guest has booted (the bundled guest's
+    /// workload banner); without one, surviving the boot grace period counts.
+    public var readyMarker: String?
     public var createdAt: String
 
     public enum Boot: Codable, Sendable, Equatable {
@@ -50,8 +53,9 @@ public struct VMSpec: Codable, Sendable, Equatable {
 
     public init(
         name: VMName, memoryMiB: Int, vcpus: Int, cpuset: CPUSet?, accel: AccelChoice, machine: String,
-        boot: Boot, disk: Disk?, bundledGuest: Bool, createdAt: String = Timestamp.now()
+        boot: Boot, disk: Disk?, bundledGuest: Bool, readyMarker: String? = nil, createdAt: String = Timestamp.now()
     ) {
+        self.readyMarker = readyMarker
         self.name = name
         self.memoryMiB = memoryMiB
         self.vcpus = vcpus

@@ -1,0 +1,34 @@
+# cevm — the two commands of the quick start are `make demo` and `make test`;
+# both run the idempotent set-up first.
+
+SWIFT ?= swift
+BIN_PATH = $(shell $(SWIFT) build --show-bin-path 2>/dev/null)
+
+.PHONY: all setup guest build test unit-test verify-protocols demo clean
+
+all: build
+
+setup:
+	bash scripts/setup
+
+guest:
+	bash scripts/build-guest
+
+build:
+	$(SWIFT) build
+
+# Every test: unit tests, end-to-end tests on the bundled guest under TCG,
+# and the spin models of the disk protocols.
+test: setup
+	$(SWIFT) build --build-tests
+	CEVM_BIN="$(BIN_PATH)/cevm" $(SWIFT) test
+	bash scripts/verify-protocols
+
+verify-protocols:
+	bash scripts/verify-protocols
+
+demo: setup build
+	CEVM_BIN="$(BIN_PATH)/cevm" bash scripts/demo
+
+clean:
+	rm -rf .build

@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import Foundation
+import Synchronization
+import Testing
+
+/// Runs the real `cevm` binary against a private `$CEVM_HOME`.
+struct CEVMHarness: ~Copyable {
+    let home: String
+    let binary: String
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+        var ok: Bool { status == 0 }
+    }
+
+    static var binaryPath: String {
+        if let bin = ProcessInfo.processInfo.environment["CEVM_BIN"], !bin.isEmpty { return bin }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return root.appendingPathComponent(".build/debug/cevm").path
+    }
+
+    static var guestBuilt: Bool {
+        let env = ProcessInfo.processInfo.environment
+        let dir = env["CEVM_GUEST_DIR"] ?? "\(env["XDG_CACHE_HOME"] ?? "\(env["HOME"] ?? "/root")/.cache")/cevm/guest"
+        return Files.exists("\(dir)/guest.json") && Files.exists("\(dir)/vmlinuz")
+    }
+
+    static var guestDirectory: String {
+        let env = ProcessInfo.processInfo.environment
+        return env["CEVM_GUEST_DIR"] ?? "\(env["XDG_CACHE_HOME"] ?? "\(env["HOME"] ?? "/root")/.cache")/cevm/guest"
+    }
+
+    init() throws {
+        home = "/tmp/cevm-it-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        binary = Self.binaryPath
+        try Files.makeDirectory(home)
+    }
+
+    deinit {
+        // Stop whatever the test left running, then remove the home.
+        if let names = try? Files.list("\(home)/vms") {
+            for name in names {
+                if let text = try? Files.readString("\(home)/vms/\(name)/status.json"),
+                    let data = text.data(using: .utf8),
+                    let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+                {
+                    for key in ["qemuPID", "supervisorPID"] {
+                        if let pid = object[key] as? Int { kill(pid_t(pid), SIGKILL) }
+                    }
+                }
+            }
+        }
+        try? FileManager.default.removeItem(atPath: home)
+    }
+
+    @discardableResult
+    func run(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 240) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env["CEVM_HOME"] = home
+        for (key, value) in environment { env[key] = value }
+        process.environment = env
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        // Read as we go so a chatty command cannot fill the pipe and block.
+        let outData = Box<Data>(Data())
+        let errData = Box<Data>(Data())
+        let group = DispatchGroup()
+        for (pipe, sink) in [(out, outData), (err, errData)] {
+            group.enter()
+            DispatchQueue.global().async {
+                let data = pipe.fileHandleForReading.readDataToEndOfFile()
+                sink.set(data)
+                group.leave()
+            }
+        }
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            process.terminate()
+            Issue.record("cevm \(arguments.joined(separator: " ")) timed out after \(timeout) s")
+        }
+        process.waitUntilExit()
+        group.wait()
+        return Result(
+            status: process.terminationStatus,
+            stdout: String(decoding: outData.get(), as: UTF8.self),
+            stderr: String(decoding: errData.get(), as: UTF8.self))
+    }
+
+    /// `cevm status NAME --json` as a dictionary.
+    func status(_ name: String) throws -> [String: Any] {
+        let result = try run(["status", name, "--json"])
+        guard result.ok, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] else {
+            throw HarnessError("status \(name) failed: \(result.stderr)")
+        }
+        return object
+    }
+
+    func consoleLines(_ name: String) throws -> [String] {
+        try run(["logs", name]).stdout.split(separator: "\n").map(String.init)
+    }
+
+    /// Waits until the console shows at least `count` tick lines.
+    func waitForTicks(_ name: String, count: Int, timeout: Double = 120) throws -> [Tick] {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let ticks = try consoleLines(name).compactMap(Tick.init)
+            if ticks.count >= count { return ticks }
+            if Date() > deadline { throw HarnessError("only \(ticks.count) ticks after \(timeout) s") }
+            usleep(200_000)
+        }
+    }
+}
+
+/// One `cevm-tick` console line, as `cevm logs` prints it.
+struct Tick: Equatable {
+    var time: String
+    var counter: Int
+    var sum: String
+    var mem: String
+    var disk: String
+
+    init?(_ line: String) {
+        let fields = line.split(separator: " ")
+        guard fields.count == 6, fields[1] == "cevm-tick" else { return nil }
+        func value(_ field: Substring, _ key: String) -> String? {
+            field.hasPrefix(key + "=") ? String(field.dropFirst(key.count + 1)) : nil
+        }
+        guard let counter = value(fields[2], "counter").flatMap(Int.init), let sum = value(fields[3], "sum"),
+            let mem = value(fields[4], "mem"), let disk = value(fields[5], "disk")
+        else { return nil }
+        self.time = String(fields[0])
+        self.counter = counter
+        self.sum = sum
+        self.mem = mem
+        self.disk = disk
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+final class Box<T: Sendable>: Sendable {
+    private let value: Mutex<T>
+    init(_ value: T) { self.value = Mutex(value) }
+    func set(_ new: T) { value.withLock { $0 = new } }
+    func get() -> T { value.withLock { $0 } }
+}

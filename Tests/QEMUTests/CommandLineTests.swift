@@ -1,0 +1,59 @@
+import QEMU
+import Testing
+
+@Suite struct CommandLineTests {
+    let config = InstanceConfig(
+        name: "vm,1", memoryMiB: 256, vcpus: 2, accel: .tcg,
+        boot: .kernel(kernel: "/k dir/vmlinuz", initrd: "/i", append: "console=ttyS0 a='b c'"),
+        drive: .init(file: "/d,x/overlay.qcow2", format: "qcow2"), qmpSocket: "/run/q.sock")
+
+    func value(after flag: String, in args: [String]) -> String? {
+        guard let index = args.firstIndex(of: flag), index + 1 < args.count else { return nil }
+        return args[index + 1]
+    }
+
+    @Test func kernelBootKeepsEachValueOneArgument() {
+        let args = QEMUCommandLine.arguments(for: config)
+        // posix_spawn passes these as they are: spaces and quotes stay inside one argv element.
+        #expect(value(after: "-kernel", in: args) == "/k dir/vmlinuz")
+        #expect(value(after: "-initrd", in: args) == "/i")
+        #expect(value(after: "-append", in: args) == "console=ttyS0 a='b c'")
+        #expect(value(after: "-m", in: args) == "256")
+        #expect(value(after: "-smp", in: args) == "2")
+        #expect(value(after: "-accel", in: args) == "tcg,thread=multi")
+    }
+
+    @Test func startsPausedWithoutRebootAndWithQMP() {
+        let args = QEMUCommandLine.arguments(for: config)
+        #expect(args.contains("-S"))
+        #expect(args.contains("-no-reboot"))
+        #expect(args.contains("-nodefaults"))
+        #expect(value(after: "-qmp", in: args) == "unix:/run/q.sock,server=on,wait=off")
+        #expect(!args.contains("-incoming"))
+    }
+
+    @Test func commasInOptionValuesAreDoubled() {
+        let args = QEMUCommandLine.arguments(for: config)
+        #expect(value(after: "-name", in: args) == "guest=vm,,1,debug-threads=on")
+        #expect(value(after: "-blockdev", in: args)?.contains("file.filename=/d,,x/overlay.qcow2,") == true)
+    }
+
+    @Test func incomingAndDiskBoot() {
+        var config = self.config
+        config.incoming = true
+        config.boot = .disk
+        config.drive = nil
+        let args = QEMUCommandLine.arguments(for: config)
+        #expect(value(after: "-incoming", in: args) == "defer")
+        #expect(!args.contains("-kernel"))
+        #expect(!args.contains("-blockdev"))
+    }
+
+    @Test func kvmUsesTheHostCPU() {
+        var config = self.config
+        config.accel = .kvm
+        let args = QEMUCommandLine.arguments(for: config)
+        #expect(value(after: "-accel", in: args) == "kvm")
+        #expect(value(after: "-cpu", in: args) == "host")
+    }
+}

@@ -1,0 +1,77 @@
+import CEVMSystem
+import Foundation
+import Testing
+import VMStore
+
+@Suite struct VMNameTests {
+    @Test(arguments: ["demo", "a", "vm-1", "job_2.b", String(repeating: "x", count: 64)])
+    func accepts(name: String) throws {
+        #expect(try VMName(name).value == name)
+    }
+
+    @Test(arguments: [
+        ("", VMName.Invalid.empty),
+        ("a/b", .containsSlash("a/b")),
+        ("/etc", .containsSlash("/etc")),
+        ("..", .dotDot("..")),
+        ("a..b", .dotDot("a..b")),
+        (".hidden", .leadingDot(".hidden")),
+        ("a b", .badCharacter("a b", " ")),
+        ("-x", .badCharacter("-x", "-")),
+        ("é", .badCharacter("é", "é")),
+        (String(repeating: "x", count: 65), .tooLong(String(repeating: "x", count: 65))),
+    ])
+    func rejects(name: String, error: VMName.Invalid) {
+        #expect(throws: error) { try VMName(name) }
+    }
+
+    @Test func messagesNameTheProblem() {
+        #expect(VMName.Invalid.containsSlash("a/b").description.contains("'/'"))
+        #expect(VMName.Invalid.dotDot("..").description.contains("'..'"))
+    }
+
+    @Test func decodingValidates() {
+        #expect(throws: DecodingError.self) { try JSONDecoder().decode([VMName].self, from: Data(#"["../x"]"#.utf8)) }
+    }
+}
+
+@Suite struct VMSpecTests {
+    @Test func specRoundTripsThroughItsFile() throws {
+        let root = NSTemporaryDirectory() + "cevm-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let home = Home(root: root)
+        try home.prepare()
+        let name = try VMName("vm1")
+        let paths = home.vm(name)
+        try Files.makeDirectory(paths.directory)
+        let spec = VMSpec(
+            name: name, memoryMiB: 256, vcpus: 2, cpuset: CPUSet([1]), accel: .auto, machine: "q35",
+            boot: .kernel(kernel: "/k", initrd: nil, append: "console=ttyS0"),
+            disk: .init(base: "/b.qcow2", baseFormat: "qcow2", sizeBytes: 1 << 26, createdByCEVM: true),
+            bundledGuest: false, readyMarker: "ready")
+        try paths.writeSpec(spec)
+        #expect(try paths.readSpec() == spec)
+        #expect(home.vmNames() == [name])
+    }
+
+    @Test func corruptSpecIsReportedWithItsPath() throws {
+        let root = NSTemporaryDirectory() + "cevm-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let home = Home(root: root)
+        let paths = home.vm(try VMName("bad"))
+        try Files.makeDirectory(paths.directory)
+        try Files.writeAtomically(Array("{not json".utf8), to: paths.spec)
+        do {
+            _ = try paths.readSpec()
+            Issue.record("a corrupt spec was accepted")
+        } catch {
+            #expect("\(error)".contains(paths.spec))
+        }
+    }
+
+    @Test func overlongSocketPathsAreRefused() throws {
+        let home = Home(root: "/tmp/" + String(repeating: "d", count: 90))
+        #expect(throws: StoreError.self) { try home.vm(try VMName("vm")).checkSocketPaths() }
+        #expect(throws: Never.self) { try Home(root: "/tmp/h").vm(try VMName("vm")).checkSocketPaths() }
+    }
+}
