@@ -12,6 +12,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     ],
     targets: [
         // Thin executable: everything lives in CEVMCommands.
@@ -33,22 +34,33 @@ let package = Package(
         .target(name: "QEMU", dependencies: ["QMP", "CEVMSystem"], swiftSettings: strict),
         // $CEVM_HOME layout, VM names, specs and status files.
         .target(name: "VMStore", dependencies: ["CEVMSystem"], swiftSettings: strict),
+        // Checkpoint records: manifest format v1, atomic commit, verification.
+        .target(
+            name: "Records",
+            dependencies: ["CEVMSystem", "VMStore", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
         // The per-VM supervisor: owns the instance, console log, control socket.
         .target(
             name: "Supervisor",
             dependencies: [
-                "QEMU", "VMStore", "CEVMSystem",
+                "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict),
+        // qcow2 images read and written cluster by cluster (no dependencies).
+        .target(name: "QCOW2", exclude: ["README.md"], swiftSettings: strict),
+        // Independent readers used as oracles and by `cevm disk verify` / `cevm inspect`.
+        .systemLibrary(name: "CLibQcow", pkgConfig: "libqcow", providers: [.apt(["libqcow-dev"])]),
+        .systemLibrary(name: "CGuestfs", pkgConfig: "libguestfs", providers: [.apt(["libguestfs-dev"])]),
+        .target(name: "DiskTools", dependencies: ["QCOW2", "CLibQcow", "CGuestfs", "CEVMSystem"], swiftSettings: strict),
         // The seed's integration and AccessDisk protocols as pure state machines.
         .target(name: "DiskIntegration", exclude: ["README.md"], swiftSettings: strict),
         // Command-line commands, one file per subcommand.
         .target(
             name: "CEVMCommands",
             dependencies: [
-                "Supervisor", "QEMU", "VMStore", "CEVMSystem",
+                "Supervisor", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -58,10 +70,12 @@ let package = Package(
             name: "QMPTests",
             dependencies: ["QMP", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: strict),
-        .testTarget(name: "QEMUTests", dependencies: ["QEMU"], swiftSettings: strict),
+        .testTarget(name: "QEMUTests", dependencies: ["QEMU", "QMP"], swiftSettings: strict),
         .testTarget(name: "VMStoreTests", dependencies: ["VMStore"], swiftSettings: strict),
+        .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem"], swiftSettings: strict),
+        .testTarget(name: "QCOW2Tests", dependencies: ["QCOW2", "DiskTools", "CEVMSystem"], swiftSettings: strict),
         .testTarget(name: "DiskIntegrationTests", dependencies: ["DiskIntegration"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
-        .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),
     ]
 )

@@ -10,7 +10,8 @@ public struct CEVM: AsyncParsableCommand {
             With no image options, `cevm run` boots the bundled guest (build it with `make guest`).
             """,
         subcommands: [
-            Run.self, PS.self, Status.self, Logs.self, Stop.self, Remove.self, Supervise.self,
+            Run.self, PS.self, Status.self, Logs.self, Stop.self, Remove.self, Checkpoint.self, RecordsCommand.self, Restore.self,
+            Supervise.self,
         ]
     )
 

@@ -165,16 +165,24 @@ struct Run: AsyncParsableCommand {
         return try await Supervisor.run(home: home, name: name, options: options)
     }
 
-    /// Starts `cevm supervise NAME` in a new session and waits until it
-    /// reports the VM running, failed or stopped.
     private func runDetached(home: Home, name: VMName) async throws -> VMStatus {
+        try await SupervisorLauncher.startDetached(home: home, name: name, arguments: ["--boot-grace", "\(bootGrace)"])
+    }
+}
+
+/// Starts supervisors in the background.
+enum SupervisorLauncher {
+    /// Starts `cevm supervise NAME ARGS` in a new session, its output in the
+    /// VM's supervisor.log, and waits until it reports the VM running,
+    /// failed or stopped.
+    static func startDetached(home: Home, name: VMName, arguments: [String]) async throws -> VMStatus {
         let paths = home.vm(name)
         Files.remove(paths.status)
         var environment = Executables.currentEnvironment()
         environment["CEVM_HOME"] = home.root
         let child = try ChildProcess.spawn(
             Executables.currentExecutable(),
-            arguments: ["supervise", name.value, "--boot-grace", "\(bootGrace)"],
+            arguments: ["supervise", name.value] + arguments,
             environment: environment, stdin: .null,
             stdout: .appendFile(paths.supervisorLog), stderr: .appendFile(paths.supervisorLog),
             newSession: true)
@@ -207,11 +215,14 @@ struct Supervise: AsyncParsableCommand {
 
     @Option(name: .customLong("boot-grace")) var bootGrace: Double = 3
 
+    @Option(help: "A record directory to restore from instead of booting.") var restore: String?
+
     func run() async throws {
         try await Output.reporting {
             let name = try parseName(name)
             var options = Supervisor.Options()
             options.bootGrace = .milliseconds(Int(bootGrace * 1000))
+            options.restore = restore
             options.onStatus = { status in
                 FileHandle.standardError.write(Data("\(Timestamp.now()) \(status.state.rawValue)\(status.message.map { ": \($0)" } ?? "")\n".utf8))
             }

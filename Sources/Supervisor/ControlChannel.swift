@@ -42,8 +42,10 @@ struct ControlServer {
         try await connection.executeThenClose { inbound, outbound in
             for try await line in inbound {
                 let response: ControlResponse
-                if let message = try? JSONDecoder().decode(ControlMessage.self, from: Data(line.readableBytesView)) {
-                    response = await handle(message.op)
+                if let message = try? JSONDecoder().decode(ControlMessage.self, from: Data(line.readableBytesView)),
+                    let request = message.request
+                {
+                    response = await handle(request)
                 } else {
                     response = ControlResponse(ok: false, error: "malformed control request")
                 }
@@ -57,7 +59,7 @@ struct ControlServer {
 
 /// The client side of the control socket.
 public enum ControlClient {
-    public static func send(_ request: ControlRequest, to paths: VMPaths, name: VMName, timeout: Duration = .seconds(30)) async throws -> ControlResponse {
+    public static func send(_ request: ControlRequest, to paths: VMPaths, name: VMName, timeout: Duration = .seconds(600)) async throws -> ControlResponse {
         do {
             return try await withThrowingTaskGroup(of: ControlResponse.self) { group in
                 group.addTask { try await exchange(request, path: paths.controlSocket, name: name) }
@@ -86,7 +88,7 @@ public enum ControlClient {
                 }
             }
         return try await channel.executeThenClose { inbound, outbound in
-            var data = try JSONEncoder().encode(ControlMessage(op: request))
+            var data = try JSONEncoder().encode(ControlMessage(request))
             data.append(0x0a)
             try await outbound.write(ByteBuffer(bytes: data))
             for try await line in inbound {

@@ -1,3 +1,4 @@
+import Records
 import VMStore
 
 /// The supervisor's control socket speaks JSON lines: one request, one
@@ -8,21 +9,50 @@ import VMStore
 ///       |------------------------------->|
 ///       |      {"ok":true,"status":{..}}\n|
 ///       |<-------------------------------|
-public enum ControlRequest: String, Codable, Sendable {
+public enum ControlRequest: Codable, Sendable {
     case status
     case stop
+    case checkpoint(CheckpointOptions)
+}
+
+/// What `cevm checkpoint` asks for.
+public struct CheckpointOptions: Codable, Sendable {
+    public var mechanism: Mechanism
+
+    public init(mechanism: Mechanism) { self.mechanism = mechanism }
 }
 
 public struct ControlMessage: Codable, Sendable {
-    public var op: ControlRequest
+    public var op: String
+    public var checkpoint: CheckpointOptions?
 
-    public init(op: ControlRequest) { self.op = op }
+    public init(_ request: ControlRequest) {
+        switch request {
+        case .status: op = "status"
+        case .stop: op = "stop"
+        case .checkpoint(let options):
+            op = "checkpoint"
+            checkpoint = options
+        }
+    }
+
+    var request: ControlRequest? {
+        switch op {
+        case "status": return .status
+        case "stop": return .stop
+        case "checkpoint": return checkpoint.map { .checkpoint($0) }
+        default: return nil
+        }
+    }
 }
 
 public struct ControlResponse: Codable, Sendable {
     public var ok: Bool
     public var status: VMStatus?
     public var error: String?
+    /// The committed record, for a checkpoint.
+    public var record: RecordManifest?
+    public var recordDirectory: String?
 
     public init(ok: Bool, status: VMStatus? = nil, error: String? = nil) {
         self.ok = ok
@@ -40,6 +70,9 @@ public enum SupervisorError: Error, Sendable, CustomStringConvertible {
     case diedAtBoot(VMName, reason: String, console: String)
     case startFailed(VMName, String)
     case badSpec(String)
+    case checkpointFailed(String)
+    case restoreFailed(String)
+    case busy(VMName, String)
 
     public var description: String {
         switch self {
@@ -53,6 +86,9 @@ public enum SupervisorError: Error, Sendable, CustomStringConvertible {
                 + (console.isEmpty ? "" : "\nlast console lines:\n\(console)")
         case .startFailed(let name, let reason): return "cannot start '\(name)': \(reason)"
         case .badSpec(let reason): return reason
+        case .checkpointFailed(let reason): return "checkpoint failed: \(reason)"
+        case .restoreFailed(let reason): return "restore failed: \(reason)"
+        case .busy(let name, let what): return "VM '\(name)' is busy: \(what)"
         }
     }
 }

@@ -5,6 +5,7 @@ import CEVMSystem
 import Dispatch
 import Foundation
 import QEMU
+import Records
 import Synchronization
 import VMStore
 
@@ -24,6 +25,8 @@ public final class Supervisor: Sendable {
         public var qemuBinary: String = QEMUCommandLine.defaultBinary
         /// Called on every state change (for --foreground progress).
         public var onStatus: (@Sendable (VMStatus) -> Void)?
+        /// A record directory to restore from instead of booting.
+        public var restore: String?
 
         public init() {}
     }
@@ -32,12 +35,14 @@ public final class Supervisor: Sendable {
     public let name: VMName
     public let paths: VMPaths
     let options: Options
-    private let inner: Mutex<Inner>
-    private let stopSignal = AsyncSignal()
+    let inner: Mutex<Inner>
+    let stopSignal = AsyncSignal()
 
-    private struct Inner {
+    struct Inner {
         var status: VMStatus
         var instance: QEMUInstance?
+        /// A checkpoint is under way (one at a time).
+        var busy = false
     }
 
     init(home: Home, name: VMName, options: Options) {
@@ -64,7 +69,7 @@ public final class Supervisor: Sendable {
 
     public var status: VMStatus { inner.withLock { $0.status } }
 
-    private func update(_ change: (inout VMStatus) -> Void) {
+    func update(_ change: (inout VMStatus) -> Void) {
         let snapshot = inner.withLock { inner in
             change(&inner.status)
             inner.status.updatedAt = Timestamp.now()
@@ -72,6 +77,11 @@ public final class Supervisor: Sendable {
         }
         try? paths.writeStatus(snapshot)
         options.onStatus?(snapshot)
+    }
+
+    /// A diagnostic line on stderr (the supervisor log when detached).
+    func log(_ message: String) {
+        FileHandle.standardError.write(Data("\(Timestamp.now()) \(message)\n".utf8))
     }
 
     /// Asks the supervisor to stop its VM.
@@ -93,6 +103,16 @@ public final class Supervisor: Sendable {
                 case .stop:
                     requestStop()
                     return ControlResponse(ok: true, status: status)
+                case .checkpoint(let checkpointOptions):
+                    do {
+                        let record = try await checkpoint(checkpointOptions)
+                        var response = ControlResponse(ok: true, status: status)
+                        response.record = record.manifest
+                        response.recordDirectory = record.directory
+                        return response
+                    } catch {
+                        return ControlResponse(ok: false, status: status, error: "\(error)")
+                    }
                 }
             }.run(ready: {})
         }
@@ -118,17 +138,25 @@ public final class Supervisor: Sendable {
         let spec = try paths.readSpec()
         try Files.makeDirectory(paths.runDirectory, mode: 0o700)
         try Files.makeDirectory(paths.diskDirectory, mode: 0o700)
+        RecordStore(paths: paths).removeUncommitted()
         let drive = try await DiskPreparation.prepare(spec: spec, paths: paths)
         let accel = try await resolveAccelerator(spec.accel)
         let console = try ConsoleLog(path: paths.consoleLog)
-        let ready = spec.readyMarker.map { console.signal(whenLineContains: $0) }
+        // A restored guest is already past its boot: no marker to wait for.
+        let ready = options.restore == nil ? spec.readyMarker.map { console.signal(whenLineContains: $0) } : nil
         let config = InstanceConfig(
             name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine,
             accel: accel.accelerator, boot: spec.boot.instanceBoot, drive: drive,
-            qmpSocket: paths.qmpSocket(instance: 0))
+            qmpSocket: paths.qmpSocket(instance: 0), incoming: options.restore != nil)
         let instance = try await QEMUInstance.launch(
             config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
             cpuset: spec.cpuset, console: console.sink(instance: 0))
+        if let restore = options.restore {
+            do { try await restoreMemory(into: instance, from: restore) } catch {
+                await instance.stop()
+                throw error
+            }
+        }
         let vcpus = (try? await instance.vcpuThreads()) ?? []
         inner.withLock { $0.instance = instance }
         update {

@@ -42,8 +42,11 @@ public struct VMSpec: Codable, Sendable, Equatable {
         public var sizeBytes: Int64
         /// True when cevm created the base (an empty disk of `--disk-size`).
         public var createdByCEVM: Bool
+        /// The record whose disk is the base, for a restored VM.
+        public var record: String?
 
-        public init(base: String, baseFormat: String, sizeBytes: Int64, createdByCEVM: Bool) {
+        public init(base: String, baseFormat: String, sizeBytes: Int64, createdByCEVM: Bool, record: String? = nil) {
+            self.record = record
             self.base = base
             self.baseFormat = baseFormat
             self.sizeBytes = sizeBytes

@@ -4,6 +4,7 @@ import Glibc
 import CEVMSystem
 import Foundation
 import QEMU
+import QMP
 import Synchronization
 import Testing
 
@@ -61,6 +62,18 @@ struct InstanceTests {
         let instance = try await QEMUInstance.launch(config, stderrLog: "\(dir)/stderr", console: { _ in })
         #expect(try await instance.runState() == "inmigrate")
         await instance.stop()
+    }
+
+    @Test func migrationParametersTakeLargeIntegers() async throws {
+        let dir = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let instance = try await QEMUInstance.launch(config(dir), stderrLog: "\(dir)/stderr", console: { _ in })
+        defer { Task { await instance.stop() } }
+        _ = try await instance.qmp.execute("migrate-set-parameters", arguments: ["max-bandwidth": .int(1 << 40)])
+        let parameters = try await instance.qmp.execute("query-migrate-parameters")
+        #expect(parameters["max-bandwidth"]?.int64Value == 1 << 40)
+        _ = try await instance.qmp.execute("stop")
+        #expect(try await instance.runState() == "paused")
     }
 
     @Test func earlyExitCarriesQEMUsOwnWords() async throws {

@@ -1,0 +1,90 @@
+import ArgumentParser
+import CEVMSystem
+import Foundation
+import Records
+import Supervisor
+import VMStore
+
+extension Mechanism: ExpressibleByArgument {}
+
+struct Checkpoint: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Checkpoint a running VM into a new record.",
+        discussion: "A record is committed when its manifest is durable; a failed checkpoint leaves no record and the VM running.")
+
+    @Argument(help: "The VM's name.") var name: String
+
+    @Option(help: "How to take it: \(Mechanism.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var mechanism: Mechanism = .stopAndSave
+
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        try await Output.reporting {
+            let name = try parseName(name)
+            let paths = common.home.vm(name)
+            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            guard paths.supervisorAlive else { throw SupervisorError.notRunning(name) }
+            Output.progress("\(name): checkpoint (\(mechanism.rawValue))…")
+            let response = try await ControlClient.send(.checkpoint(CheckpointOptions(mechanism: mechanism)), to: paths, name: name)
+            Output.endProgress()
+            guard response.ok, let manifest = response.record else {
+                throw CLIError(response.error ?? "checkpoint failed")
+            }
+            if common.json { return try Output.json(RecordSummary(manifest: manifest, directory: response.recordDirectory ?? "")) }
+            let bytes = manifest.files.reduce(0) { $0 + $1.size }
+            Output.line(
+                "\(manifest.id)  \(manifest.mechanism.rawValue)  guest paused \(ms(manifest.timings.guestPauseMs)), "
+                    + "durable after \(ms(manifest.timings.requestToDurableMs)), \(formatBytes(bytes))")
+        }
+    }
+}
+
+struct RecordsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "records", abstract: "List a VM's checkpoint records.")
+
+    @Argument(help: "The VM's name.") var name: String
+
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        try await Output.reporting {
+            let name = try parseName(name)
+            let paths = common.home.vm(name)
+            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            let records = RecordStore(paths: paths).list()
+            if common.json { return try Output.json(records.map { RecordSummary(manifest: $0.manifest, directory: $0.directory) }) }
+            var rows = [["ID", "CREATED", "MECHANISM", "PAUSE", "DURABLE", "SIZE", "DISK", "PARENT"]]
+            for record in records {
+                let m = record.manifest
+                rows.append([
+                    m.id, String(m.createdAt.prefix(19)), m.mechanism.rawValue, ms(m.timings.guestPauseMs),
+                    ms(m.timings.requestToDurableMs), formatBytes(m.files.reduce(0) { $0 + $1.size }),
+                    m.disk?.kind.rawValue ?? "-", m.parent ?? "-",
+                ])
+            }
+            Output.line(table(rows))
+        }
+    }
+}
+
+/// A record as the CLI prints it in JSON.
+struct RecordSummary: Encodable {
+    var manifest: RecordManifest
+    var directory: String
+}
+
+func ms(_ value: Double) -> String {
+    value >= 1000 ? String(format: "%.2f s", value / 1000) : String(format: "%.0f ms", value)
+}
+
+func formatBytes(_ bytes: Int64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}

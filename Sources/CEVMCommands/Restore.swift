@@ -1,0 +1,70 @@
+import ArgumentParser
+import CEVMSystem
+import Foundation
+import Records
+import Supervisor
+import VMStore
+
+struct Restore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start a VM from a checkpoint record.",
+        discussion: """
+            RECORD is a record's id or its directory. The record's files are checked against their \
+            SHA-256 first. The VM continues where the checkpoint was taken, under its own supervisor; \
+            restored under its own name, its console log continues. The record itself is never written: \
+            the restored VM's disk is a new overlay on top of the record's disk.
+            """)
+
+    @Argument(help: "A record id or record directory.") var record: String
+
+    @Option(help: "Restore as a VM of this name (default: the record's VM).") var name: String?
+
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        try await Output.reporting {
+            let home = common.home
+            let record = try Self.locate(record, home: home)
+            Output.progress("verifying \(record.id)…")
+            try record.verify()
+            let target = try name.map(parseName) ?? record.manifest.vm
+            let paths = home.vm(target)
+            try paths.checkSocketPaths()
+            if paths.supervisorAlive {
+                throw CLIError("VM '\(target)' is running: stop it first, or restore under another name with --name")
+            }
+            var spec = record.manifest.spec
+            spec.name = target
+            if let disk = record.manifest.spec.disk, let recordDisk = record.diskPath {
+                spec.disk = VMSpec.Disk(
+                    base: recordDisk, baseFormat: "qcow2", sizeBytes: disk.sizeBytes, createdByCEVM: false, record: record.id)
+            }
+            try home.prepare()
+            try Files.makeDirectory(paths.directory, mode: 0o700)
+            try paths.writeSpec(spec)
+            // The VM's disk from now on: a new overlay over the record's disk.
+            Files.remove(paths.overlay)
+            let status = try await SupervisorLauncher.startDetached(
+                home: home, name: target, arguments: ["--restore", record.directory, "--boot-grace", "1"])
+            Output.endProgress()
+            if common.json { return try Output.json(status) }
+            guard status.state == .running else {
+                throw CLIError(status.message ?? "restore of \(record.id) ended \(status.state.rawValue)")
+            }
+            Output.line("\(target) restored from \(record.id) and running (qemu pid \(status.qemuPID.map(String.init) ?? "?"))")
+        }
+    }
+
+    /// A record by directory path, or by id among every VM's records.
+    static func locate(_ text: String, home: Home) throws -> Record {
+        if text.contains("/") {
+            return try Record.load(directory: Home.absolute(text))
+        }
+        guard Record.isPlainID(text) else { throw RecordError.notFound(text) }
+        for name in home.vmNames() {
+            let directory = "\(RecordStore(paths: home.vm(name)).directory)/\(text)"
+            if Files.isDirectory(directory) { return try Record.load(directory: directory) }
+        }
+        throw RecordError.notFound(text)
+    }
+}

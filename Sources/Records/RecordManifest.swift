@@ -1,0 +1,147 @@
+import VMStore
+
+/// How a record was taken.
+public enum Mechanism: String, Codable, Sendable, CaseIterable {
+    /// Pause the guest, save memory and disk, resume (seed 001's T_cpt).
+    case stopAndSave = "stop-and-save"
+    /// Live-migrate to a new pinned instance while the old side serialises.
+    case cevm
+    /// QEMU's userfaultfd write-protect snapshot.
+    case backgroundSnapshot = "background-snapshot"
+}
+
+/// `manifest.json`: what a record holds and how it was taken. Format
+/// version 1; see Docs/record-format.md.
+public struct RecordManifest: Codable, Sendable, Equatable {
+    public static let formatName = "cevm-record"
+    public static let currentVersion = 1
+
+    public var format: String
+    public var formatVersion: Int
+    public var id: String
+    public var vm: VMName
+    public var createdAt: String
+    public var mechanism: Mechanism
+    /// The record this one's disk builds on (its backing file), if any.
+    public var parent: String?
+    public var spec: VMSpec
+    public var qemu: QEMUInfo
+    public var migration: MigrationInfo
+    public var timings: Timings
+    public var files: [FileEntry]
+    /// nil for a VM without a disk.
+    public var disk: DiskRecord?
+
+    public struct QEMUInfo: Codable, Sendable, Equatable {
+        public var version: String
+        public var package: String
+
+        public init(version: String, package: String) {
+            self.version = version
+            self.package = package
+        }
+    }
+
+    public struct MigrationInfo: Codable, Sendable, Equatable {
+        /// Migration parameters cevm set (e.g. max-bandwidth, downtime-limit).
+        public var parameters: [String: Int64]
+        public var capabilities: [String: Bool]
+        /// QEMU's query-migrate figures.
+        public var totalTimeMs: Double?
+        public var downtimeMs: Double?
+        public var streamBytes: Int64
+
+        public init(parameters: [String: Int64], capabilities: [String: Bool], totalTimeMs: Double?, downtimeMs: Double?, streamBytes: Int64) {
+            self.parameters = parameters
+            self.capabilities = capabilities
+            self.totalTimeMs = totalTimeMs
+            self.downtimeMs = downtimeMs
+            self.streamBytes = streamBytes
+        }
+    }
+
+    /// Milliseconds, measured on the host with a monotonic clock.
+    public struct Timings: Codable, Sendable, Equatable {
+        /// From the checkpoint request to the guest's pause (or switch-over).
+        public var requestToPauseMs: Double
+        /// How long the guest did not run.
+        public var guestPauseMs: Double
+        /// From the request to the manifest being durable.
+        public var requestToDurableMs: Double
+        /// Wall-clock UTC times of the pause and of the guest running again,
+        /// comparable with the console log's host timestamps: a console line
+        /// stamped before `resumedAt` was printed before the checkpoint.
+        public var pausedAt: String
+        public var resumedAt: String
+
+        public init(requestToPauseMs: Double, guestPauseMs: Double, requestToDurableMs: Double, pausedAt: String, resumedAt: String) {
+            self.requestToPauseMs = requestToPauseMs
+            self.guestPauseMs = guestPauseMs
+            self.requestToDurableMs = requestToDurableMs
+            self.pausedAt = pausedAt
+            self.resumedAt = resumedAt
+        }
+    }
+
+    public struct FileEntry: Codable, Sendable, Equatable {
+        public enum Role: String, Codable, Sendable {
+            case memory, disk
+        }
+
+        public var name: String
+        public var role: Role
+        public var size: Int64
+        public var sha256: String
+
+        public init(name: String, role: Role, size: Int64, sha256: String) {
+            self.name = name
+            self.role = role
+            self.size = size
+            self.sha256 = sha256
+        }
+    }
+
+    /// The disk record: a qcow2 overlay QEMU and qemu-img open directly.
+    public struct DiskRecord: Codable, Sendable, Equatable {
+        public enum Kind: String, Codable, Sendable {
+            /// Every cluster written since the base image.
+            case full
+            /// Only clusters written since the parent record.
+            case incremental
+        }
+
+        public var file: String
+        public var kind: Kind
+        /// Absolute path of the backing file: the base image, or the parent record's disk.
+        public var backing: String
+        public var backingFormat: String
+
+        public init(file: String, kind: Kind, backing: String, backingFormat: String) {
+            self.file = file
+            self.kind = kind
+            self.backing = backing
+            self.backingFormat = backingFormat
+        }
+    }
+
+    public init(
+        id: String, vm: VMName, createdAt: String, mechanism: Mechanism, parent: String?, spec: VMSpec,
+        qemu: QEMUInfo, migration: MigrationInfo, timings: Timings, files: [FileEntry], disk: DiskRecord?
+    ) {
+        self.format = Self.formatName
+        self.formatVersion = Self.currentVersion
+        self.id = id
+        self.vm = vm
+        self.createdAt = createdAt
+        self.mechanism = mechanism
+        self.parent = parent
+        self.spec = spec
+        self.qemu = qemu
+        self.migration = migration
+        self.timings = timings
+        self.files = files
+        self.disk = disk
+    }
+
+    public func file(_ role: FileEntry.Role) -> FileEntry? { files.first { $0.role == role } }
+}

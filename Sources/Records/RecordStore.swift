@@ -1,0 +1,220 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import Crypto
+import Foundation
+import VMStore
+
+/// One committed record: a directory with a valid manifest.
+public struct Record: Sendable {
+    public let directory: String
+    public let manifest: RecordManifest
+
+    public var id: String { manifest.id }
+    public func path(of entry: RecordManifest.FileEntry) -> String { "\(directory)/\(entry.name)" }
+    public var diskPath: String? { manifest.disk.map { "\(directory)/\($0.file)" } }
+    public var memoryPath: String? { manifest.file(.memory).map(path(of:)) }
+
+    public static let manifestName = "manifest.json"
+
+    /// Reads and validates the manifest of `directory` and checks that every
+    /// file it lists is there with its recorded size (not its checksum: see
+    /// `verify`).
+    public static func load(directory: String) throws -> Record {
+        let path = "\(directory)/\(manifestName)"
+        guard Files.exists(path) else { throw RecordError.missingManifest(directory: directory) }
+        let bytes: [UInt8]
+        do { bytes = try Files.read(path, limit: 16 << 20) } catch {
+            throw RecordError.corruptManifest(path: path, reason: "\(error)")
+        }
+        // The format and version first, so a newer record is named as such
+        // rather than reported as garbage.
+        struct Header: Decodable {
+            var format: String
+            var formatVersion: Int
+        }
+        guard let header = try? JSONDecoder().decode(Header.self, from: Data(bytes)) else {
+            throw RecordError.corruptManifest(path: path, reason: "not a cevm record manifest (no format and formatVersion)")
+        }
+        guard header.format == RecordManifest.formatName, header.formatVersion == RecordManifest.currentVersion else {
+            throw RecordError.unsupportedFormat(path: path, format: header.format, version: header.formatVersion)
+        }
+        let manifest: RecordManifest
+        do { manifest = try JSONDecoder().decode(RecordManifest.self, from: Data(bytes)) } catch {
+            throw RecordError.corruptManifest(path: path, reason: "\(error)")
+        }
+        for entry in manifest.files {
+            guard isPlainName(entry.name) else { throw RecordError.invalidFileName(entry.name) }
+            let file = "\(directory)/\(entry.name)"
+            guard Files.exists(file) else { throw RecordError.missingFile(path: file) }
+            let size = try Files.size(file)
+            if size != entry.size { throw RecordError.sizeMismatch(path: file, expected: entry.size, actual: size) }
+        }
+        if let disk = manifest.disk, !manifest.files.contains(where: { $0.name == disk.file && $0.role == .disk }) {
+            throw RecordError.corruptManifest(path: path, reason: "the disk file \(disk.file) is not among the listed files")
+        }
+        guard manifest.file(.memory) != nil else {
+            throw RecordError.corruptManifest(path: path, reason: "no memory file is listed")
+        }
+        guard manifest.id == directory.split(separator: "/").last.map(String.init) else {
+            throw RecordError.corruptManifest(path: path, reason: "its id '\(manifest.id)' is not its directory's name")
+        }
+        return Record(directory: directory, manifest: manifest)
+    }
+
+    /// Checks every file's SHA-256 against the manifest.
+    public func verify() throws {
+        for entry in manifest.files {
+            let file = path(of: entry)
+            let digest = try FileDigest.sha256(of: file)
+            if digest != entry.sha256 { throw RecordError.checksumMismatch(path: file, expected: entry.sha256, actual: digest) }
+        }
+    }
+
+    /// A record id names a directory: no path separators, no dot files.
+    public static func isPlainID(_ id: String) -> Bool { isPlainName(id) }
+
+    static func isPlainName(_ name: String) -> Bool {
+        !name.isEmpty && !name.contains("/") && name != "." && name != ".." && !name.hasPrefix(".")
+    }
+}
+
+/// The records of one VM: `$CEVM_HOME/vms/NAME/records/ID/`.
+public struct RecordStore: Sendable {
+    public let directory: String
+
+    public init(directory: String) { self.directory = directory }
+
+    public init(paths: VMPaths) { self.directory = "\(paths.directory)/records" }
+
+    /// A new record id: UTC time and a random suffix ("20261122-210512-3fa1").
+    public static func newID() -> String {
+        let stamp = Timestamp.now()  // 2026-11-22T21:05:12.123456Z
+        let digits = stamp.prefix(19).filter { $0.isNumber }
+        let date = digits.prefix(8)
+        let time = digits.dropFirst(8).prefix(6)
+        let suffix = String(UInt16.random(in: 0...UInt16.max), radix: 16)
+        return "\(date)-\(time)-\(String(repeating: "0", count: 4 - suffix.count))\(suffix)"
+    }
+
+    /// Committed records, oldest first. Directories without a valid
+    /// manifest are not records and are skipped.
+    public func list() -> [Record] {
+        guard let names = try? Files.list(directory) else { return [] }
+        return names.compactMap { try? Record.load(directory: "\(directory)/\($0)") }
+            .sorted { $0.manifest.createdAt < $1.manifest.createdAt }
+    }
+
+    /// Why each directory that is not a record is not one.
+    public func rejects() -> [(String, any Error)] {
+        guard let names = try? Files.list(directory) else { return [] }
+        return names.compactMap { name in
+            do {
+                _ = try Record.load(directory: "\(directory)/\(name)")
+                return nil
+            } catch { return (name, error) }
+        }
+    }
+
+    public func newRecordDirectory(id: String) throws -> String {
+        try Files.makeDirectory(directory, mode: 0o700)
+        let path = "\(directory)/\(id)"
+        if mkdir(path, 0o700) != 0 { throw SystemError("mkdir", errno: errno, subject: path) }
+        return path
+    }
+
+    /// Commits a record: its files must already be durable. Writes the
+    /// manifest under a temporary name, fsyncs it, renames it into place and
+    /// fsyncs the directory. Until the rename the record does not exist.
+    public static func commit(_ manifest: RecordManifest, in recordDirectory: String) throws -> Record {
+        let encoder = StoreCoding.encoder()
+        var data = try encoder.encode(manifest)
+        data.append(0x0a)
+        do {
+            try Files.writeAtomically(data, to: "\(recordDirectory)/\(Record.manifestName)", mode: 0o600)
+            try Files.fsync(path: Files.parent(of: recordDirectory))
+        } catch {
+            throw RecordError.writeFailed(path: "\(recordDirectory)/\(Record.manifestName)", reason: "\(error)")
+        }
+        return try Record.load(directory: recordDirectory)
+    }
+
+    /// Removes an uncommitted record directory (never one with a manifest).
+    public static func discard(_ recordDirectory: String) {
+        guard !Files.exists("\(recordDirectory)/\(Record.manifestName)") else { return }
+        try? FileManager.default.removeItem(atPath: recordDirectory)
+    }
+
+    /// Removes directories left by checkpoints that never committed.
+    public func removeUncommitted() {
+        for (name, error) in rejects() {
+            if case RecordError.missingManifest = error { Self.discard("\(directory)/\(name)") }
+        }
+    }
+}
+
+/// SHA-256 of files and streams.
+public enum FileDigest {
+    public static func sha256(of path: String) throws -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw RecordError.missingFile(path: path) }
+        defer { close(fd) }
+        var hasher = SHA256()
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("read", errno: errno, subject: path)
+            }
+            if n == 0 { break }
+            buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+        return hex(hasher.finalize())
+    }
+
+    public static func hex(_ digest: SHA256.Digest) -> String {
+        digest.map { byte in
+            let text = String(byte, radix: 16)
+            return byte < 16 ? "0" + text : text
+        }.joined()
+    }
+}
+
+/// A file being written from a stream: appends, hashes, counts, fsyncs.
+public final class StreamSpool {
+    public let path: String
+    private let fd: Int32
+    private var hasher = SHA256()
+    public private(set) var bytes: Int64 = 0
+
+    public init(path: String) throws {
+        self.path = path
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd < 0 { throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
+    }
+
+    deinit { close(fd) }
+
+    public func write(_ chunk: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < chunk.count {
+            let n = Glibc.write(fd, chunk.baseAddress.map { $0 + offset }, chunk.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno)))
+            }
+            offset += n
+        }
+        hasher.update(bufferPointer: chunk)
+        bytes += Int64(chunk.count)
+    }
+
+    /// fsync(2), then the file's entry for the manifest.
+    public func finish(role: RecordManifest.FileEntry.Role) throws -> RecordManifest.FileEntry {
+        if fsync(fd) != 0 { throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
+        let name = path.split(separator: "/").last.map(String.init) ?? path
+        return .init(name: name, role: role, size: bytes, sha256: FileDigest.hex(hasher.finalize()))
+    }
+}

@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import Foundation
+import Records
+import Testing
+import VMStore
+
+/// Builds committed records in a temporary directory, then damages them.
+struct RecordFixture: ~Copyable {
+    let root: String
+    let store: RecordStore
+
+    init() throws {
+        root = "/tmp/cevm-records-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Files.makeDirectory(root)
+        store = RecordStore(directory: "\(root)/records")
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: root) }
+
+    func make(id: String = RecordStore.newID(), memory: [UInt8] = Array(repeating: 7, count: 5000)) throws -> Record {
+        let directory = try store.newRecordDirectory(id: id)
+        let spool = try StreamSpool(path: "\(directory)/memory.mig")
+        try memory.withUnsafeBytes { try spool.write($0) }
+        let memoryEntry = try spool.finish(role: .memory)
+        let disk = Array("QFI\u{fb}disk".utf8)
+        try Files.writeAtomically(disk, to: "\(directory)/disk.qcow2")
+        let diskEntry = RecordManifest.FileEntry(
+            name: "disk.qcow2", role: .disk, size: Int64(disk.count), sha256: try FileDigest.sha256(of: "\(directory)/disk.qcow2"))
+        let name = try VMName("vm")
+        let spec = VMSpec(
+            name: name, memoryMiB: 128, vcpus: 1, cpuset: nil, accel: .tcg, machine: "q35",
+            boot: .kernel(kernel: "/k", initrd: "/i", append: ""), disk: nil, bundledGuest: true)
+        let manifest = RecordManifest(
+            id: id, vm: name, createdAt: Timestamp.now(), mechanism: .stopAndSave, parent: nil, spec: spec,
+            qemu: .init(version: "7.2.22", package: ""),
+            migration: .init(parameters: ["max-bandwidth": 1 << 40], capabilities: [:], totalTimeMs: 10, downtimeMs: nil, streamBytes: memoryEntry.size),
+            timings: .init(requestToPauseMs: 1, guestPauseMs: 2, requestToDurableMs: 3, pausedAt: Timestamp.now(), resumedAt: Timestamp.now()),
+            files: [memoryEntry, diskEntry],
+            disk: .init(file: "disk.qcow2", kind: .full, backing: "/b", backingFormat: "qcow2"))
+        return try RecordStore.commit(manifest, in: directory)
+    }
+
+    func rewriteManifest(_ record: Record, _ edit: (inout [String: Any]) -> Void) throws {
+        let path = "\(record.directory)/manifest.json"
+        var object = try JSONSerialization.jsonObject(with: Data(Files.read(path))) as? [String: Any] ?? [:]
+        edit(&object)
+        try Files.writeAtomically(Array(try JSONSerialization.data(withJSONObject: object)), to: path)
+    }
+}
+
+@Suite struct RecordTests {
+    @Test func manifestRoundTrips() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        let loaded = try Record.load(directory: record.directory)
+        #expect(loaded.manifest == record.manifest)
+        #expect(loaded.manifest.formatVersion == RecordManifest.currentVersion)
+        try loaded.verify()
+        #expect(fixture.store.list().map(\.id) == [record.id])
+    }
+
+    @Test func aDirectoryWithoutManifestIsNotARecord() throws {
+        let fixture = try RecordFixture()
+        let kept = try fixture.make()
+        let partial = try fixture.store.newRecordDirectory(id: "partial")
+        try Files.writeAtomically([1, 2, 3], to: "\(partial)/memory.mig")
+        #expect(throws: RecordError.missingManifest(directory: partial)) { try Record.load(directory: partial) }
+        #expect(fixture.store.list().map(\.id) == [kept.id])
+        fixture.store.removeUncommitted()
+        #expect(!Files.exists(partial))
+        #expect(Files.exists(kept.directory), "cleaning up must never touch a committed record")
+    }
+
+    @Test func corruptManifest() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        try Files.writeAtomically(Array("{\"format\": \"cevm-record\", \"formatVer".utf8), to: "\(record.directory)/manifest.json")
+        #expect(throws: RecordError.self) { try Record.load(directory: record.directory) }
+        do { _ = try Record.load(directory: record.directory) } catch { #expect("\(error)".contains("corrupt")) }
+    }
+
+    @Test func unknownFormatVersionIsNamed() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        try fixture.rewriteManifest(record) { $0["formatVersion"] = 2 }
+        #expect(throws: RecordError.unsupportedFormat(path: "\(record.directory)/manifest.json", format: "cevm-record", version: 2)) {
+            try Record.load(directory: record.directory)
+        }
+    }
+
+    @Test func checksumMismatch() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        // Same size, one byte changed: only the checksum can tell.
+        let fd = open("\(record.directory)/memory.mig", O_WRONLY)
+        var byte: UInt8 = 8
+        #expect(pwrite(fd, &byte, 1, 100) == 1)
+        close(fd)
+        let loaded = try Record.load(directory: record.directory)
+        do {
+            try loaded.verify()
+            Issue.record("a damaged memory file passed verification")
+        } catch let error as RecordError {
+            guard case .checksumMismatch(let path, _, _) = error else {
+                Issue.record("unexpected \(error)")
+                return
+            }
+            #expect(path.hasSuffix("memory.mig"))
+        }
+    }
+
+    @Test func truncatedMemoryStream() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        #expect(truncate("\(record.directory)/memory.mig", 1000) == 0)
+        #expect(throws: RecordError.sizeMismatch(path: "\(record.directory)/memory.mig", expected: 5000, actual: 1000)) {
+            try Record.load(directory: record.directory)
+        }
+        #expect(RecordError.sizeMismatch(path: "m", expected: 5000, actual: 1000).description.contains("truncated"))
+    }
+
+    @Test func missingFile() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        unlink("\(record.directory)/disk.qcow2")
+        #expect(throws: RecordError.missingFile(path: "\(record.directory)/disk.qcow2")) { try Record.load(directory: record.directory) }
+    }
+
+    @Test func fileNamesCannotEscapeTheRecord() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        try fixture.rewriteManifest(record) { object in
+            var files = object["files"] as? [[String: Any]] ?? []
+            files[0]["name"] = "../../etc/passwd"
+            object["files"] = files
+        }
+        #expect(throws: RecordError.invalidFileName("../../etc/passwd")) { try Record.load(directory: record.directory) }
+    }
+
+    @Test func manifestIdMustMatchItsDirectory() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        try fixture.rewriteManifest(record) { $0["id"] = "other" }
+        #expect(throws: RecordError.self) { try Record.load(directory: record.directory) }
+    }
+
+    @Test func newIDsAreDistinctAndPlain() {
+        let ids = (0..<50).map { _ in RecordStore.newID() }
+        #expect(ids.allSatisfy { Record.isPlainID($0) && $0.count == 20 })
+        #expect(Set(ids).count > 40)
+        #expect(!Record.isPlainID("../x") && !Record.isPlainID(".x") && !Record.isPlainID("a/b"))
+    }
+
+    @Test func spoolRefusesToOverwrite() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        #expect(throws: RecordError.self) { try StreamSpool(path: "\(record.directory)/memory.mig") }
+    }
+}
