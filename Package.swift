@@ -29,6 +29,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            exclude: ["README.md"],
             swiftSettings: strict),
         // One QEMU process: argv, spawn, QMP session, pinning, teardown, KVM probe.
         .target(name: "QEMU", dependencies: ["QMP", "CEVMSystem"], swiftSettings: strict),

@@ -102,31 +102,31 @@ public final class QMPClient: Sendable {
     }
 
     /// Runs a command whose arguments are any `Encodable` value that encodes as a JSON object.
+    ///
+    /// A dictionary literal of uniform values (`["id": "drive0"]`) may resolve to this
+    /// overload; the JSON sent is the same either way.
     public func execute(_ command: String, arguments: some Encodable) async throws -> JSONValue {
-        try await self.execute(command, arguments: try Self.object(arguments, command: command))
+        try await self.connection.execute(command, arguments: try Self.object(arguments, command: command), on: self.channel)
     }
 
     /// Runs a command and decodes its `return` value as `R`.
     ///
-    /// - Throws: as ``execute(_:arguments:)``, plus
+    /// - Throws: as the untyped `execute`, plus
     ///   ``QMPError/resultDecodingFailed(command:type:result:reason:)``.
     public func execute<R: Decodable>(
         _ command: String, arguments: [String: JSONValue]? = nil, as type: R.Type
     ) async throws -> R {
-        let result = try await self.execute(command, arguments: arguments)
-        do {
-            return try result.decode(as: R.self)
-        } catch {
-            throw QMPError.resultDecodingFailed(
-                command: command, type: String(describing: R.self), result: result, reason: "\(error)")
-        }
+        let result = try await self.connection.execute(command, arguments: arguments, on: self.channel)
+        return try Self.decode(result, as: R.self, command: command)
     }
 
     /// Runs a command with `Encodable` arguments and decodes its `return` value as `R`.
     public func execute<R: Decodable>(
         _ command: String, arguments: some Encodable, as type: R.Type
     ) async throws -> R {
-        try await self.execute(command, arguments: try Self.object(arguments, command: command), as: R.self)
+        let object = try Self.object(arguments, command: command)
+        let result = try await self.connection.execute(command, arguments: object, on: self.channel)
+        return try Self.decode(result, as: R.self, command: command)
     }
 
     /// A new stream of the events received from now on; each call gets its own stream.
@@ -149,6 +149,15 @@ public final class QMPClient: Sendable {
         self.connection.terminate(.closedByClient)
         self.channel.close(promise: nil)
         _ = try? await self.channel.closeFuture.get()
+    }
+
+    private static func decode<R: Decodable>(_ result: JSONValue, as type: R.Type, command: String) throws -> R {
+        do {
+            return try result.decode(as: R.self)
+        } catch {
+            throw QMPError.resultDecodingFailed(
+                command: command, type: String(describing: R.self), result: result, reason: "\(error)")
+        }
     }
 
     private static func object(_ arguments: some Encodable, command: String) throws -> [String: JSONValue] {

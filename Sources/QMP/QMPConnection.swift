@@ -1,6 +1,14 @@
 import NIOCore
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Why a ``QMPClient`` connection ended.
 public enum QMPCloseReason: Sendable, Equatable {
     /// `close()` was called (or the handshake was abandoned by `connect`).
@@ -67,10 +75,7 @@ final class QMPConnection: Sendable {
 
     /// Closes for `reason` unless the handshake already completed. `true` if it closed.
     func failHandshake(_ reason: QMPError) -> Bool {
-        let stillHandshaking = self.state.withLock { !$0.handshakeComplete && $0.closeReason == nil }
-        guard stillHandshaking else { return false }
-        self.terminate(.failed(reason))
-        return true
+        self.terminate(.failed(reason), unlessHandshakeComplete: true)
     }
 
     func execute(_ command: String, arguments: [String: JSONValue]?, on channel: any Channel) async throws -> JSONValue {
@@ -148,14 +153,15 @@ final class QMPConnection: Sendable {
     // MARK: Event-loop side
 
     /// Ends the connection once: fails every pending request with `.disconnected`,
-    /// finishes event streams. Later calls do nothing.
-    func terminate(_ reason: QMPCloseReason) {
+    /// finishes event streams. Later calls do nothing. Returns whether this call ended it.
+    @discardableResult
+    func terminate(_ reason: QMPCloseReason, unlessHandshakeComplete: Bool = false) -> Bool {
         typealias Taken = (
             pending: [Pending], greetingWaiter: CheckedContinuation<QMPGreeting, any Error>?,
             subscribers: [AsyncStream<QMPEvent>.Continuation]
         )
         let taken: Taken? = self.state.withLock { state in
-            guard state.closeReason == nil else { return nil }
+            guard state.closeReason == nil, !(unlessHandshakeComplete && state.handshakeComplete) else { return nil }
             state.closeReason = reason
             let taken = (Array(state.pending.values), state.greetingWaiter, Array(state.subscribers.values))
             state.pending = [:]
@@ -165,10 +171,11 @@ final class QMPConnection: Sendable {
             state.cancelledEarly = []
             return taken
         }
-        guard let (pending, greetingWaiter, subscribers) = taken else { return }
+        guard let (pending, greetingWaiter, subscribers) = taken else { return false }
         for request in pending { request.continuation.resume(throwing: QMPError.disconnected) }
         greetingWaiter?.resume(throwing: QMPError.disconnected)
         for subscriber in subscribers { subscriber.finish() }
+        return true
     }
 
     /// Handles one received line. Returns `false` if the connection must be closed
@@ -300,7 +307,16 @@ final class QMPChannelHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.connection.terminate(.failed(error as? QMPError ?? .ioError("\(error)")))
+        let reason: QMPCloseReason
+        if let error = error as? QMPError {
+            reason = .failed(error)
+        } else if let error = error as? IOError, error.errnoCode == ECONNRESET || error.errnoCode == EPIPE {
+            // QEMU exiting with unread or unsent data shows up as a reset, not EOF.
+            reason = .closedByPeer
+        } else {
+            reason = .failed(.ioError("\(error)"))
+        }
+        self.connection.terminate(reason)
         context.close(promise: nil)
     }
 

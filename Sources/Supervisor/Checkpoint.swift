@@ -82,7 +82,7 @@ extension Supervisor {
             let info: JSONValue
             do { info = try await MigrationSettings.waitForCompletion(qmp) } catch {
                 _ = try? await qmp.execute("migrate_cancel")
-                throw error
+                throw await sink.failure() ?? error
             }
             log("checkpoint \(id): migration completed")
             let memory = try await sink.finish()

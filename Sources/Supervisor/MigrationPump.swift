@@ -53,6 +53,18 @@ final class MigrationSink: Sendable {
         thread.start()
     }
 
+    /// The sink's own error, when it has already failed (or fails within
+    /// `grace`): the root cause when QEMU reports only a broken pipe.
+    func failure(grace: Duration = .seconds(2)) async -> (any Error)? {
+        let waits: [@Sendable () async -> Void] = [
+            { [done] in await done.wait() },
+            { try? await Task.sleep(for: grace) },
+        ]
+        await race(waits)
+        guard case .failure(let error) = result.withLock({ $0 }) else { return nil }
+        return error
+    }
+
     /// Waits for the end of the stream; the file is durable when this returns.
     func finish() async throws -> RecordManifest.FileEntry {
         await done.wait()
@@ -114,13 +126,30 @@ enum FileCopy {
         let output = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         if output < 0 { throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(errno))) }
         defer { close(output) }
+        var inKernel = true
+        var buffer: [UInt8] = []
         while true {
-            let n = cevm_copy_file_range(input, output, 1 << 30)
+            if inKernel {
+                let n = cevm_copy_file_range(input, output, 1 << 30)
+                if n > 0 { continue }
+                if n == 0 { break }
+                if errno == EINTR { continue }
+                // Across file systems (EXDEV) or where unsupported: copy through user space.
+                guard errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL else {
+                    throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(errno)))
+                }
+                inKernel = false
+                buffer = [UInt8](repeating: 0, count: 1 << 20)
+            }
+            let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(errno)))
+                throw SystemError("read", errno: errno, subject: source)
             }
             if n == 0 { break }
+            do { try Files.writeAll(output, buffer[0..<n], subject: destination) } catch let error as SystemError {
+                throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(error.errno)))
+            }
         }
         if fsync(output) != 0 { throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(errno))) }
         let name = destination.split(separator: "/").last.map(String.init) ?? destination

@@ -39,10 +39,7 @@ struct QEMUQMPTests {
         process.standardOutput = FileHandle.nullDevice
         process.standardError = try FileHandle(forWritingTo: stderrPath)
         try process.run()
-        defer {
-            if process.isRunning { process.terminate() }
-            process.waitUntilExit()
-        }
+        defer { Self.stop(process) }
 
         let client = try await Self.connectWithRetries(socket: socket, process: process, stderrPath: stderrPath)
         #expect(client.greeting.major >= 1)
@@ -75,6 +72,15 @@ struct QEMUQMPTests {
         #expect(client.closeReason == .closedByPeer)
         await #expect(throws: QMPError.disconnected) { try await client.execute("query-status") }
         await client.close()
+    }
+
+    /// SIGTERM, then SIGKILL if QEMU has not exited within two seconds; always reaps it.
+    private static func stop(_ process: Process) {
+        if process.isRunning { process.terminate() }
+        let deadline = Date().addingTimeInterval(2)
+        while process.isRunning, Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
     }
 
     /// QEMU creates the socket shortly after starting; retry until it accepts.

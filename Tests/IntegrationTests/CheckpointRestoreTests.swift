@@ -1,0 +1,188 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import Foundation
+import Records
+import Testing
+
+/// Checkpoint a running bundled guest, lose it, restore it, and prove from
+/// its console that it continues exactly where the checkpoint was taken.
+@Suite(.serialized, .enabled(if: endToEndReady, "needs the cevm binary, QEMU and the bundled guest"))
+struct CheckpointRestoreTests {
+    func checkpoint(_ cevm: borrowing CEVMHarness, _ name: String) throws -> (id: String, directory: String, manifest: [String: Any]) {
+        let result = try cevm.run(["checkpoint", name, "--mechanism", "stop-and-save", "--json"])
+        guard result.ok, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+            let manifest = object["manifest"] as? [String: Any], let id = manifest["id"] as? String,
+            let directory = object["directory"] as? String
+        else { throw HarnessError("checkpoint failed: \(result.stderr)") }
+        return (id, directory, manifest)
+    }
+
+    func killHard(_ cevm: borrowing CEVMHarness, _ name: String) throws {
+        let detail = try cevm.status(name)["status"] as? [String: Any]
+        for key in ["qemuPID", "supervisorPID"] {
+            if let pid = detail?[key] as? Int { kill(pid_t(pid), SIGKILL) }
+        }
+        for _ in 0..<100 where (try? cevm.status(name)["supervisorAlive"] as? Bool) == true { usleep(50_000) }
+    }
+
+    func qemuImgCheck(_ path: String) throws -> (ok: Bool, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Executables.find("qemu-img") ?? "/usr/bin/qemu-img")
+        process.arguments = ["check", "-U", path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        process.waitUntilExit()
+        return (process.terminationStatus == 0, String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+
+    @Test func checkpointKillRestoreContinuesExactly() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "job", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("job", count: 8)
+        let taken = try checkpoint(cevm, "job")
+        let timings = taken.manifest["timings"] as? [String: Any]
+        let resumedAt = Timestamp.parse(timings?["resumedAt"] as? String ?? "") ?? 0
+        #expect(resumedAt > 0)
+        #expect((timings?["guestPauseMs"] as? Double ?? 0) > 0)
+        let migration = taken.manifest["migration"] as? [String: Any]
+        #expect((migration?["parameters"] as? [String: Any])?["max-bandwidth"] as? Int == 1 << 40)
+
+        // The record's disk is a qcow2 image QEMU's own checker accepts.
+        let check = try qemuImgCheck("\(taken.directory)/disk.qcow2")
+        #expect(check.ok, "\(check.output)")
+
+        // The guest keeps running after the checkpoint, then is lost.
+        let before = try cevm.waitForTicks("job", count: 14)
+        try killHard(cevm, "job")
+        let lastBeforeCheckpoint = before.filter { (Timestamp.parse($0.time) ?? .infinity) < resumedAt }.map(\.counter).max() ?? 0
+        #expect(lastBeforeCheckpoint >= 8)
+        let sums = Dictionary(before.map { ($0.counter, $0.sum) }, uniquingKeysWith: { first, _ in first })
+
+        let restoreStarted = Date().timeIntervalSince1970
+        let restore = try cevm.run(["restore", taken.id])
+        #expect(restore.ok, "\(restore.stderr)")
+        #expect(try cevm.status("job")["state"] as? String == "running")
+
+        // Ticks the restored instance printed: they carry on from the checkpoint.
+        var restored: [Tick] = []
+        for _ in 0..<200 where restored.count < 6 {
+            usleep(200_000)
+            restored = try cevm.consoleLines("job").compactMap(Tick.init).filter { (Timestamp.parse($0.time) ?? 0) > restoreStarted }
+        }
+        #expect(restored.count >= 6)
+        #expect(restored.first?.counter == lastBeforeCheckpoint + 1, "no gap and no repeat after the checkpoint")
+        #expect(restored.map(\.counter) == Array((lastBeforeCheckpoint + 1)...(lastBeforeCheckpoint + restored.count)))
+        #expect(restored.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "memory and disk verified by the guest")
+        for tick in restored { if let sum = sums[tick.counter] { #expect(sum == tick.sum, "memory digest at \(tick.counter)") } }
+
+        // The restored VM can be checkpointed again: its disk record builds on the first.
+        let second = try checkpoint(cevm, "job")
+        #expect(second.manifest["parent"] as? String == taken.id)
+        #expect((second.manifest["disk"] as? [String: Any])?["kind"] as? String == "incremental")
+        #expect(try qemuImgCheck("\(second.directory)/disk.qcow2").ok)
+        let records = try cevm.run(["records", "job"])
+        #expect(records.stdout.contains(taken.id) && records.stdout.contains(second.id))
+        #expect(try cevm.run(["stop", "job"]).ok)
+    }
+
+    @Test func restoreRefusesARunningNameAndRestoresUnderAnother() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "orig", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("orig", count: 3)
+        let taken = try checkpoint(cevm, "orig")
+        let refused = try cevm.run(["restore", taken.id])
+        #expect(!refused.ok)
+        #expect(refused.stderr.contains("VM 'orig' is running"), "\(refused.stderr)")
+
+        let copy = try cevm.run(["restore", taken.directory, "--name", "copy"])
+        #expect(copy.ok, "\(copy.stderr)")
+        let ticks = try cevm.waitForTicks("copy", count: 3)
+        #expect(ticks.allSatisfy { $0.mem == "ok" && $0.disk == "ok" })
+        #expect(try cevm.status("orig")["state"] as? String == "running", "the original keeps running")
+        #expect(try cevm.run(["stop", "copy"]).ok)
+        #expect(try cevm.run(["stop", "orig"]).ok)
+        try Record.load(directory: taken.directory).verify()
+    }
+
+    @Test func damagedRecordsAreRefusedAndNothingIsTouched() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "dmg", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("dmg", count: 3)
+        let taken = try checkpoint(cevm, "dmg")
+        #expect(try cevm.run(["stop", "dmg"]).ok)
+        let memory = "\(taken.directory)/memory.mig"
+        let size = try Files.size(memory)
+
+        // One flipped byte: caught by the checksum.
+        let fd = open(memory, O_RDWR)
+        var byte: UInt8 = 0
+        _ = pread(fd, &byte, 1, 4096)
+        byte ^= 0xff
+        _ = pwrite(fd, &byte, 1, 4096)
+        let flipped = try cevm.run(["restore", taken.id])
+        #expect(!flipped.ok && flipped.stderr.contains("fails its checksum"), "\(flipped.stderr)")
+        byte ^= 0xff
+        _ = pwrite(fd, &byte, 1, 4096)
+        close(fd)
+
+        // A truncated stream.
+        #expect(truncate(memory, off_t(size / 2)) == 0)
+        let truncated = try cevm.run(["restore", taken.id])
+        #expect(!truncated.ok && truncated.stderr.contains("truncated"), "\(truncated.stderr)")
+
+        // A missing manifest, an unknown record, a hostile id.
+        #expect(try cevm.run(["restore", "20990101-000000-0000"]).stderr.contains("no record"))
+        #expect(!(try cevm.run(["restore", "../etc"]).ok))
+        #expect(try cevm.status("dmg")["state"] as? String == "stopped", "a refused restore leaves the VM as it was")
+        #expect(!(try cevm.run(["checkpoint", "dmg"]).ok), "a stopped VM cannot be checkpointed")
+    }
+
+    @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
+    func noSpaceLeftKeepsTheVMAndTheEarlierRecord() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "full", "--accel", "tcg", "--memory", "96M"]).ok)
+        _ = try cevm.waitForTicks("full", count: 3)
+        let records = "\(cevm.home)/vms/full/records"
+        try Files.makeDirectory(records)
+        // Room for one record of this guest but not two.
+        let mount = Process()
+        mount.executableURL = URL(fileURLWithPath: "/bin/mount")
+        mount.arguments = ["-t", "tmpfs", "-o", "size=110m,mode=0700", "tmpfs", records]
+        try mount.run()
+        mount.waitUntilExit()
+        guard mount.terminationStatus == 0 else {
+            Issue.record("cannot mount a tmpfs here")
+            return
+        }
+        defer {
+            let umount = Process()
+            umount.executableURL = URL(fileURLWithPath: "/bin/umount")
+            umount.arguments = ["-l", records]
+            try? umount.run()
+            umount.waitUntilExit()
+        }
+        let first = try checkpoint(cevm, "full")
+        var failed: CEVMHarness.Result?
+        for _ in 0..<3 {
+            let attempt = try cevm.run(["checkpoint", "full"])
+            if !attempt.ok {
+                failed = attempt
+                break
+            }
+        }
+        #expect(failed?.stderr.contains("No space left on device") == true, "\(failed?.stderr ?? "every checkpoint fit")")
+        #expect(try cevm.status("full")["state"] as? String == "running", "a failed checkpoint leaves the VM running")
+        let ticksBefore = try cevm.consoleLines("full").compactMap(Tick.init).count
+        usleep(1_000_000)
+        #expect(try cevm.consoleLines("full").compactMap(Tick.init).count > ticksBefore, "and the guest keeps computing")
+        try Record.load(directory: first.directory).verify()
+        let left = try Files.list(records).filter { $0 != first.id }
+        let committed = left.filter { Files.exists("\(records)/\($0)/manifest.json") }
+        #expect(left.count == committed.count, "no partial record is left behind: \(left)")
+        #expect(try cevm.run(["stop", "full"]).ok)
+    }
+}
