@@ -11,6 +11,7 @@ public struct CEVM: AsyncParsableCommand {
             """,
         subcommands: [
             Run.self, PS.self, Status.self, Logs.self, Stop.self, Remove.self, Checkpoint.self, RecordsCommand.self, Restore.self,
+            Disk.self, Inspect.self,
             Supervise.self,
         ]
     )

@@ -12,7 +12,7 @@ struct Checkpoint: AsyncParsableCommand {
         abstract: "Checkpoint a running VM into a new record.",
         discussion: "A record is committed when its manifest is durable; a failed checkpoint leaves no record and the VM running.")
 
-    @Argument(help: "The VM's name.") var name: String
+    @OptionGroup var vm: VMArgument
 
     @Option(help: "How to take it: \(Mechanism.allCases.map(\.rawValue).joined(separator: ", ")).")
     var mechanism: Mechanism = .stopAndSave
@@ -21,9 +21,7 @@ struct Checkpoint: AsyncParsableCommand {
 
     func run() async throws {
         try await Output.reporting {
-            let name = try parseName(name)
-            let paths = common.home.vm(name)
-            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            let (name, paths) = try vm.existing(in: common.home)
             guard paths.supervisorAlive else { throw SupervisorError.notRunning(name) }
             Output.progress("\(name): checkpoint (\(mechanism.rawValue))…")
             let response = try await ControlClient.send(.checkpoint(CheckpointOptions(mechanism: mechanism)), to: paths, name: name)
@@ -43,15 +41,13 @@ struct Checkpoint: AsyncParsableCommand {
 struct RecordsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "records", abstract: "List a VM's checkpoint records.")
 
-    @Argument(help: "The VM's name.") var name: String
+    @OptionGroup var vm: VMArgument
 
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
         try await Output.reporting {
-            let name = try parseName(name)
-            let paths = common.home.vm(name)
-            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            let (_, paths) = try vm.existing(in: common.home)
             let records = RecordStore(paths: paths).list()
             if common.json { return try Output.json(records.map { RecordSummary(manifest: $0.manifest, directory: $0.directory) }) }
             var rows = [["ID", "CREATED", "MECHANISM", "PAUSE", "DURABLE", "SIZE", "DISK", "PARENT"]]

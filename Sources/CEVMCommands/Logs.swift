@@ -12,7 +12,7 @@ struct Logs: AsyncParsableCommand {
         abstract: "Print a VM's serial console, each line timestamped on the host.",
         discussion: "The log continues across checkpoints and restores of the VM.")
 
-    @Argument(help: "The VM's name.") var name: String
+    @OptionGroup var vm: VMArgument
 
     @Flag(name: .shortAndLong, help: "Keep printing new lines until the VM stops.")
     var follow = false
@@ -24,9 +24,7 @@ struct Logs: AsyncParsableCommand {
 
     func run() async throws {
         try await Output.reporting {
-            let name = try parseName(name)
-            let paths = common.home.vm(name)
-            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            let (name, paths) = try vm.existing(in: common.home)
             var offset: Int64 = 0
             var pending: [UInt8] = []
             while true {

@@ -2,7 +2,9 @@
 import Glibc
 #endif
 import ArgumentParser
+import CEVMSystem
 import Foundation
+import Supervisor
 import VMStore
 
 /// Options every command takes.
@@ -57,6 +59,19 @@ enum Output {
             FileHandle.standardError.write(Data("cevm: error: \(error)\n".utf8))
             throw ExitCode.failure
         }
+    }
+}
+
+/// The NAME argument of a command about one existing VM.
+struct VMArgument: ParsableArguments {
+    @Argument(help: "The VM's name.") var name: String
+
+    /// The VM's name and files; an unknown VM is an error naming it.
+    func existing(in home: Home) throws -> (VMName, VMPaths) {
+        let name = try parseName(name)
+        let paths = home.vm(name)
+        guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+        return (name, paths)
     }
 }
 

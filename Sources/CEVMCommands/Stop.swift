@@ -11,15 +11,13 @@ struct Stop: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stop a VM: its QEMU gets SIGTERM, then SIGKILL; its supervisor exits.")
 
-    @Argument(help: "The VM's name.") var name: String
+    @OptionGroup var vm: VMArgument
 
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
         try await Output.reporting {
-            let name = try parseName(name)
-            let paths = common.home.vm(name)
-            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            let (name, paths) = try vm.existing(in: common.home)
             if paths.supervisorAlive {
                 Output.progress("\(name): stopping…")
                 _ = try await ControlClient.send(.stop, to: paths, name: name)
@@ -59,15 +57,13 @@ struct Stop: AsyncParsableCommand {
 struct Remove: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "rm", abstract: "Remove a stopped VM and all its files.")
 
-    @Argument(help: "The VM's name.") var name: String
+    @OptionGroup var vm: VMArgument
 
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
         try await Output.reporting {
-            let name = try parseName(name)
-            let paths = common.home.vm(name)
-            guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
+            let (name, paths) = try vm.existing(in: common.home)
             if paths.supervisorAlive { throw CLIError("VM '\(name)' is running: `cevm stop \(name)` first") }
             try FileManager.default.removeItem(atPath: paths.directory)
             if common.json { return try Output.json(["removed": name.value]) }
