@@ -11,7 +11,7 @@ import Synchronization
 /// read/write loops are the simplest fast path for a single bulk stream.
 ///
 /// `MigrationSink` listens on a Unix socket that QEMU's `migrate` connects
-/// to and spools the stream into a record file (no `exec:` URI: no shell
+/// to and spools the stream into a record file (never QEMU's exec URI: no shell
 /// ever parses a path). `MigrationSource` connects to the socket of a QEMU
 /// started with `-incoming defer` + `migrate-incoming` and feeds it a
 /// recorded stream.
