@@ -24,7 +24,7 @@ struct Logs: AsyncParsableCommand {
 
     func run() async throws {
         try await Output.reporting {
-            let (name, paths) = try vm.existing(in: common.home)
+            let (_, paths) = try vm.existing(in: common.home)
             var offset: Int64 = 0
             var pending: [UInt8] = []
             while true {
