@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import ArgumentParser
 import CEVMSystem
 import Foundation
@@ -12,7 +15,8 @@ struct Restore: AsyncParsableCommand {
             RECORD is a record's id or its directory. The record's files are checked against their \
             SHA-256 first. The VM continues where the checkpoint was taken, under its own supervisor; \
             restored under its own name, its console log continues. The record itself is never written: \
-            the restored VM's disk is a new overlay on top of the record's disk.
+            the restored VM's disk is a new overlay on top of the record's disk; the overlay it had \
+            is kept as disk/overlay.before-restore.qcow2.
             """)
 
     @Argument(help: "A record id or record directory.") var record: String
@@ -43,7 +47,12 @@ struct Restore: AsyncParsableCommand {
             try Files.makeDirectory(paths.directory, mode: 0o700)
             try paths.writeSpec(spec)
             // The VM's disk from now on: a new overlay over the record's disk.
-            Files.remove(paths.overlay)
+            // The overlay it had is kept aside, not deleted: it holds writes
+            // the guest made after the checkpoint, which a user may still want.
+            if Files.exists(paths.overlay) {
+                let aside = "\(paths.diskDirectory)/overlay.before-restore.qcow2"
+                if rename(paths.overlay, aside) != 0 { throw SystemError("rename", errno: errno, subject: paths.overlay) }
+            }
             let status = try await SupervisorLauncher.startDetached(
                 home: home, name: target, arguments: ["--restore", record.directory, "--boot-grace", "1"])
             Output.endProgress()

@@ -66,6 +66,7 @@ struct CheckpointRestoreTests {
         let restore = try cevm.run(["restore", taken.id])
         #expect(restore.ok, "\(restore.stderr)")
         #expect(try cevm.status("job")["state"] as? String == "running")
+        #expect(Files.exists("\(cevm.home)/vms/job/disk/overlay.before-restore.qcow2"), "the lost VM's overlay is kept aside")
 
         // Ticks the restored instance printed: they carry on from the checkpoint.
         var restored: [Tick] = []
