@@ -34,9 +34,7 @@ public enum Files {
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = try chunk.withUnsafeMutableBytes { buf in
-                try retryingEINTR("read", subject: path) { Glibc.read(fd, buf.baseAddress, buf.count) }
-            }
+            let n = try readSome(fd, into: &chunk, subject: path)
             if n == 0 { break }
             out.append(contentsOf: chunk[0..<n])
             if out.count > limit {
@@ -48,6 +46,14 @@ public enum Files {
 
     public static func readString(_ path: String, limit: Int = 64 << 20) throws -> String {
         String(decoding: try read(path, limit: limit), as: UTF8.self)
+    }
+
+    /// read(2) into `buffer`, retrying EINTR; returns the byte count, 0 at
+    /// end of file.
+    public static func readSome(_ fd: Int32, into buffer: inout [UInt8], subject: String? = nil) throws -> Int {
+        try buffer.withUnsafeMutableBytes { raw in
+            try retryingEINTR("read", subject: subject) { Glibc.read(fd, raw.baseAddress, raw.count) }
+        }
     }
 
     /// Writes all of `bytes` to `fd`, retrying short writes and EINTR.

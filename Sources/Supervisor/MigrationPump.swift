@@ -37,11 +37,7 @@ final class MigrationSink: Sendable {
                 defer { close(connection) }
                 var buffer = [UInt8](repeating: 0, count: 1 << 20)
                 while true {
-                    let n = buffer.withUnsafeMutableBytes { read(connection, $0.baseAddress, $0.count) }
-                    if n < 0 {
-                        if errno == EINTR { continue }
-                        throw SystemError("read", errno: errno, subject: "migration stream")
-                    }
+                    let n = try Files.readSome(connection, into: &buffer, subject: "migration stream")
                     if n == 0 { break }
                     try buffer.withUnsafeBytes { try spool.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 }
@@ -99,11 +95,7 @@ enum MigrationSource {
                     var buffer = [UInt8](repeating: 0, count: 1 << 20)
                     var total: Int64 = 0
                     while true {
-                        let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
-                        if n < 0 {
-                            if errno == EINTR { continue }
-                            throw SystemError("read", errno: errno, subject: file)
-                        }
+                        let n = try Files.readSome(input, into: &buffer, subject: file)
                         if n == 0 { break }
                         try Files.writeAll(fd, buffer[0..<n], subject: "incoming migration socket")
                         total += Int64(n)
@@ -141,11 +133,7 @@ enum FileCopy {
                 inKernel = false
                 buffer = [UInt8](repeating: 0, count: 1 << 20)
             }
-            let n = buffer.withUnsafeMutableBytes { read(input, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError("read", errno: errno, subject: source)
-            }
+            let n = try Files.readSome(input, into: &buffer, subject: source)
             if n == 0 { break }
             do { try Files.writeAll(output, buffer[0..<n], subject: destination) } catch let error as SystemError {
                 throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(error.errno)))
