@@ -8,6 +8,10 @@ struct BundledGuest {
     var kernel: String { "\(directory)/vmlinuz" }
     var initrd: String { "\(directory)/initrd.img" }
     var manifest: String { "\(directory)/guest.json" }
+    /// The disk template (raw ext2 with the workload's records and log).
+    var disk: String { "\(directory)/disk.img" }
+    /// The kernel's module tree, for libguestfs's appliance (cevm inspect).
+    var modules: String { "\(directory)/modules" }
 
     /// The workload's first console line: the guest has booted.
     static let readyMarker = "cevm-workload start"
@@ -27,7 +31,7 @@ struct BundledGuest {
 
     /// The default kernel command line, checking the guest is built.
     func defaultAppend() throws -> String {
-        for file in [kernel, initrd, manifest] where !Files.exists(file) {
+        for file in [kernel, initrd, manifest, disk] where !Files.exists(file) {
             throw CLIError("the bundled guest is not built (\(file) is missing): run `make guest` or scripts/build-guest")
         }
         do {

@@ -142,8 +142,16 @@ struct Run: AsyncParsableCommand {
             bundled = true
         }
         if diskSpec == nil && (bundled || diskSize != nil) {
-            let size = try parseSize(diskSize ?? "64M", defaultUnit: 1 << 20)
-            diskSpec = VMSpec.Disk(base: paths.createdBase, baseFormat: "qcow2", sizeBytes: size, createdByCEVM: true)
+            var size = try parseSize(diskSize ?? "64M", defaultUnit: 1 << 20)
+            var template: String?
+            if bundled {
+                // The bundled guest's disk starts as its ext2 template.
+                let guest = BundledGuest.locate()
+                template = guest.disk
+                size = max(size, try Files.size(guest.disk))
+            }
+            diskSpec = VMSpec.Disk(
+                base: paths.createdBase, baseFormat: "qcow2", sizeBytes: size, createdByCEVM: true, template: template)
         }
         return VMSpec(
             name: name, memoryMiB: memoryMiB, vcpus: vcpus, cpuset: pinned, accel: accel ?? .auto,

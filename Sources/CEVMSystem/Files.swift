@@ -95,7 +95,7 @@ public enum Files {
             unlink(temporary)
             throw error
         }
-        if rename(temporary, path) != 0 {
+        if Glibc.rename(temporary, path) != 0 {
             let code = errno
             unlink(temporary)
             throw SystemError("rename", errno: code, subject: "\(temporary) -> \(path)")
@@ -106,6 +106,15 @@ public enum Files {
     /// Appends to a file opened O_APPEND, creating it with `mode`.
     public static func openForAppend(_ path: String, mode: mode_t = 0o600) throws -> Int32 {
         try retryingEINTR("open", subject: path) { open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, mode) }
+    }
+
+    /// rename(2), then fsync of the destination's directory so the new name
+    /// survives a crash.
+    public static func rename(_ source: String, to destination: String) throws {
+        guard Glibc.rename(source, destination) == 0 else {
+            throw SystemError("rename", errno: errno, subject: "\(source) -> \(destination)")
+        }
+        try fsync(path: parent(of: destination))
     }
 
     public static func remove(_ path: String) {

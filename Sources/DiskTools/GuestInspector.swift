@@ -19,6 +19,19 @@ public final class GuestInspector {
         case file([UInt8])
     }
 
+    /// A kernel for libguestfs's appliance (supermin): vmlinuz, its module
+    /// tree (with modules.dep) and its release string.
+    public struct ApplianceKernel: Sendable {
+        public var kernel: String
+        public var modules: String
+        public var release: String
+        public init(kernel: String, modules: String, release: String) {
+            self.kernel = kernel
+            self.modules = modules
+            self.release = release
+        }
+    }
+
     let handle: OpaquePointer
     /// The filesystem mounted at "/" (for example "/dev/sda1").
     public let filesystem: String
@@ -28,9 +41,18 @@ public final class GuestInspector {
     /// LIBGUESTFS_BACKEND in the environment the "direct" backend is used;
     /// `forceTCG` adds the backend setting force_tcg (KVM does not work on
     /// every host; see DESIGN.md).
-    public init(image: String, format: String = "qcow2", forceTCG: Bool) throws(DiskToolsError) {
+    public init(
+        image: String, format: String = "qcow2", forceTCG: Bool, applianceKernel: ApplianceKernel? = nil
+    ) throws(DiskToolsError) {
+        if let k = applianceKernel {
+            // supermin reads these when it builds the appliance (first use, then cached).
+            setenv("SUPERMIN_KERNEL", k.kernel, 1)
+            setenv("SUPERMIN_MODULES", k.modules, 1)
+            setenv("SUPERMIN_KERNEL_VERSION", k.release, 1)
+        }
         guard let g = guestfs_create() else { throw .libguestfs(call: "guestfs_create", message: "cannot create a handle") }
         handle = g
+        guestfs_set_error_handler(g, nil, nil)  // errors come back through guestfs_last_error
         var mounted: String?
         do throws(DiskToolsError) {
             if getenv("LIBGUESTFS_BACKEND") == nil {

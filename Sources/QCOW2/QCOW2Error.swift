@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 /// Everything the qcow2 engine can refuse or fail at. Each case keeps the raw
 /// payload (the field, the value read, the file offset) so a caller can act
 /// on it; `description` prints offsets in hex.
@@ -67,7 +70,9 @@ public enum QCOW2Error: Error, Sendable, Equatable, CustomStringConvertible {
         case .imageTooLarge(let hostOffset):
             return "host offset \(hex(hostOffset)) cannot be addressed by a qcow2 L2 entry"
         case .io(let call, let errno, let path, let offset):
-            return "\(call) on \(path) at offset \(hex(offset)) failed: errno \(errno)"
+            let reason = strerror(errno).map { String(cString: $0) } ?? "errno \(errno)"
+            if call == "open" || call == "fstat" { return "\(call) \(path): \(reason)" }
+            return "\(call) on \(path) at offset \(hex(offset)) failed: \(reason)"
         case .invalidCreateOption(let option, let value, let reason):
             return "cannot create image: \(option) = \(value): \(reason)"
         }

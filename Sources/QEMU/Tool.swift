@@ -70,6 +70,16 @@ public enum QEMUImg {
         try await Tool.check("qemu-img", ["create", "-q", "-f", "qcow2", path, "\(sizeBytes)"])
     }
 
+    /// Converts `source` into a new qcow2 image at `path`.
+    public static func convert(_ source: String, sourceFormat: String, to path: String) async throws {
+        try await Tool.check("qemu-img", ["convert", "-q", "-f", sourceFormat, "-O", "qcow2", source, path])
+    }
+
+    /// Grows a qcow2 image to `sizeBytes`.
+    public static func resize(_ path: String, sizeBytes: Int64) async throws {
+        try await Tool.check("qemu-img", ["resize", "-q", "-f", "qcow2", path, "\(sizeBytes)"])
+    }
+
     /// Creates a qcow2 overlay whose backing file is `backing` (absolute path).
     public static func createOverlay(_ path: String, backing: String, backingFormat: String) async throws {
         try await Tool.check("qemu-img", ["create", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path])

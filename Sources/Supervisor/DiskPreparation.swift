@@ -8,7 +8,21 @@ enum DiskPreparation {
     static func prepare(spec: VMSpec, paths: VMPaths) async throws -> InstanceConfig.Drive? {
         guard let disk = spec.disk else { return nil }
         if disk.createdByCEVM && !Files.exists(disk.base) {
-            try await QEMUImg.create(disk.base, sizeBytes: disk.sizeBytes)
+            if let template = disk.template {
+                guard Files.exists(template) else {
+                    throw SupervisorError.startFailed(spec.name, "disk template \(template) does not exist (rebuild the bundled guest: make guest)")
+                }
+                // Converted beside the base, then renamed: a base exists whole or not at all.
+                let partial = disk.base + ".partial"
+                Files.remove(partial)
+                try await QEMUImg.convert(template, sourceFormat: "raw", to: partial)
+                if disk.sizeBytes > (try await QEMUImg.info(partial)).virtualSize {
+                    try await QEMUImg.resize(partial, sizeBytes: disk.sizeBytes)
+                }
+                try Files.rename(partial, to: disk.base)
+            } else {
+                try await QEMUImg.create(disk.base, sizeBytes: disk.sizeBytes)
+            }
         }
         guard Files.exists(disk.base) else {
             throw SupervisorError.startFailed(spec.name, "base image \(disk.base) does not exist")

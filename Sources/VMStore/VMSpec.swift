@@ -40,13 +40,21 @@ public struct VMSpec: Codable, Sendable, Equatable {
         public var baseFormat: String
         /// Virtual size in bytes.
         public var sizeBytes: Int64
-        /// True when cevm created the base (an empty disk of `--disk-size`).
+        /// True when cevm created the base (an empty disk of `--disk-size`,
+        /// or a copy of `template`).
         public var createdByCEVM: Bool
         /// The record whose disk is the base, for a restored VM.
         public var record: String?
+        /// A raw image the created base starts as (the bundled guest's
+        /// ext2 disk), grown to `sizeBytes` if that is larger.
+        public var template: String?
 
-        public init(base: String, baseFormat: String, sizeBytes: Int64, createdByCEVM: Bool, record: String? = nil) {
+        public init(
+            base: String, baseFormat: String, sizeBytes: Int64, createdByCEVM: Bool, record: String? = nil,
+            template: String? = nil
+        ) {
             self.record = record
+            self.template = template
             self.base = base
             self.baseFormat = baseFormat
             self.sizeBytes = sizeBytes

@@ -19,6 +19,11 @@
  * Outside the guest (pid != 1) the environment variables CEVM_CMDLINE (used
  * instead of /proc/cmdline) and CEVM_DISK (used instead of /dev/vda, may be a
  * regular file) help testing; the program then exits instead of powering off.
+ *
+ * In the guest, the records live in /disk/cevm/records when /init mounted the
+ * disk's ext2 filesystem on /disk (the bundled disk has one), else on the
+ * whole of /dev/vda; every console line is also appended to
+ * /disk/cevm/workload.log, synced every tick.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -58,6 +63,13 @@
 
 static int pid1;
 static int con = 1;
+static int logfd = -1; /* the disk's /cevm/workload.log, when init mounted it */
+
+/* In the guest, /init mounts the disk's ext2 filesystem here when it has one;
+ * the records then live in a preallocated file, the log beside it. A disk
+ * without a filesystem is used raw, as a whole. */
+#define GUEST_RECORDS "/disk/cevm/records"
+#define GUEST_LOG "/disk/cevm/workload.log"
 
 /* ---------- output ---------- */
 
@@ -74,6 +86,10 @@ static void out(const char *fmt, ...)
     if (n > (int)sizeof buf - 2)
         n = (int)sizeof buf - 2;
     buf[n++] = '\n';
+    if (logfd >= 0 && write(logfd, buf, (size_t)n) != n) {
+        close(logfd); /* a full or broken log never stops the workload */
+        logfd = -1;
+    }
     const char *p = buf;
     while (n > 0) { /* one write per line: lines are never split by us */
         ssize_t w = write(con, p, (size_t)n);
@@ -84,6 +100,16 @@ static void out(const char *fmt, ...)
         }
         p += w;
         n -= (int)w;
+    }
+}
+
+/* The log reaches the disk every tick, so that what `cevm inspect` shows of
+ * a VM that was killed is at most one tick behind its console. */
+static void sync_log(void)
+{
+    if (logfd >= 0 && fdatasync(logfd) != 0) {
+        close(logfd);
+        logfd = -1;
     }
 }
 
@@ -395,7 +421,7 @@ static void disk_init(void)
         return;
     const char *path = pid1 ? NULL : getenv("CEVM_DISK");
     if (!path)
-        path = "/dev/vda";
+        path = access(GUEST_RECORDS, F_OK) == 0 ? GUEST_RECORDS : "/dev/vda";
     if (access(path, F_OK) != 0)
         return; /* no disk: disk=off */
     disk_state = DISK_BROKEN;
@@ -571,6 +597,7 @@ int main(void)
         signal(SIGINT, SIG_IGN);
         signal(SIGHUP, SIG_IGN);
         signal(SIGPIPE, SIG_IGN);
+        logfd = open(GUEST_LOG, O_WRONLY | O_APPEND | O_CLOEXEC);
     } else {
         signal(SIGPIPE, SIG_IGN);
     }
@@ -595,6 +622,7 @@ int main(void)
                     c, digest, mok_all ? "ok" : "BAD", disk_word(dok_all));
                 out("cevm-job done=%" PRIu64 " total=%" PRIu64 " rate=%.1f",
                     c, prm.job, secs > 0 ? (double)c / secs : 0.0);
+                sync_log();
                 mok_all = dok_all = 1;
                 while (next <= t)
                     next += tick_ns;
@@ -610,6 +638,7 @@ int main(void)
         int dok, mok = do_tick(c, &dok);
         out("cevm-tick counter=%" PRIu64 " sum=%016" PRIx64 " mem=%s disk=%s",
             c, digest, mok ? "ok" : "BAD", disk_word(dok));
+        sync_log();
         next += tick_ns;
         uint64_t t = now_ns();
         if (next < t)
