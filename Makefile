@@ -23,6 +23,7 @@ build:
 # turns every timeout into a coin toss.
 test: setup
 	bash scripts/fuzz
+	bash scripts/fuzz-nbd
 	$(SWIFT) build --build-tests
 	CEVM_BIN="$(BIN_PATH)/cevm" $(SWIFT) test --skip-build --no-parallel
 	bash scripts/verify-protocols

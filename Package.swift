@@ -57,6 +57,17 @@ let package = Package(
         .target(name: "DiskTools", dependencies: ["QCOW2", "CLibQcow", "CGuestfs", "CEVMSystem"], swiftSettings: strict),
         // The seed's integration and AccessDisk protocols as pure state machines.
         .target(name: "DiskIntegration", exclude: ["README.md"], swiftSettings: strict),
+        // NBD wire protocol: pure decoders/encoders and the handshake machine (no dependencies).
+        .target(name: "NBDProtocol", exclude: ["README.md"], swiftSettings: strict),
+        // NBD server over SwiftNIO: exports, connections, Unix sockets (TCP on request).
+        .target(
+            name: "NBDServer",
+            dependencies: [
+                "NBDProtocol", "CEVMSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         // Command-line commands, one file per subcommand.
         .target(
             name: "CEVMCommands",
@@ -76,6 +87,14 @@ let package = Package(
         .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem"], swiftSettings: strict),
         .testTarget(name: "QCOW2Tests", dependencies: ["QCOW2", "DiskTools", "CEVMSystem"], swiftSettings: strict),
         .testTarget(name: "DiskIntegrationTests", dependencies: ["DiskIntegration"], swiftSettings: strict),
+        .testTarget(
+            name: "NBDTests",
+            dependencies: [
+                "NBDProtocol", "NBDServer", "QCOW2", "CEVMSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),
     ]
