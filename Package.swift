@@ -68,6 +68,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict),
+        // The turnaround model of seed 001: fits, predictions, intervals, plots (pure).
+        .target(name: "Turnaround", exclude: ["README.md"], swiftSettings: strict),
         // Command-line commands, one file per subcommand.
         .target(
             name: "CEVMCommands",
@@ -95,6 +97,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict),
+        .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),
     ]
