@@ -44,7 +44,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records",
+                "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "NBDServer",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -68,17 +68,27 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict),
+        // The disk manager: VM disks as layered qcow2, the integration protocol run on them.
+        .target(
+            name: "DiskManager",
+            dependencies: [
+                "QCOW2", "DiskIntegration", "CEVMSystem", "NBDProtocol", "NBDServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         // The turnaround model of seed 001: fits, predictions, intervals, plots (pure).
         .target(name: "Turnaround", exclude: ["README.md"], swiftSettings: strict),
         // Command-line commands, one file per subcommand.
         .target(
             name: "CEVMCommands",
             dependencies: [
-                "Supervisor", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools",
+                "Supervisor", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
 
+        // Helpers shared by the test targets (scratch directories, qemu-img oracles).
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(name: "CEVMSystemTests", dependencies: ["CEVMSystem"], swiftSettings: strict),
         .testTarget(
             name: "QMPTests",
@@ -87,7 +97,7 @@ let package = Package(
         .testTarget(name: "QEMUTests", dependencies: ["QEMU", "QMP"], swiftSettings: strict),
         .testTarget(name: "VMStoreTests", dependencies: ["VMStore"], swiftSettings: strict),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem"], swiftSettings: strict),
-        .testTarget(name: "QCOW2Tests", dependencies: ["QCOW2", "DiskTools", "CEVMSystem"], swiftSettings: strict),
+        .testTarget(name: "QCOW2Tests", dependencies: ["QCOW2", "DiskTools", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "DiskIntegrationTests", dependencies: ["DiskIntegration"], swiftSettings: strict),
         .testTarget(
             name: "NBDTests",
@@ -97,6 +107,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict),
+        .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CEVMSystem"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),

@@ -6,6 +6,7 @@ import Supervisor
 import VMStore
 
 extension Mechanism: ExpressibleByArgument {}
+extension AffinityPolicy: ExpressibleByArgument {}
 
 struct Checkpoint: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -17,14 +18,45 @@ struct Checkpoint: AsyncParsableCommand {
     @Option(help: "How to take it: \(Mechanism.allCases.map(\.rawValue).joined(separator: ", ")).")
     var mechanism: Mechanism = .stopAndSave
 
+    @Flag(help: "Write a full disk record (over the base image) even when an incremental one over the previous record is possible.")
+    var full = false
+
+    @Option(help: "CEVM: where the VM and the checkpointing run: shared, dedicated, alternate (default shared).")
+    var policy: AffinityPolicy?
+
+    @Option(help: "CEVM: the VM's CPU set, e.g. 0-1 (default: its pinned set, else half the CPUs).")
+    var cpus: String?
+
+    @Option(name: .customLong("checkpoint-cpus"), help: "CEVM: the checkpoint CPU set for dedicated/alternate (default: the other CPUs).")
+    var checkpointCPUs: String?
+
+    @Option(name: .customLong("downtime-limit"), help: "CEVM: QEMU's migration downtime-limit in ms.")
+    var downtimeLimit: Int64?
+
     @OptionGroup var common: CommonOptions
+
+    func options() throws -> CheckpointOptions {
+        func set(_ text: String?, _ option: String) throws -> CPUSet? {
+            guard let text else { return nil }
+            do { return try CPUSet(parsing: text) } catch { throw CLIError("\(option) \(text): \(error)") }
+        }
+        if mechanism != .cevm && (policy != nil || cpus != nil || checkpointCPUs != nil || downtimeLimit != nil) {
+            throw CLIError("--policy, --cpus, --checkpoint-cpus and --downtime-limit apply to --mechanism cevm")
+        }
+        if let downtimeLimit, downtimeLimit < 1 || downtimeLimit > 2000 {
+            throw CLIError("--downtime-limit \(downtimeLimit): must be 1 to 2000 ms")
+        }
+        return CheckpointOptions(
+            mechanism: mechanism, full: full, policy: policy, cpus: try set(cpus, "--cpus"),
+            checkpointCPUs: try set(checkpointCPUs, "--checkpoint-cpus"), downtimeLimitMs: downtimeLimit)
+    }
 
     func run() async throws {
         try await Output.reporting {
             let (name, paths) = try vm.existing(in: common.home)
             guard paths.supervisorAlive else { throw SupervisorError.notRunning(name) }
             Output.progress("\(name): checkpoint (\(mechanism.rawValue))…")
-            let response = try await ControlClient.send(.checkpoint(CheckpointOptions(mechanism: mechanism)), to: paths, name: name)
+            let response = try await ControlClient.send(.checkpoint(try options()), to: paths, name: name)
             Output.endProgress()
             guard response.ok, let manifest = response.record else {
                 throw CLIError(response.error ?? "checkpoint failed")

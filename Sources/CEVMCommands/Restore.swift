@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import ArgumentParser
+import DiskManager
 import CEVMSystem
 import Foundation
 import Records
@@ -50,6 +51,8 @@ struct Restore: AsyncParsableCommand {
             // The overlay it had is kept aside, not deleted: it holds writes
             // the guest made after the checkpoint, which a user may still want.
             if Files.exists(paths.overlay) {
+                // A checkpoint the lost VM did not finish left two overlays: merge them first.
+                _ = try VMDisk.recover(directory: paths.diskDirectory)
                 let aside = "\(paths.diskDirectory)/overlay.before-restore.qcow2"
                 if rename(paths.overlay, aside) != 0 { throw SystemError("rename", errno: errno, subject: paths.overlay) }
             }

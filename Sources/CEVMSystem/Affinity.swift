@@ -84,6 +84,9 @@ public enum Affinity {
         try get(thread: 0)
     }
 
+    /// The calling thread's kernel id (gettid(2)).
+    public static func currentThreadID() -> pid_t { cevm_gettid() }
+
     /// sched_getaffinity(2) of one thread (0 = the caller).
     public static func get(thread tid: pid_t) throws -> CPUSet {
         var buffer = [Int32](repeating: 0, count: CPUSet.maximumCPU + 1)

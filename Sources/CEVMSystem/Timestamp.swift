@@ -10,6 +10,13 @@ public enum Timestamp {
         return format(seconds: Int(ts.tv_sec), microseconds: Int(ts.tv_nsec / 1000))
     }
 
+    /// Wall-clock seconds since the epoch (what `parse` returns for `now()`).
+    public static func wallSeconds() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec / 1000) / 1e6
+    }
+
     public static func format(seconds: Int, microseconds: Int) -> String {
         var time = time_t(seconds)
         var parts = tm()

@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CSystemShims.h"
 #include <errno.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 int cevm_set_affinity(pid_t tid, const int *cpus, int count) {
@@ -33,6 +34,6 @@ int cevm_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
 
-long cevm_copy_file_range(int fd_in, int fd_out, unsigned long length) {
-    return (long)copy_file_range(fd_in, NULL, fd_out, NULL, length, 0);
+pid_t cevm_gettid(void) {
+    return (pid_t)syscall(SYS_gettid);
 }

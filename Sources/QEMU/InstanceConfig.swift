@@ -13,13 +13,21 @@ public struct InstanceConfig: Sendable, Equatable {
     }
 
     public struct Drive: Sendable, Equatable {
-        /// A file path, or an NBD URI later on.
-        public var file: String
-        public var format: String
+        public enum Source: Sendable, Equatable {
+            /// An image file QEMU opens itself.
+            case file(path: String, format: String)
+            /// An export of cevm's disk manager over a Unix socket.
+            case nbd(socket: String, export: String)
+        }
+
+        public var source: Source
 
         public init(file: String, format: String) {
-            self.file = file
-            self.format = format
+            source = .file(path: file, format: format)
+        }
+
+        public init(nbdSocket socket: String, export: String) {
+            source = .nbd(socket: socket, export: export)
         }
     }
 
@@ -87,11 +95,19 @@ public enum QEMUCommandLine {
             args += ["-boot", "order=c"]
         }
         if let drive = config.drive {
-            args += [
-                "-blockdev",
-                "driver=\(drive.format),node-name=disk0,file.driver=file,file.filename=\(escapeOption(drive.file)),cache.direct=off",
-                "-device", "virtio-blk-pci,drive=disk0,id=vda",
-            ]
+            switch drive.source {
+            case .file(let path, let format):
+                args += [
+                    "-blockdev",
+                    "driver=\(format),node-name=disk0,file.driver=file,file.filename=\(escapeOption(path)),cache.direct=off",
+                ]
+            case .nbd(let socket, let export):
+                args += [
+                    "-blockdev",
+                    "driver=nbd,node-name=disk0,server.type=unix,server.path=\(escapeOption(socket)),export=\(escapeOption(export))",
+                ]
+            }
+            args += ["-device", "virtio-blk-pci,drive=disk0,id=vda"]
         }
         if config.incoming { args += ["-incoming", "defer"] }
         return args

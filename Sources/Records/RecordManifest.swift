@@ -31,6 +31,26 @@ public struct RecordManifest: Codable, Sendable, Equatable {
     public var files: [FileEntry]
     /// nil for a VM without a disk.
     public var disk: DiskRecord?
+    /// CEVM only: where New_VM and the old side ran.
+    public var placement: Placement?
+
+    /// The CPU sets of a CEVM checkpoint (DESIGN.md "Affinity policies").
+    public struct Placement: Codable, Sendable, Equatable {
+        public var policy: String
+        /// New_VM's CPU set.
+        public var newInstance: String
+        /// The old side's: Old_VM until it ended, the tee, the integration.
+        public var oldSide: String
+        /// What the kernel reported after pinning (sched_getaffinity /
+        /// Cpus_allowed_list), per part: "New_VM", "Old_VM", "tee", "integration".
+        public var observed: [String: String]?
+
+        public init(policy: String, newInstance: String, oldSide: String) {
+            self.policy = policy
+            self.newInstance = newInstance
+            self.oldSide = oldSide
+        }
+    }
 
     public struct QEMUInfo: Codable, Sendable, Equatable {
         public var version: String
@@ -73,6 +93,14 @@ public struct RecordManifest: Codable, Sendable, Equatable {
         /// stamped before `resumedAt` was printed before the checkpoint.
         public var pausedAt: String
         public var resumedAt: String
+        /// The longest gap between two console lines around the pause, as
+        /// the host timestamped them: the pause the guest's output shows.
+        public var consoleGapMs: Double?
+        /// How long the guest computed while the old side still serialised
+        /// (from resuming to the record being durable).
+        public var overlapMs: Double?
+        /// Optional phases: name → milliseconds from the request.
+        public var phases: [String: Double]?
 
         public init(requestToPauseMs: Double, guestPauseMs: Double, requestToDurableMs: Double, pausedAt: String, resumedAt: String) {
             self.requestToPauseMs = requestToPauseMs

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CEVMSystem
+import DiskManager
 import Foundation
 import QEMU
 import QMP
@@ -13,10 +14,16 @@ import VMStore
 enum MigrationSettings {
     static let maxBandwidth: Int64 = 1 << 40  // bytes/s
 
-    static func apply(to qmp: QMPClient) async throws -> [String: Int64] {
-        let parameters: [String: Int64] = ["max-bandwidth": maxBandwidth]
+    /// Sets the parameters and returns them as set (`downtime-limit` as
+    /// QEMU reports it when not given).
+    static func apply(to qmp: QMPClient, downtimeLimitMs: Int64? = nil) async throws -> [String: Int64] {
+        var parameters: [String: Int64] = ["max-bandwidth": maxBandwidth]
+        if let downtimeLimitMs { parameters["downtime-limit"] = downtimeLimitMs }
         let arguments: [String: JSONValue]? = parameters.mapValues { JSONValue.int($0) }
         _ = try await qmp.execute("migrate-set-parameters", arguments: arguments)
+        if downtimeLimitMs == nil, let limit = try? await qmp.execute("query-migrate-parameters")["downtime-limit"]?.intValue {
+            parameters["downtime-limit"] = Int64(limit)
+        }
         return parameters
     }
 
@@ -38,6 +45,8 @@ enum MigrationSettings {
 }
 
 extension Supervisor {
+    static let diskRecordName = "disk.qcow2"
+
     /// Takes a checkpoint of the running VM and commits its record. A
     /// failure removes the partial record and leaves the VM running.
     func checkpoint(_ options: CheckpointOptions) async throws -> Record {
@@ -50,27 +59,36 @@ extension Supervisor {
         defer { inner.withLock { $0.busy = false } }
         switch options.mechanism {
         case .stopAndSave:
-            return try await stopAndSave(instance)
-        case .cevm, .backgroundSnapshot:
-            throw SupervisorError.checkpointFailed("mechanism \(options.mechanism.rawValue) is not available yet; use stop-and-save")
+            return try await stopAndSave(instance, full: options.full)
+        case .cevm:
+            return try await cevmCheckpoint(instance, options)
+        case .backgroundSnapshot:
+            return try await backgroundSnapshot(instance, full: options.full)
         }
     }
 
     /// Stop-and-save (seed 001's T_cpt): pause, stream memory into the
-    /// record, copy the flushed overlay, resume. The guest does not run
-    /// while memory and disk are written.
-    private func stopAndSave(_ instance: QEMUInstance) async throws -> Record {
+    /// record, cut the disk (the manager freezes S0), resume; the disk record
+    /// is written by the integration while the guest runs again. The guest
+    /// does not run while memory is written.
+    private func stopAndSave(_ instance: QEMUInstance, full: Bool) async throws -> Record {
         let requested = Timestamp.monotonic()
         let spec = try paths.readSpec()
         let store = RecordStore(paths: paths)
         let id = RecordStore.newID()
         let directory = try store.newRecordDirectory(id: id)
         let qmp = instance.qmp
+        let (diskService, previous) = inner.withLock { ($0.disk, $0.lastRecord) }
         var paused = false
+        var prepared: VMDisk.PreparedCut?
+        var cut: VMDisk.Cut?
         do {
             let sink = try MigrationSink(socketPath: "\(paths.runDirectory)/sink.sock", spoolPath: "\(directory)/memory.mig")
             log("checkpoint \(id): stop-and-save")
             let parameters = try await MigrationSettings.apply(to: qmp)
+            // U, the disk record and the journal, made while the guest still runs.
+            prepared = try diskService?.vmDisk.prepareCut(
+                recordPath: "\(directory)/\(Self.diskRecordName)", previousRecord: previous?.disk, full: full)
             // `stop` drains and flushes every block device: the overlay on
             // disk is the guest's disk at this instant.
             _ = try await qmp.execute("stop")
@@ -87,19 +105,30 @@ extension Supervisor {
             log("checkpoint \(id): migration completed")
             let memory = try await sink.finish()
             var files = [memory]
-            var diskRecord: RecordManifest.DiskRecord?
-            if let disk = spec.disk {
-                files.append(try FileCopy.copy(paths.overlay, to: "\(directory)/disk.qcow2", role: .disk))
-                diskRecord = .init(
-                    file: "disk.qcow2", kind: disk.record == nil ? .full : .incremental, backing: disk.base,
-                    backingFormat: disk.baseFormat)
+            // The disk cut: QEMU's `stop` flushed the guest's writes to the
+            // manager, so T now is the disk at the pause.
+            if let diskService, let ready = prepared {
+                cut = try diskService.vmDisk.cut(ready)
             }
             _ = try await qmp.execute("cont")
             paused = false
             let resumedAt = Timestamp.now()
             let pauseEnd = Timestamp.monotonic()
+            var diskRecord: RecordManifest.DiskRecord?
+            var parent = spec.disk?.record
+            if let diskService, let cut {
+                let stats = try await diskService.vmDisk.finish(cut)
+                log("checkpoint \(id): disk integrated: \(stats.switchOverClusters) clusters at the cut, "
+                    + "\(stats.recordClusters) in the record, \(stats.guestRequests) guest requests meanwhile, \(String(format: "%.3f", stats.seconds)) s")
+                let path = "\(directory)/\(Self.diskRecordName)"
+                files.append(.init(name: Self.diskRecordName, role: .disk, size: try Files.size(path), sha256: try FileDigest.sha256(of: path)))
+                if cut.incremental { parent = previous?.id }
+                diskRecord = .init(
+                    file: Self.diskRecordName, kind: cut.incremental || spec.disk?.record != nil ? .incremental : .full,
+                    backing: cut.backing, backingFormat: cut.backingFormat)
+            }
             let manifest = RecordManifest(
-                id: id, vm: name, createdAt: pausedAt, mechanism: .stopAndSave, parent: spec.disk?.record, spec: spec,
+                id: id, vm: name, createdAt: pausedAt, mechanism: .stopAndSave, parent: parent, spec: spec,
                 qemu: .init(version: qmp.greeting.versionString, package: qmp.greeting.package),
                 migration: .init(
                     parameters: parameters, capabilities: [:], totalTimeMs: info["total-time"]?.doubleValue,
@@ -110,14 +139,28 @@ extension Supervisor {
                 files: files, disk: diskRecord)
             var durable = manifest
             durable.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
-            return try RecordStore.commit(durable, in: directory)
+            let record = try RecordStore.commit(durable, in: directory)
+            if let cut { inner.withLock { $0.lastRecord = (id, cut.recordPath ?? "") } }
+            return record
         } catch {
             log("checkpoint \(id) failed: \(error)")
             if paused { _ = try? await qmp.execute("cont") }
+            Self.cleanUpDisk(diskService, prepared: prepared, cut: cut)
+            if cut != nil { inner.withLock { $0.lastRecord = nil } }
+            if let diskService, let cut, !cut.integration.isFinished { _ = try? await diskService.vmDisk.finish(cut) }
             RecordStore.discard(directory)
             if let error = error as? SupervisorError { throw error }
             throw SupervisorError.checkpointFailed("\(error)")
         }
+    }
+
+    /// After a failed checkpoint the disk stays whole either way: a prepared
+    /// cut never made is abandoned; a cut made is finished (by the caller)
+    /// and its record forgotten, so the next record is not built on it.
+    static func cleanUpDisk(_ diskService: DiskService?, prepared: VMDisk.PreparedCut?, cut: VMDisk.Cut?) {
+        guard let diskService else { return }
+        if cut == nil, let prepared { diskService.vmDisk.abandon(prepared) }
+        if cut != nil { diskService.vmDisk.forgetLastRecord() }
     }
 
     /// Feeds a record's memory stream into an instance started with

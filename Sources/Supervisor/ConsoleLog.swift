@@ -13,6 +13,9 @@ public final class ConsoleLog: Sendable {
     private let fd: Int32
     private let partial: Mutex<[Int: [UInt8]]>
     private let watches: Mutex<[(needle: [UInt8], signal: AsyncSignal)]>
+    /// Host wall-clock times of the most recent complete lines (any instance).
+    private let lineTimes = Mutex<[Double]>([])
+    static let keptLineTimes = 4096
 
     /// Longest line kept whole; a longer one is split.
     public static let maximumLine = 64 * 1024
@@ -52,12 +55,14 @@ public final class ConsoleLog: Sendable {
         partial.withLock { partial in
             var pending = partial[instance] ?? []
             var out: [UInt8] = []
-            let stamp = Array(Timestamp.now().utf8) + [0x20]
+            let now = Timestamp.wallSeconds()
+            let stamp = Array(Timestamp.format(seconds: Int(now), microseconds: min(999_999, Int((now - now.rounded(.down)) * 1e6))).utf8) + [0x20]
             for byte in bytes {
                 switch byte {
                 case 0x0a:
                     out += stamp + pending + [0x0a]
                     check(pending)
+                    noteLine(at: now)
                     pending.removeAll(keepingCapacity: true)
                 case 0x0d, 0x00:
                     continue
@@ -72,6 +77,38 @@ public final class ConsoleLog: Sendable {
             partial[instance] = pending
             if !out.isEmpty { try? Files.writeAll(fd, out, subject: path) }
         }
+    }
+
+    private func noteLine(at time: Double) {
+        lineTimes.withLock { times in
+            times.append(time)
+            if times.count > Self.keptLineTimes { times.removeFirst(times.count - Self.keptLineTimes) }
+        }
+    }
+
+    /// The longest gap between two consecutive console lines whose interval
+    /// overlaps `from...to` (wall-clock seconds), in seconds; nil until a
+    /// line after `to` was logged. The guest's clock stops while it is
+    /// paused, so only these host times show how long it did not run.
+    public func longestGap(from: Double, to: Double) -> Double? {
+        lineTimes.withLock { times in
+            guard let last = times.last, last > to else { return nil }
+            var gap: Double = 0
+            for (a, b) in zip(times, times.dropFirst()) where b >= from && a <= to {
+                gap = max(gap, b - a)
+            }
+            return gap
+        }
+    }
+
+    /// Waits (up to `timeout`) for a line after `to`, then returns `longestGap`.
+    public func longestGap(from: Double, to: Double, waiting timeout: Duration) async -> Double? {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let gap = longestGap(from: from, to: to) { return gap }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return longestGap(from: from, to: to)
     }
 
     /// Writes out an unfinished last line of `instance`.

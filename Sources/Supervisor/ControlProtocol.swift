@@ -1,3 +1,4 @@
+import CEVMSystem
 import Records
 import VMStore
 
@@ -18,8 +19,36 @@ public enum ControlRequest: Codable, Sendable {
 /// What `cevm checkpoint` asks for.
 public struct CheckpointOptions: Codable, Sendable {
     public var mechanism: Mechanism
+    /// Write a full disk record even when an incremental one is possible.
+    public var full: Bool
+    /// CEVM only: the affinity policy and its CPU sets (nil: defaults).
+    public var policy: AffinityPolicy?
+    public var cpus: CPUSet?
+    public var checkpointCPUs: CPUSet?
+    /// CEVM only: QEMU's `downtime-limit` in ms (nil: QEMU's default, 300).
+    public var downtimeLimitMs: Int64?
 
-    public init(mechanism: Mechanism) { self.mechanism = mechanism }
+    public init(
+        mechanism: Mechanism, full: Bool = false, policy: AffinityPolicy? = nil, cpus: CPUSet? = nil,
+        checkpointCPUs: CPUSet? = nil, downtimeLimitMs: Int64? = nil
+    ) {
+        self.mechanism = mechanism
+        self.full = full
+        self.policy = policy
+        self.cpus = cpus
+        self.checkpointCPUs = checkpointCPUs
+        self.downtimeLimitMs = downtimeLimitMs
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        mechanism = try container.decode(Mechanism.self, forKey: .mechanism)
+        full = try container.decodeIfPresent(Bool.self, forKey: .full) ?? false
+        policy = try container.decodeIfPresent(AffinityPolicy.self, forKey: .policy)
+        cpus = try container.decodeIfPresent(CPUSet.self, forKey: .cpus)
+        checkpointCPUs = try container.decodeIfPresent(CPUSet.self, forKey: .checkpointCPUs)
+        downtimeLimitMs = try container.decodeIfPresent(Int64.self, forKey: .downtimeLimitMs)
+    }
 }
 
 public struct ControlMessage: Codable, Sendable {

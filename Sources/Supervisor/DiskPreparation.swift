@@ -5,8 +5,10 @@ import VMStore
 /// A VM's disk is cevm's own qcow2 overlay T over a read-only base image B.
 /// QEMU opens B only as T's backing file, read-only; B is never written.
 enum DiskPreparation {
-    static func prepare(spec: VMSpec, paths: VMPaths) async throws -> InstanceConfig.Drive? {
-        guard let disk = spec.disk else { return nil }
+    /// Creates the base (when cevm makes it) and the overlay if missing.
+    /// Returns false for a VM without a disk.
+    static func prepare(spec: VMSpec, paths: VMPaths) async throws -> Bool {
+        guard let disk = spec.disk else { return false }
         if disk.createdByCEVM && !Files.exists(disk.base) {
             if let template = disk.template {
                 guard Files.exists(template) else {
@@ -30,6 +32,6 @@ enum DiskPreparation {
         if !Files.exists(paths.overlay) {
             try await QEMUImg.createOverlay(paths.overlay, backing: disk.base, backingFormat: disk.baseFormat)
         }
-        return InstanceConfig.Drive(file: paths.overlay, format: "qcow2")
+        return true
     }
 }

@@ -19,9 +19,24 @@ final class MigrationSink: Sendable {
     let socketPath: String
     private let result = Mutex<Result<RecordManifest.FileEntry, any Error>?>(nil)
     private let done = AsyncSignal()
+    /// Fired when every byte went on to the destination (tee mode), before
+    /// the spool is fsynced.
+    let forwarded = AsyncSignal()
+    /// Tee mode: the CPU set the pump moved itself to once the source's
+    /// stream ended (the switch-over), as the kernel reported it after.
+    let oldSideAffinity = Mutex<CPUSet?>(nil)
 
     /// Starts listening at `socketPath`; the stream goes to `spoolPath`.
-    init(socketPath: String, spoolPath: String, acceptTimeoutMilliseconds: Int32 = 30_000) throws {
+    /// With `forwardTo` it is a tee (DESIGN.md step 3): every byte read from
+    /// the source goes first to the destination's incoming socket, then to
+    /// the spool; the destination sees EOF as soon as the source ends, and
+    /// the spool is fsynced after that, while New_VM already runs.
+    /// `oldSide`: the CPU set the pump moves to when the source's stream
+    /// ends, to fsync the spool there (the old side's set of the policy).
+    init(
+        socketPath: String, spoolPath: String, forwardTo: String? = nil, oldSide: CPUSet? = nil,
+        acceptTimeoutMilliseconds: Int32 = 30_000
+    ) throws {
         self.socketPath = socketPath
         let listener = try UnixSocket.listen(path: socketPath)
         let thread = Thread { [self] in
@@ -35,15 +50,32 @@ final class MigrationSink: Sendable {
                     throw SupervisorError.checkpointFailed("QEMU did not connect to the migration sink")
                 }
                 defer { close(connection) }
+                var destination: Int32 = -1
+                defer { if destination >= 0 { close(destination) } }
+                if let forwardTo {
+                    do { destination = try UnixSocket.connect(path: forwardTo) } catch {
+                        throw SupervisorError.checkpointFailed("the tee cannot reach New_VM's incoming socket \(forwardTo): \(error)")
+                    }
+                }
                 var buffer = [UInt8](repeating: 0, count: 1 << 20)
                 while true {
                     let n = try Files.readSome(connection, into: &buffer, subject: "migration stream")
                     if n == 0 { break }
+                    if destination >= 0 { try Files.writeAll(destination, buffer[0..<n], subject: "New_VM's incoming socket") }
                     try buffer.withUnsafeBytes { try spool.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                }
+                if destination >= 0 {
+                    shutdown(destination, Int32(SHUT_WR))
+                    forwarded.fire()
+                }
+                if let oldSide {
+                    try? Affinity.set(thread: 0, to: oldSide)
+                    oldSideAffinity.withLock { $0 = try? Affinity.get(thread: 0) }
                 }
                 return try spool.finish(role: .memory)
             }
             self.result.withLock { $0 = outcome }
+            self.forwarded.fire()
             self.done.fire()
         }
         thread.start()
@@ -105,42 +137,5 @@ enum MigrationSource {
             }
             thread.start()
         }
-    }
-}
-
-/// Copies a file with copy_file_range(2) (in-kernel, no user-space buffer)
-/// and fsyncs the copy; returns its manifest entry.
-enum FileCopy {
-    static func copy(_ source: String, to destination: String, role: RecordManifest.FileEntry.Role) throws -> RecordManifest.FileEntry {
-        let input = open(source, O_RDONLY | O_CLOEXEC)
-        if input < 0 { throw SystemError("open", errno: errno, subject: source) }
-        defer { close(input) }
-        let output = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        if output < 0 { throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(errno))) }
-        defer { close(output) }
-        var inKernel = true
-        var buffer: [UInt8] = []
-        while true {
-            if inKernel {
-                let n = cevm_copy_file_range(input, output, 1 << 30)
-                if n > 0 { continue }
-                if n == 0 { break }
-                if errno == EINTR { continue }
-                // Across file systems (EXDEV) or where unsupported: copy through user space.
-                guard errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL else {
-                    throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(errno)))
-                }
-                inKernel = false
-                buffer = [UInt8](repeating: 0, count: 1 << 20)
-            }
-            let n = try Files.readSome(input, into: &buffer, subject: source)
-            if n == 0 { break }
-            do { try Files.writeAll(output, buffer[0..<n], subject: destination) } catch let error as SystemError {
-                throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(error.errno)))
-            }
-        }
-        if fsync(output) != 0 { throw RecordError.writeFailed(path: destination, reason: String(cString: strerror(errno))) }
-        let name = destination.split(separator: "/").last.map(String.init) ?? destination
-        return .init(name: name, role: role, size: try Files.size(destination), sha256: try FileDigest.sha256(of: destination))
     }
 }

@@ -41,6 +41,15 @@ public final class Supervisor: Sendable {
     struct Inner {
         var status: VMStatus
         var instance: QEMUInstance?
+        /// Index of the next instance (0 boots; each CEVM checkpoint adds one).
+        var nextInstance = 0
+        /// The VM's console log, shared by all its instances.
+        var console: ConsoleLog?
+        /// The disk manager serving the VM's disk (nil for a VM without one).
+        var disk: DiskService?
+        /// The last checkpoint this supervisor committed and its disk record
+        /// (the next disk record may be incremental over it).
+        var lastRecord: (id: String, disk: String)?
         /// A checkpoint is under way (one at a time).
         var busy = false
     }
@@ -124,13 +133,25 @@ public final class Supervisor: Sendable {
         do {
             try await boot()
         } catch {
+            await stopDisk()
             update {
                 $0.state = .failed
                 $0.message = "\(error)"
             }
             return status
         }
-        return await runUntilEnd()
+        let final = await runUntilEnd()
+        await stopDisk()
+        return final
+    }
+
+    private func stopDisk() async {
+        if let disk = inner.withLock({ inner in
+            defer { inner.disk = nil }
+            return inner.disk
+        }) {
+            await disk.stop()
+        }
     }
 
     private func boot() async throws {
@@ -139,7 +160,12 @@ public final class Supervisor: Sendable {
         try Files.makeDirectory(paths.runDirectory, mode: 0o700)
         try Files.makeDirectory(paths.diskDirectory, mode: 0o700)
         RecordStore(paths: paths).removeUncommitted()
-        let drive = try await DiskPreparation.prepare(spec: spec, paths: paths)
+        var drive: InstanceConfig.Drive?
+        if try await DiskPreparation.prepare(spec: spec, paths: paths) {
+            let service = try await DiskService.start(paths: paths) { [self] in log($0) }
+            inner.withLock { $0.disk = service }
+            drive = service.drive
+        }
         let accel = try await resolveAccelerator(spec.accel)
         let console = try ConsoleLog(path: paths.consoleLog)
         // A restored guest is already past its boot: no marker to wait for.
@@ -151,6 +177,10 @@ public final class Supervisor: Sendable {
         let instance = try await QEMUInstance.launch(
             config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
             cpuset: spec.cpuset, console: console.sink(instance: 0))
+        inner.withLock {
+            $0.console = console
+            $0.nextInstance = 1
+        }
         if let restore = options.restore {
             do { try await restoreMemory(into: instance, from: restore) } catch {
                 await instance.stop()
@@ -230,10 +260,16 @@ public final class Supervisor: Sendable {
     }
 
     private func runUntilEnd() async -> VMStatus {
-        guard let instance = inner.withLock({ $0.instance }) else { return status }
-        var reason = await firstOf(instance: instance, within: nil)
-        if reason == nil { reason = await instance.waitForExit() }
-        guard let reason else { return status }
+        var ended: ExitReason?
+        while ended == nil {
+            guard let instance = inner.withLock({ $0.instance }) else { return status }
+            var reason = await firstOf(instance: instance, within: nil)
+            if reason == nil { reason = await instance.waitForExit() }
+            // A CEVM checkpoint replaced the instance: the VM goes on in the new one.
+            if inner.withLock({ $0.instance }) !== instance { continue }
+            ended = reason
+        }
+        guard let reason = ended else { return status }
         let byRequestOrGuest = reason.requested || reason.shutdownReason == "guest-shutdown"
         update {
             $0.state = byRequestOrGuest ? .stopped : .failed

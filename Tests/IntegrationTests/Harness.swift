@@ -55,7 +55,35 @@ struct CEVMHarness: ~Copyable {
                 }
             }
         }
+        // Any other process of this home (a New_VM orphaned by a killed supervisor).
+        Self.killProcesses(mentioning: home)
         try? FileManager.default.removeItem(atPath: home)
+    }
+
+    /// SIGKILLs every process whose command line mentions `text`.
+    static func killProcesses(mentioning text: String) {
+        guard let entries = try? Files.list("/proc") else { return }
+        for entry in entries {
+            guard let pid = Int32(entry), pid != getpid(),
+                let raw = try? Files.read("/proc/\(entry)/cmdline", limit: 1 << 16)
+            else { continue }
+            let cmdline = String(decoding: raw.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            if cmdline.contains(text) { kill(pid, SIGKILL) }
+        }
+    }
+
+    /// Starts cevm without waiting for it (its output is discarded).
+    func spawn(_ arguments: [String]) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env["CEVM_HOME"] = home
+        process.environment = env
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        return process
     }
 
     @discardableResult

@@ -1,5 +1,6 @@
 import DiskTools
 import Foundation
+import TestSupport
 import Testing
 @testable import QCOW2
 

@@ -38,6 +38,14 @@ import Testing
         #expect(value(after: "-blockdev", in: args)?.contains("file.filename=/d,,x/overlay.qcow2,") == true)
     }
 
+    @Test func nbdDriveNamesTheDiskManagersSocketAndExport() {
+        var config = self.config
+        config.drive = .init(nbdSocket: "/r,un/nbd.sock", export: "disk")
+        let args = QEMUCommandLine.arguments(for: config)
+        #expect(value(after: "-blockdev", in: args) == "driver=nbd,node-name=disk0,server.type=unix,server.path=/r,,un/nbd.sock,export=disk")
+        #expect(value(after: "-device", in: args) == "virtio-blk-pci,drive=disk0,id=vda")
+    }
+
     @Test func incomingAndDiskBoot() {
         var config = self.config
         config.incoming = true

@@ -18,7 +18,7 @@ short cevm_posix_spawn_setsid_flag(void);
 /// posix_spawn_file_actions_addclosefrom_np(3): close every descriptor >= from.
 int cevm_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 
-/// copy_file_range(2) between the current offsets of two descriptors.
-long cevm_copy_file_range(int fd_in, int fd_out, unsigned long length);
+/// gettid(2): the calling thread's id (for pinning it from another thread).
+pid_t cevm_gettid(void);
 
 #endif

@@ -1,35 +1,42 @@
 import Foundation
 import Testing
-@testable import QCOW2
+
+/// Helpers shared by the test targets: scratch directories, external tools
+/// (qemu-img, qemu-io) as oracles, seeded randomness.
 
 /// A scratch directory removed at deinit.
-final class Scratch {
-    let path: String
-    init() throws {
-        let template = NSTemporaryDirectory() + "qcow2tests.XXXXXX"
+public final class Scratch {
+    public let path: String
+    public init() throws {
+        let template = NSTemporaryDirectory() + "cevmtests.XXXXXX"
         var bytes = Array(template.utf8CString)
         guard let made = mkdtemp(&bytes) else { throw ToolFailure(command: "mkdtemp", status: errno, output: template) }
         path = String(cString: made)
     }
-    func file(_ name: String) -> String { path + "/" + name }
+    public func file(_ name: String) -> String { path + "/" + name }
     deinit { try? FileManager.default.removeItem(atPath: path) }
 }
 
-struct ToolFailure: Error, CustomStringConvertible {
-    let command: String
-    let status: Int32
-    let output: String
-    var description: String { "\(command) exited \(status): \(output)" }
+public struct ToolFailure: Error, CustomStringConvertible {
+    public let command: String
+    public let status: Int32
+    public let output: String
+    public init(command: String, status: Int32, output: String) {
+        self.command = command
+        self.status = status
+        self.output = output
+    }
+    public var description: String { "\(command) exited \(status): \(output)" }
 }
 
-struct ToolResult {
-    let status: Int32
-    let output: String
+public struct ToolResult {
+    public let status: Int32
+    public let output: String
 }
 
 /// Runs a tool and returns its status and combined output.
 @discardableResult
-func runTool(_ arguments: [String], environment: [String: String] = [:]) throws -> ToolResult {
+public func runTool(_ arguments: [String], environment: [String: String] = [:]) throws -> ToolResult {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
     process.arguments = arguments
@@ -47,42 +54,42 @@ func runTool(_ arguments: [String], environment: [String: String] = [:]) throws 
 
 /// Runs a tool that must succeed.
 @discardableResult
-func must(_ arguments: [String]) throws -> String {
+public func must(_ arguments: [String]) throws -> String {
     let result = try runTool(arguments)
     guard result.status == 0 else { throw ToolFailure(command: arguments.joined(separator: " "), status: result.status, output: result.output) }
     return result.output
 }
 
 /// `qemu-img check`: 0 clean, 3 leaks only, 2 corruption (qemu-img(1)).
-func qemuCheck(_ path: String) throws -> ToolResult {
+public func qemuCheck(_ path: String) throws -> ToolResult {
     try runTool(["qemu-img", "check", "-f", "qcow2", path])
 }
 
-func expectClean(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+public func expectClean(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let result = try qemuCheck(path)
     #expect(result.status == 0, "qemu-img check \(path): \(result.output)", sourceLocation: sourceLocation)
 }
 
 /// `qemu-img compare` of a raw file holding the expected guest content
 /// against an image (through its chain).
-func expectSameContent(expected raw: String, image: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+public func expectSameContent(expected raw: String, image: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let result = try runTool(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", raw, image])
     #expect(result.status == 0, "qemu-img compare: \(result.output)", sourceLocation: sourceLocation)
 }
 
-func writeFile(_ path: String, _ bytes: [UInt8]) throws {
+public func writeFile(_ path: String, _ bytes: [UInt8]) throws {
     try Data(bytes).write(to: URL(fileURLWithPath: path))
 }
 
-func readFile(_ path: String) throws -> [UInt8] {
+public func readFile(_ path: String) throws -> [UInt8] {
     Array(try Data(contentsOf: URL(fileURLWithPath: path)))
 }
 
 /// A small seeded generator (SplitMix64) so every random test is replayable.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+public struct SeededRandom: RandomNumberGenerator {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -91,6 +98,6 @@ struct SeededRandom: RandomNumberGenerator {
     }
 }
 
-func pattern(_ count: Int, seed: UInt8) -> [UInt8] {
+public func pattern(_ count: Int, seed: UInt8) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed) &* 7 &+ 1) ^ seed }
 }

@@ -1,0 +1,60 @@
+import NBDProtocol
+import NBDServer
+import NIOCore
+import QCOW2
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A `ManagedDisk` as an NBD export: what QEMU's `-blockdev driver=nbd`
+/// talks to. Flush and FUA make writes durable through the qcow2 engine;
+/// write-zeroes is offered (zero clusters in plain mode); trim is not (a
+/// discarded cluster of an overlay would read B's bytes, not zeros, and the
+/// integration protocol knows only reads and writes).
+public struct DiskExport: NBDExport {
+    public let disk: ManagedDisk
+    public init(disk: ManagedDisk) { self.disk = disk }
+
+    public var size: UInt64 { disk.virtualSize }
+    public var capabilities: NBDExportCapabilities { [.flush, .fua, .writeZeroes, .multiConnection] }
+
+    public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator) async throws(NBDIOError) -> ByteBuffer {
+        do {
+            let bytes = try await disk.read(offset: offset, length: length)
+            var buffer = allocator.buffer(capacity: bytes.count)
+            buffer.writeBytes(bytes)
+            return buffer
+        } catch {
+            throw Self.nbd(error)
+        }
+    }
+
+    public func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(NBDIOError) {
+        do {
+            try await disk.write(offset: offset, bytes: Array(data.readableBytesView), fua: fua)
+        } catch {
+            throw Self.nbd(error)
+        }
+    }
+
+    public func flush() async throws(NBDIOError) {
+        do { try await disk.flush() } catch { throw Self.nbd(error) }
+    }
+
+    public func writeZeroes(offset: UInt64, length: Int, fua: Bool, mayTrim: Bool) async throws(NBDIOError) {
+        do {
+            try await disk.writeZeroes(offset: offset, length: UInt64(length), fua: fua)
+        } catch {
+            throw Self.nbd(error)
+        }
+    }
+
+    static func nbd(_ error: DiskManagerError) -> NBDIOError {
+        switch error {
+        case .outOfRange: return .invalid(error.description)
+        case .image(.io(_, let code, _, _)) where code == ENOSPC: return .noSpace(error.description)
+        default: return .io(error.description)
+        }
+    }
+}

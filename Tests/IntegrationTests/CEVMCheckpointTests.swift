@@ -1,0 +1,157 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import Foundation
+import Records
+import Testing
+
+/// The CEVM mechanism end to end: the VM moves to a new pinned QEMU at each
+/// checkpoint and keeps computing; every record restores to the exact state
+/// the new instance continued from.
+@Suite(.serialized, .enabled(if: endToEndReady, "needs the cevm binary, QEMU and the bundled guest"))
+struct CEVMCheckpointTests {
+    func checkpoint(_ cevm: borrowing CEVMHarness, _ name: String, _ extra: [String]) throws -> [String: Any] {
+        let result = try cevm.run(["checkpoint", name, "--json"] + extra)
+        guard result.ok, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+            let manifest = object["manifest"] as? [String: Any]
+        else { throw HarnessError("checkpoint \(extra) failed: \(result.stderr)") }
+        return manifest
+    }
+
+    func qemuPID(_ cevm: borrowing CEVMHarness, _ name: String) throws -> Int32 {
+        guard let pid = (try cevm.status(name)["status"] as? [String: Any])?["qemuPID"] as? Int else {
+            throw HarnessError("no qemu pid for \(name)")
+        }
+        return Int32(pid)
+    }
+
+    func killHard(_ cevm: borrowing CEVMHarness, _ name: String) throws {
+        let detail = try cevm.status(name)["status"] as? [String: Any]
+        for key in ["qemuPID", "supervisorPID"] {
+            if let pid = detail?[key] as? Int { kill(pid_t(pid), SIGKILL) }
+        }
+        for _ in 0..<100 where (try? cevm.status(name)["supervisorAlive"] as? Bool) == true { usleep(50_000) }
+    }
+
+    /// Ticks the VM printed after `wall` (host time).
+    func ticks(_ cevm: borrowing CEVMHarness, _ name: String, after wall: Double) throws -> [Tick] {
+        try cevm.consoleLines(name).compactMap(Tick.init).filter { (Timestamp.parse($0.time) ?? 0) > wall }
+    }
+
+    @Test func checkpointsUnderEachPolicyMoveTheVMAndRestoreExactly() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "mover", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("mover", count: 5)
+        let available = try Affinity.available()
+        let policies = ["shared", "dedicated", "alternate", "alternate"]
+        var taken: [(manifest: [String: Any], continued: [Tick])] = []
+        var newSets: [String] = []
+        for policy in policies {
+            let before = try qemuPID(cevm, "mover")
+            let manifest = try checkpoint(cevm, "mover", ["--mechanism", "cevm", "--policy", policy])
+            #expect(manifest["mechanism"] as? String == "cevm")
+            let placement = manifest["placement"] as? [String: Any] ?? [:]
+            #expect(placement["policy"] as? String == policy)
+            let newSet = placement["newInstance"] as? String ?? "?"
+            let oldSet = placement["oldSide"] as? String ?? "?"
+            newSets.append(newSet)
+
+            // A new QEMU process runs the VM; the old one is gone.
+            let after = try qemuPID(cevm, "mover")
+            #expect(after != before, "\(policy): the VM moved to a new instance")
+            #expect(kill(before, 0) != 0, "\(policy): Old_VM ended")
+            // Every thread of New_VM is pinned to its set, as the kernel reports it.
+            let lists = try Affinity.allowedLists(of: after)
+            #expect(!lists.isEmpty && Set(lists.values) == [newSet], "\(policy): New_VM threads \(lists), expected \(newSet)")
+            // The old side ran where the policy put it (read back from the kernel).
+            let observed = placement["observed"] as? [String: String] ?? [:]
+            for part in ["tee", "Old_VM"] { #expect(observed[part] == oldSet, "\(policy): \(part) on \(observed[part] ?? "?"), expected \(oldSet)") }
+            if available.cpus.count >= 2 && policy != "shared" {
+                #expect(newSet != oldSet, "\(policy): checkpointing is kept off the VM's CPUs")
+            }
+            let timings = manifest["timings"] as? [String: Any] ?? [:]
+            let migration = manifest["migration"] as? [String: Any] ?? [:]
+            let downtime = migration["downtimeMs"] as? Double ?? -1
+            let pause = timings["guestPauseMs"] as? Double ?? -1
+            #expect(downtime >= 0 && pause >= downtime && pause <= downtime + 50, "\(policy): pause \(pause) ms vs downtime \(downtime) ms")
+            #expect((timings["consoleGapMs"] as? Double ?? 0) > 0, "the host saw the pause in the console")
+            #expect(timings["overlapMs"] as? Double != nil)
+            let resumedAt = Timestamp.parse(timings["resumedAt"] as? String ?? "") ?? 0
+            usleep(1_200_000)
+            let continued = try ticks(cevm, "mover", after: resumedAt)
+            #expect(continued.count >= 3 && continued.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(policy): \(continued)")
+            taken.append((manifest, continued))
+        }
+        if available.cpus.count >= 2 {
+            #expect(newSets[2] != newSets[3], "alternate moves the VM between the two sets: \(newSets)")
+        }
+        // No gap and no repeat in the guest's counter across four switch-overs.
+        let all = try cevm.consoleLines("mover").compactMap(Tick.init).map(\.counter)
+        #expect(all == Array(1...(all.last ?? 1)), "the counter runs on without a gap")
+
+        // Lose the VM; each record restores to the state New_VM continued from.
+        try killHard(cevm, "mover")
+        for (index, entry) in taken.enumerated() {
+            let id = entry.manifest["id"] as? String ?? ""
+            let name = "back\(index)"
+            let started = Date().timeIntervalSince1970
+            #expect(try cevm.run(["restore", id, "--name", name]).ok)
+            var restored: [Tick] = []
+            for _ in 0..<100 where restored.count < 3 {
+                usleep(200_000)
+                restored = try ticks(cevm, name, after: started)
+            }
+            #expect(restored.count >= 3)
+            #expect(restored.allSatisfy { $0.mem == "ok" && $0.disk == "ok" })
+            let first = entry.continued.first
+            #expect(restored.first?.counter == first?.counter, "\(id): restore continues where New_VM did")
+            #expect(restored.first?.sum == first?.sum, "\(id): with the same memory")
+            #expect(try cevm.run(["stop", name]).ok)
+        }
+    }
+
+    @Test func everyMechanismOnOneVMProducesRestorableRecords() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "mix", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("mix", count: 4)
+        var manifests: [[String: Any]] = []
+        for mechanism in ["stop-and-save", "cevm", "background-snapshot"] {
+            manifests.append(try checkpoint(cevm, "mix", ["--mechanism", mechanism]))
+            usleep(500_000)
+        }
+        #expect(manifests.map { $0["mechanism"] as? String ?? "" } == ["stop-and-save", "cevm", "background-snapshot"])
+        let background = manifests[2]
+        #expect((background["migration"] as? [String: Any])?["capabilities"] as? [String: Bool] == ["background-snapshot": true])
+        // A CEVM checkpoint after a background snapshot is an ordinary migration again.
+        manifests.append(try checkpoint(cevm, "mix", ["--mechanism", "cevm"]))
+        let records = try cevm.run(["records", "mix"])
+        #expect(records.ok)
+        #expect(try cevm.run(["stop", "mix"]).ok)
+        for (index, manifest) in manifests.enumerated() {
+            let id = manifest["id"] as? String ?? ""
+            let name = "m\(index)"
+            #expect(try cevm.run(["restore", id, "--name", name]).ok, "\(id)")
+            let ticks = try cevm.waitForTicks(name, count: 3)
+            let errors = try cevm.consoleLines(name).filter { $0.contains("cevm-error") }.prefix(6)
+            #expect(ticks.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(manifest["mechanism"] ?? ""): \(ticks) \(errors)")
+            #expect(try cevm.run(["stop", name]).ok)
+        }
+    }
+
+    @Test func cevmOptionsAreCheckedBeforeAnythingHappens() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "opt", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("opt", count: 2)
+        let pid = try qemuPID(cevm, "opt")
+        let misuse = try cevm.run(["checkpoint", "opt", "--policy", "alternate"])
+        #expect(!misuse.ok && misuse.stderr.contains("apply to --mechanism cevm"), "\(misuse.stderr)")
+        let badSet = try cevm.run(["checkpoint", "opt", "--mechanism", "cevm", "--cpus", "999"])
+        #expect(!badSet.ok && badSet.stderr.contains("--cpus"), "\(badSet.stderr)")
+        let overlap = try cevm.run(["checkpoint", "opt", "--mechanism", "cevm", "--policy", "dedicated", "--cpus", "0", "--checkpoint-cpus", "0"])
+        #expect(!overlap.ok && overlap.stderr.contains("overlap"), "\(overlap.stderr)")
+        #expect(try qemuPID(cevm, "opt") == pid, "a refused checkpoint leaves the VM where it was")
+        #expect(try cevm.run(["records", "opt", "--json"]).stdout.contains("[]") || (try cevm.run(["records", "opt"]).stdout.split(separator: "\n").count <= 1))
+        #expect(try cevm.run(["stop", "opt"]).ok)
+    }
+}
