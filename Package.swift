@@ -82,7 +82,7 @@ let package = Package(
         .target(
             name: "CEVMCommands",
             dependencies: [
-                "Supervisor", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager",
+                "Supervisor", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "Turnaround",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),

@@ -28,6 +28,7 @@ struct Restore: AsyncParsableCommand {
 
     func run() async throws {
         try await Output.reporting {
+            let started = Timestamp.monotonic()
             let home = common.home
             let record = try Self.locate(record, home: home)
             Output.progress("verifying \(record.id)…")
@@ -63,8 +64,21 @@ struct Restore: AsyncParsableCommand {
             guard status.state == .running else {
                 throw CLIError(status.message ?? "restore of \(record.id) ended \(status.state.rawValue)")
             }
+            // The measured restart time, for `cevm report --mtbf`.
+            let timing = Timing(record: record.id, seconds: Timestamp.monotonic() - started, at: Timestamp.now())
+            if let line = try? JSONEncoder().encode(timing), let fd = try? Files.openForAppend(paths.restoreTimes) {
+                try? Files.writeAll(fd, Array(line) + [0x0a], subject: paths.restoreTimes)
+                close(fd)
+            }
             Output.line("\(target) restored from \(record.id) and running (qemu pid \(status.qemuPID.map(String.init) ?? "?"))")
         }
+    }
+
+    /// One measured restore: verification, start of QEMU, memory streamed in, guest running.
+    struct Timing: Codable {
+        var record: String
+        var seconds: Double
+        var at: String
     }
 
     /// A record by directory path, or by id among every VM's records.
