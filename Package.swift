@@ -44,7 +44,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "NBDServer",
+                "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "NBDServer", "QCOW2", "Turnaround",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -108,7 +108,7 @@ let package = Package(
             ],
             swiftSettings: strict),
         .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CEVMSystem"], swiftSettings: strict),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),

@@ -54,7 +54,9 @@ struct Status: AsyncParsableCommand {
             }
             if let spec = report.spec {
                 lines.append("memory:      \(spec.memoryMiB) MiB, \(spec.vcpus) vCPU(s), machine \(spec.machine)")
-                lines.append("cpuset:      \(spec.cpuset?.description ?? "not pinned")")
+                // The instance's CPU set (a CEVM checkpoint may have moved it), else the spec's.
+                let running = report.supervisorAlive ? report.status?.cpuset : nil
+                lines.append("cpuset:      \(running ?? spec.cpuset?.description ?? "not pinned")")
                 switch spec.boot {
                 case .kernel(let kernel, _, let append):
                     lines.append("boot:        \(spec.bundledGuest ? "bundled guest" : kernel)")
@@ -65,6 +67,7 @@ struct Status: AsyncParsableCommand {
                     lines.append("disk:        \(common.home.vm(report.name).overlay) over \(disk.base) (\(disk.baseFormat), \(disk.sizeBytes >> 20) MiB)")
                 }
             }
+            if report.supervisorAlive, let schedule = report.status?.schedule { lines += ScheduleCommand.describe(schedule) }
             Output.line(lines.joined(separator: "\n"))
         }
     }

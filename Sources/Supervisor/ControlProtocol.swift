@@ -1,3 +1,4 @@
+import Foundation
 import CEVMSystem
 import Records
 import VMStore
@@ -14,10 +15,48 @@ public enum ControlRequest: Codable, Sendable {
     case status
     case stop
     case checkpoint(CheckpointOptions)
+    /// Sets the VM's checkpoint schedule; nil turns it off.
+    case schedule(ScheduleOptions?)
+}
+
+/// What `cevm schedule` asks for: one of `everySeconds` / `mtbfSeconds`.
+public struct ScheduleOptions: Codable, Sendable, Equatable {
+    /// A fixed interval between checkpoints (wall-clock seconds).
+    public var everySeconds: Double?
+    /// An MTBF: the interval is chosen from the measured checkpoint cost
+    /// (Young's or Daly's formula, whichever applies; the status says which).
+    public var mtbfSeconds: Double?
+    public var checkpoint: CheckpointOptions
+    /// Keep this many newest records; older ones are removed (retention).
+    public var keep: Int?
+
+    public init(everySeconds: Double?, mtbfSeconds: Double?, checkpoint: CheckpointOptions, keep: Int?) {
+        self.everySeconds = everySeconds
+        self.mtbfSeconds = mtbfSeconds
+        self.checkpoint = checkpoint
+        self.keep = keep
+    }
+
+    public var summary: String {
+        var parts: [String] = []
+        if let everySeconds { parts.append("every \(Self.duration(everySeconds))") }
+        if let mtbfSeconds { parts.append("for an MTBF of \(Self.duration(mtbfSeconds))") }
+        parts.append(checkpoint.mechanism.rawValue)
+        if let policy = checkpoint.policy { parts.append("policy \(policy.rawValue)") }
+        if let keep { parts.append("keep \(keep)") }
+        return parts.joined(separator: ", ")
+    }
+
+    public static func duration(_ seconds: Double) -> String {
+        if seconds >= 3600, seconds.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(seconds / 3600)) h" }
+        if seconds >= 60, seconds.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(seconds / 60)) min" }
+        if seconds >= 100 { return "\(Int(seconds.rounded())) s" }
+        return String(format: "%.1f s", seconds)
+    }
 }
 
 /// What `cevm checkpoint` asks for.
-public struct CheckpointOptions: Codable, Sendable {
+public struct CheckpointOptions: Codable, Sendable, Equatable {
     public var mechanism: Mechanism
     /// Write a full disk record even when an incremental one is possible.
     public var full: Bool
@@ -54,6 +93,7 @@ public struct CheckpointOptions: Codable, Sendable {
 public struct ControlMessage: Codable, Sendable {
     public var op: String
     public var checkpoint: CheckpointOptions?
+    public var schedule: ScheduleOptions?
 
     public init(_ request: ControlRequest) {
         switch request {
@@ -62,6 +102,9 @@ public struct ControlMessage: Codable, Sendable {
         case .checkpoint(let options):
             op = "checkpoint"
             checkpoint = options
+        case .schedule(let options):
+            op = options == nil ? "schedule-off" : "schedule"
+            schedule = options
         }
     }
 
@@ -70,6 +113,8 @@ public struct ControlMessage: Codable, Sendable {
         case "status": return .status
         case "stop": return .stop
         case "checkpoint": return checkpoint.map { .checkpoint($0) }
+        case "schedule": return schedule.map { .schedule($0) }
+        case "schedule-off": return .schedule(nil)
         default: return nil
         }
     }

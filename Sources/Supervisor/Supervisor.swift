@@ -50,6 +50,8 @@ public final class Supervisor: Sendable {
         /// The last checkpoint this supervisor committed and its disk record
         /// (the next disk record may be incremental over it).
         var lastRecord: (id: String, disk: String)?
+        /// The loop taking scheduled checkpoints, when a schedule is on.
+        var scheduler: Task<Void, Never>?
         /// A checkpoint is under way (one at a time).
         var busy = false
     }
@@ -122,6 +124,13 @@ public final class Supervisor: Sendable {
                     } catch {
                         return ControlResponse(ok: false, status: status, error: "\(error)")
                     }
+                case .schedule(let options):
+                    do {
+                        try setSchedule(options)
+                        return ControlResponse(ok: true, status: status)
+                    } catch {
+                        return ControlResponse(ok: false, status: status, error: "\(error)")
+                    }
                 }
             }.run(ready: {})
         }
@@ -140,7 +149,9 @@ public final class Supervisor: Sendable {
             }
             return status
         }
+        startScheduler(storedSchedule())
         let final = await runUntilEnd()
+        inner.withLock { $0.scheduler }?.cancel()
         await stopDisk()
         return final
     }

@@ -72,6 +72,8 @@ public struct VMPaths: Sendable {
     public var overlay: String { "\(diskDirectory)/overlay.qcow2" }
     public var createdBase: String { "\(diskDirectory)/base.qcow2" }
     public func qmpSocket(instance: Int) -> String { "\(runDirectory)/qmp\(instance).sock" }
+    /// The VM's checkpoint schedule (the supervisor resumes it when it starts).
+    public var schedule: String { "\(directory)/schedule.json" }
     /// One JSON line per `cevm restore` of this VM: how long it took.
     public var restoreTimes: String { "\(directory)/restore-times.jsonl" }
     /// The disk manager's NBD socket (the supervisor serves the VM's disk on it).

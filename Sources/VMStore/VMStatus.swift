@@ -32,11 +32,54 @@ public struct VMStatus: Codable, Sendable, Equatable {
     public var exitReason: String?
     /// A sentence for a person when something went wrong.
     public var message: String?
+    /// Scheduled checkpoints, when a schedule is on.
+    public var schedule: ScheduleState?
 
     public init(name: VMName, state: State) {
         self.name = name
         self.state = state
         self.vcpuThreads = []
         self.updatedAt = Timestamp.now()
+    }
+}
+
+/// What `cevm status` shows of a VM's checkpoint schedule.
+public struct ScheduleState: Codable, Sendable, Equatable {
+    /// The schedule as asked for ("every 10 min, cevm, policy alternate, keep 5").
+    public var summary: String
+    /// The interval in force, seconds, and how it was chosen.
+    public var intervalSeconds: Double?
+    public var intervalReason: String?
+    public var nextDueAt: String?
+    /// The latest results, newest last (at most `recentLimit`).
+    public var recent: [Result]
+
+    public static let recentLimit = 5
+
+    public struct Result: Codable, Sendable, Equatable {
+        public var at: String
+        public var ok: Bool
+        public var record: String?
+        public var guestPauseMs: Double?
+        public var message: String?
+        /// Records retention removed after this checkpoint.
+        public var removed: [String]
+
+        public init(at: String, ok: Bool, record: String?, guestPauseMs: Double?, message: String?, removed: [String]) {
+            self.at = at
+            self.ok = ok
+            self.record = record
+            self.guestPauseMs = guestPauseMs
+            self.message = message
+            self.removed = removed
+        }
+    }
+
+    public init(summary: String, intervalSeconds: Double? = nil, intervalReason: String? = nil, nextDueAt: String? = nil, recent: [Result] = []) {
+        self.summary = summary
+        self.intervalSeconds = intervalSeconds
+        self.intervalReason = intervalReason
+        self.nextDueAt = nextDueAt
+        self.recent = recent
     }
 }
