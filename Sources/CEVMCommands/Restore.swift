@@ -30,6 +30,8 @@ struct Restore: AsyncParsableCommand {
         try await Output.reporting {
             let started = Timestamp.monotonic()
             let home = common.home
+            // A retention merge a crash interrupted leaves a record's manifest stale: finish it first.
+            for name in home.vmNames() { try await Retention.recover(store: RecordStore(paths: home.vm(name))) }
             let record = try Self.locate(record, home: home)
             Output.progress("verifying \(record.id)…")
             try record.verify()

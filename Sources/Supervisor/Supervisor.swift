@@ -171,6 +171,7 @@ public final class Supervisor: Sendable {
         try Files.makeDirectory(paths.runDirectory, mode: 0o700)
         try Files.makeDirectory(paths.diskDirectory, mode: 0o700)
         RecordStore(paths: paths).removeUncommitted()
+        try await Retention.recover(store: RecordStore(paths: paths))
         var drive: InstanceConfig.Drive?
         if try await DiskPreparation.prepare(spec: spec, paths: paths) {
             let service = try await DiskService.start(paths: paths) { [self] in log($0) }
