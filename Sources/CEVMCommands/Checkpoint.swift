@@ -16,7 +16,7 @@ struct Checkpoint: AsyncParsableCommand {
     @OptionGroup var vm: VMArgument
 
     @Option(help: "How to take it: \(Mechanism.allCases.map(\.rawValue).joined(separator: ", ")).")
-    var mechanism: Mechanism = .stopAndSave
+    var mechanism: Mechanism = .cevm
 
     @Flag(help: "Write a full disk record (over the base image) even when an incremental one over the previous record is possible.")
     var full = false

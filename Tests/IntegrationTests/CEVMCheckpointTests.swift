@@ -144,7 +144,7 @@ struct CEVMCheckpointTests {
         #expect(try cevm.run(["run", "opt", "--accel", "tcg"]).ok)
         _ = try cevm.waitForTicks("opt", count: 2)
         let pid = try qemuPID(cevm, "opt")
-        let misuse = try cevm.run(["checkpoint", "opt", "--policy", "alternate"])
+        let misuse = try cevm.run(["checkpoint", "opt", "--mechanism", "stop-and-save", "--policy", "alternate"])
         #expect(!misuse.ok && misuse.stderr.contains("apply to --mechanism cevm"), "\(misuse.stderr)")
         let badSet = try cevm.run(["checkpoint", "opt", "--mechanism", "cevm", "--cpus", "999"])
         #expect(!badSet.ok && badSet.stderr.contains("--cpus"), "\(badSet.stderr)")

@@ -26,7 +26,7 @@ struct CEVMFailureTests {
         let name = "f"
         #expect(try cevm.run(["run", name, "--accel", "tcg"], environment: ["CEVM_FAULT": fault]).ok)
         _ = try cevm.waitForTicks(name, count: 4)
-        let first = try cevm.run(["checkpoint", name, "--json"])
+        let first = try cevm.run(["checkpoint", name, "--mechanism", "stop-and-save", "--json"])
         guard first.ok, let object = try JSONSerialization.jsonObject(with: Data(first.stdout.utf8)) as? [String: Any],
             let firstID = (object["manifest"] as? [String: Any])?["id"] as? String
         else { throw HarnessError("first checkpoint failed: \(first.stderr)") }

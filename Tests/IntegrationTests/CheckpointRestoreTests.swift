@@ -169,7 +169,7 @@ struct CheckpointRestoreTests {
         let first = try checkpoint(cevm, "full")
         var failed: CEVMHarness.Result?
         for _ in 0..<3 {
-            let attempt = try cevm.run(["checkpoint", "full"])
+            let attempt = try cevm.run(["checkpoint", "full", "--mechanism", "stop-and-save"])
             if !attempt.ok {
                 failed = attempt
                 break

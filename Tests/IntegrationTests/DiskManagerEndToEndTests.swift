@@ -79,14 +79,14 @@ struct DiskManagerEndToEndTests {
         let cevm = try CEVMHarness()
         #expect(try cevm.run(["run", "crash", "--accel", "tcg"] + Self.heavyDisk).ok)
         _ = try cevm.waitForTicks("crash", count: 6)
-        let first = try checkpoint(cevm, "crash")
+        let first = try checkpoint(cevm, "crash", ["--mechanism", "stop-and-save"])
         let firstID = first["id"] as? String ?? ""
         // Start a second checkpoint and kill everything as soon as the
         // manager has written its journal (the integration is running).
         let journal = "\(cevm.home)/vms/crash/disk/integration.json"
         let detail = try cevm.status("crash")["status"] as? [String: Any]
         let pids = ["supervisorPID", "qemuPID"].compactMap { detail?[$0] as? Int }
-        let second = try cevm.spawn(["checkpoint", "crash"])
+        let second = try cevm.spawn(["checkpoint", "crash", "--mechanism", "stop-and-save"])
         var sawJournal = false
         for _ in 0..<2000 where !sawJournal {
             sawJournal = Files.exists(journal)
