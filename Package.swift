@@ -98,7 +98,7 @@ let package = Package(
         .testTarget(name: "VMStoreTests", dependencies: ["VMStore"], swiftSettings: strict),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem"], swiftSettings: strict),
         .testTarget(name: "QCOW2Tests", dependencies: ["QCOW2", "DiskTools", "CEVMSystem", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "DiskIntegrationTests", dependencies: ["DiskIntegration"], swiftSettings: strict),
+        .testTarget(name: "DiskIntegrationTests", dependencies: ["DiskIntegration", "TestSupport"], swiftSettings: strict),
         .testTarget(
             name: "NBDTests",
             dependencies: [
@@ -109,7 +109,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround"], swiftSettings: strict),
+        .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),
     ]

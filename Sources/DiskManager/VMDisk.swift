@@ -233,25 +233,7 @@ public final class VMDisk: Sendable {
         do throws(QCOW2Error) {
             let t = try QCOW2Image.open(path: overlayPath, writable: false)
             let u = try QCOW2Image.open(path: nextPath, writable: true, backing: .reader(t.backing ?? t))
-            var buffer = [UInt8](repeating: 0, count: Int(t.clusterSize))
-            var next: UInt64 = 0
-            while let k = try t.nextAllocatedCluster(atOrAfter: next) {
-                next = k + 1
-                if case .unallocated = try u.clusterState(k) {
-                    let offset = k * t.clusterSize
-                    let count = Int(min(t.clusterSize, t.virtualSize - offset))
-                    var failure: QCOW2Error?
-                    buffer.withUnsafeMutableBytes { b in
-                        do throws(QCOW2Error) {
-                            let part = UnsafeMutableRawBufferPointer(rebasing: b[0..<count])
-                            try t.read(into: part, at: offset)
-                            try u.write(UnsafeRawBufferPointer(part), at: offset)
-                        } catch { failure = error }
-                    }
-                    if let failure { throw failure }
-                    copied += 1
-                }
-            }
+            copied = try u.absorb(clustersOf: t)
             try u.flush()
         } catch {
             throw .image(error)

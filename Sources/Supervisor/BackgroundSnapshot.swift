@@ -76,18 +76,10 @@ extension Supervisor {
             let memory = try await sink.finish()
             mark("memoryDurable")
             var files = [memory]
-            var diskRecord: RecordManifest.DiskRecord?
-            var parent = spec.disk?.record
-            if let diskService, let taken = cut {
-                _ = try await diskService.vmDisk.finish(taken)
-                mark("diskDurable")
-                let path = "\(directory)/\(Self.diskRecordName)"
-                files.append(.init(name: Self.diskRecordName, role: .disk, size: try Files.size(path), sha256: try FileDigest.sha256(of: path)))
-                if taken.incremental { parent = previous?.id }
-                diskRecord = .init(
-                    file: Self.diskRecordName, kind: taken.incremental || spec.disk?.record != nil ? .incremental : .full,
-                    backing: taken.backing, backingFormat: taken.backingFormat)
-            }
+            let (diskFiles, diskRecord, parent) = try await finishDiskRecord(
+                cut, service: diskService, previous: previous, spec: spec, id: id, directory: directory)
+            files += diskFiles
+            mark("diskDurable")
             var timings = RecordManifest.Timings(
                 requestToPauseMs: (pauseStart - requested) * 1000, guestPauseMs: (pauseEnd - pauseStart) * 1000,
                 requestToDurableMs: 0, pausedAt: pausedAt, resumedAt: resumedAt)
@@ -118,10 +110,7 @@ extension Supervisor {
                 }
                 try? await Self.setBackgroundSnapshot(qmp, false)
             }
-            Self.cleanUpDisk(diskService, prepared: prepared, cut: cut)
-            if cut != nil { inner.withLock { $0.lastRecord = nil } }
-            if let diskService, let cut, !cut.integration.isFinished { _ = try? await diskService.vmDisk.finish(cut) }
-            RecordStore.discard(directory)
+            await cleanUpFailedCheckpoint(diskService, prepared: prepared, cut: cut, directory: directory)
             if let error = error as? SupervisorError { throw error }
             throw SupervisorError.checkpointFailed("\(error)")
         }

@@ -125,20 +125,10 @@ extension Supervisor {
             inject(.memoryDurable)
             observed["tee"] = sink.oldSideAffinity.withLock { $0 }?.description
             var files = [memory]
-            var diskRecord: RecordManifest.DiskRecord?
-            var parent = spec.disk?.record
-            if let diskService, let taken = cut {
-                let stats = try await diskService.vmDisk.finish(taken)
-                mark("diskDurable")
-                log("checkpoint \(id): disk integrated: \(stats.switchOverClusters) clusters at the cut, "
-                    + "\(stats.recordClusters) in the record, \(stats.guestRequests) guest requests meanwhile, \(String(format: "%.3f", stats.seconds)) s")
-                let path = "\(directory)/\(Self.diskRecordName)"
-                files.append(.init(name: Self.diskRecordName, role: .disk, size: try Files.size(path), sha256: try FileDigest.sha256(of: path)))
-                if taken.incremental { parent = previous?.id }
-                diskRecord = .init(
-                    file: Self.diskRecordName, kind: taken.incremental || spec.disk?.record != nil ? .incremental : .full,
-                    backing: taken.backing, backingFormat: taken.backingFormat)
-            }
+            let (diskFiles, diskRecord, parent) = try await finishDiskRecord(
+                cut, service: diskService, previous: previous, spec: spec, id: id, directory: directory)
+            files += diskFiles
+            mark("diskDurable")
             let durable = Timestamp.monotonic()
             let downtime = info["downtime"]?.doubleValue
             var timings = RecordManifest.Timings(
@@ -172,11 +162,8 @@ extension Supervisor {
                 if let state = try? await old.runState(), state != "running" { _ = try? await old.qmp.execute("cont") }
                 if let new { _ = await new.stop(grace: .seconds(1)) }
             }
-            Self.cleanUpDisk(diskService, prepared: prepared, cut: cut)
-            if cut != nil { inner.withLock { $0.lastRecord = nil } }
-            if let diskService, let cut, !cut.integration.isFinished { _ = try? await diskService.vmDisk.finish(cut) }
             if let tee { _ = await tee.failure(grace: .milliseconds(100)) }
-            RecordStore.discard(directory)
+            await cleanUpFailedCheckpoint(diskService, prepared: prepared, cut: cut, directory: directory)
             if let error = error as? SupervisorError { throw error }
             throw SupervisorError.checkpointFailed("\(error)")
         }

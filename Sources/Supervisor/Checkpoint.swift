@@ -114,19 +114,9 @@ extension Supervisor {
             paused = false
             let resumedAt = Timestamp.now()
             let pauseEnd = Timestamp.monotonic()
-            var diskRecord: RecordManifest.DiskRecord?
-            var parent = spec.disk?.record
-            if let diskService, let cut {
-                let stats = try await diskService.vmDisk.finish(cut)
-                log("checkpoint \(id): disk integrated: \(stats.switchOverClusters) clusters at the cut, "
-                    + "\(stats.recordClusters) in the record, \(stats.guestRequests) guest requests meanwhile, \(String(format: "%.3f", stats.seconds)) s")
-                let path = "\(directory)/\(Self.diskRecordName)"
-                files.append(.init(name: Self.diskRecordName, role: .disk, size: try Files.size(path), sha256: try FileDigest.sha256(of: path)))
-                if cut.incremental { parent = previous?.id }
-                diskRecord = .init(
-                    file: Self.diskRecordName, kind: cut.incremental || spec.disk?.record != nil ? .incremental : .full,
-                    backing: cut.backing, backingFormat: cut.backingFormat)
-            }
+            let (diskFiles, diskRecord, parent) = try await finishDiskRecord(
+                cut, service: diskService, previous: previous, spec: spec, id: id, directory: directory)
+            files += diskFiles
             let manifest = RecordManifest(
                 id: id, vm: name, createdAt: pausedAt, mechanism: .stopAndSave, parent: parent, spec: spec,
                 qemu: .init(version: qmp.greeting.versionString, package: qmp.greeting.package),
@@ -145,22 +135,47 @@ extension Supervisor {
         } catch {
             log("checkpoint \(id) failed: \(error)")
             if paused { _ = try? await qmp.execute("cont") }
-            Self.cleanUpDisk(diskService, prepared: prepared, cut: cut)
-            if cut != nil { inner.withLock { $0.lastRecord = nil } }
-            if let diskService, let cut, !cut.integration.isFinished { _ = try? await diskService.vmDisk.finish(cut) }
-            RecordStore.discard(directory)
+            await cleanUpFailedCheckpoint(diskService, prepared: prepared, cut: cut, directory: directory)
             if let error = error as? SupervisorError { throw error }
             throw SupervisorError.checkpointFailed("\(error)")
         }
     }
 
-    /// After a failed checkpoint the disk stays whole either way: a prepared
-    /// cut never made is abandoned; a cut made is finished (by the caller)
-    /// and its record forgotten, so the next record is not built on it.
-    static func cleanUpDisk(_ diskService: DiskService?, prepared: VMDisk.PreparedCut?, cut: VMDisk.Cut?) {
-        guard let diskService else { return }
-        if cut == nil, let prepared { diskService.vmDisk.abandon(prepared) }
-        if cut != nil { diskService.vmDisk.forgetLastRecord() }
+    /// The disk part of a record once its cut was made: waits for the
+    /// integration, then returns the disk file's entry, the manifest's disk
+    /// record and the parent (the previous record for an incremental one).
+    func finishDiskRecord(
+        _ cut: VMDisk.Cut?, service: DiskService?, previous: (id: String, disk: String)?, spec: VMSpec, id: String,
+        directory: String
+    ) async throws -> (files: [RecordManifest.FileEntry], disk: RecordManifest.DiskRecord?, parent: String?) {
+        guard let service, let cut else { return ([], nil, spec.disk?.record) }
+        let stats = try await service.vmDisk.finish(cut)
+        log("checkpoint \(id): disk integrated: \(stats.switchOverClusters) clusters at the cut, "
+            + "\(stats.recordClusters) in the record, \(stats.guestRequests) guest requests meanwhile, \(String(format: "%.3f", stats.seconds)) s")
+        let path = "\(directory)/\(Self.diskRecordName)"
+        let entry = RecordManifest.FileEntry(
+            name: Self.diskRecordName, role: .disk, size: try Files.size(path), sha256: try FileDigest.sha256(of: path))
+        let record = RecordManifest.DiskRecord(
+            file: Self.diskRecordName, kind: cut.incremental || spec.disk?.record != nil ? .incremental : .full,
+            backing: cut.backing, backingFormat: cut.backingFormat)
+        return ([entry], record, cut.incremental ? previous?.id : spec.disk?.record)
+    }
+
+    /// After a failed checkpoint: the disk stays whole (a prepared cut never
+    /// made is abandoned, a cut made is finished and its record forgotten so
+    /// the next one is not built on it) and the partial record goes.
+    func cleanUpFailedCheckpoint(
+        _ service: DiskService?, prepared: VMDisk.PreparedCut?, cut: VMDisk.Cut?, directory: String
+    ) async {
+        if let service {
+            if cut == nil, let prepared { service.vmDisk.abandon(prepared) }
+            if let cut {
+                service.vmDisk.forgetLastRecord()
+                inner.withLock { $0.lastRecord = nil }
+                if !cut.integration.isFinished { _ = try? await service.vmDisk.finish(cut) }
+            }
+        }
+        RecordStore.discard(directory)
     }
 
     /// Feeds a record's memory stream into an instance started with

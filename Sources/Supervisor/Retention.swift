@@ -94,24 +94,8 @@ public enum Retention {
         if childDisk.backing == parentDiskPath {
             let top = try QCOW2Image.open(path: childDiskPath, writable: true)
             let below = try QCOW2Image.open(path: parentDiskPath, writable: false)
-            var buffer = [UInt8](repeating: 0, count: Int(top.clusterSize))
-            var next: UInt64 = 0
-            // The parent's own layer (not its backing): nextAllocatedCluster.
-            while let k = try below.nextAllocatedCluster(atOrAfter: next) {
-                next = k + 1
-                guard case .unallocated = try top.clusterState(k) else { continue }
-                let offset = k * top.clusterSize
-                let count = Int(min(top.clusterSize, top.virtualSize - offset))
-                var failure: QCOW2Error?
-                buffer.withUnsafeMutableBytes { b in
-                    do throws(QCOW2Error) {
-                        let part = UnsafeMutableRawBufferPointer(rebasing: b[0..<count])
-                        try below.read(into: part, at: offset)
-                        try top.write(UnsafeRawBufferPointer(part), at: offset)
-                    } catch { failure = error }
-                }
-                if let failure { throw failure }
-            }
+            // The parent's own layer (not its backing).
+            _ = try top.absorb(clustersOf: below)
             try top.flush()
             // 2. Its backing becomes the parent's backing (header only).
             try await Tool.check("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", parentDisk.backing, "-F", parentDisk.backingFormat, childDiskPath])

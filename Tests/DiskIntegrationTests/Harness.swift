@@ -1,17 +1,8 @@
 import DiskIntegration
+import TestSupport
 
-/// A deterministic, seedable generator (SplitMix64).
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// SplitMix64 from TestSupport, under the name these tests use.
+typealias SplitMix64 = SeededRandom
 
 /// Bugs the harness can inject to show the property checks have teeth. Each
 /// reproduces one of the Promela model's bug switches.

@@ -1,22 +1,11 @@
+import TestSupport
 import Turnaround
 
 typealias Sample = Turnaround.CheckpointSample
 typealias Run = Turnaround.MeasuredRun
 
-/// SplitMix64: a seeded generator, so the noisy fits are reproducible.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// SplitMix64 from TestSupport, under the name these tests use.
+typealias SeededGenerator = SeededRandom
 
 /// |a − b| ≤ tolerance · max(1, |b|)
 func close(_ a: Double, _ b: Double, _ tolerance: Double = 1e-9) -> Bool {
