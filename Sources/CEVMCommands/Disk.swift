@@ -7,7 +7,7 @@ import QCOW2
 struct Disk: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Inspect, create and verify qcow2 disk images.",
-        subcommands: [DiskInfo.self, DiskCreateOverlay.self, DiskVerify.self])
+        subcommands: [DiskInfo.self, DiskCreateOverlay.self, DiskVerify.self, DiskServe.self])
 }
 
 /// One layer of a backing chain as `cevm disk info` reports it.

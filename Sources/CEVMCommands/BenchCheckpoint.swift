@@ -1,0 +1,571 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import CEVMSystem
+import Foundation
+import Records
+import Supervisor
+import Synchronization
+import VMStore
+
+/// `cevm bench checkpoint`: every checkpoint mechanism on the same
+/// write-heavy guests, one per RAM size, driven through the cevm binary
+/// itself as a user would (`cevm run`, `cevm checkpoint --json`, `cevm
+/// stop`) in a private `$CEVM_HOME`. The guest is the bundled one in job
+/// mode: its console's `cevm-tick counter=` lines, stamped by the host,
+/// measure its progress (units per host second) before and during each
+/// checkpoint. Docs/benchmarks.md has the procedure and a reading.
+struct BenchCheckpoint: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "checkpoint",
+        abstract: "Each checkpoint mechanism on the same guests.",
+        discussion: """
+            For each RAM size: boots the bundled guest (TCG) with a write-heavy job, measures its \
+            undisturbed progress, then for each mechanism takes a checkpoint and measures the guest's \
+            progress from the request to the record being durable, with the record's pause, time to \
+            durable and size. CEVM runs last on each guest (its New_VM stays pinned afterwards). \
+            Nothing is asserted: targets are printed with "met" or "not met".
+            """)
+
+    @Option(help: "Guest RAM sizes, comma-separated.")
+    var memory: String = "256M,1G,2G"
+
+    @Option(help: "Mechanisms, comma-separated: \(Mechanism.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var mechanisms: String = "stop-and-save,cevm,background-snapshot"
+
+    @Option(help: "CEVM's affinity policy (passed to cevm checkpoint --policy).")
+    var policy: AffinityPolicy = .dedicated
+
+    @Option(name: .customLong("working-set"), help: "The guest's working set (cevm.mem), default RAM/2 - 64M.")
+    var workingSet: String?
+
+    @Option(help: "Pages the guest rewrites per unit of work (cevm.pages).")
+    var pages: Int = 256
+
+    @Option(help: "Guest milliseconds between two progress lines (cevm.tick).")
+    var tick: Int = 50
+
+    @Option(help: "Seconds of undisturbed progress measured before each checkpoint.")
+    var baseline: Double = 5
+
+    @Flag(name: .customLong("with-disk"), help: "Give the guest the bundled disk (its workload then appends and fdatasyncs its log there every progress line).")
+    var withDisk = false
+
+    @Option(help: "Checkpoints tried, each on a new guest, when the guest dies or hangs after one.")
+    var attempts: Int = 3
+
+    @Flag(help: "Keep the temporary CEVM_HOME (its VMs are stopped anyway).")
+    var keep = false
+
+    @OptionGroup var common: CommonOptions
+
+    func run() async throws {
+        try await Output.reporting {
+            var sizes: [Int] = []
+            for text in memory.split(separator: ",") {
+                let mib = Int(try parseSize(String(text), defaultUnit: 1 << 20) >> 20)
+                guard mib >= 128 else { throw CLIError("--memory \(text): at least 128M") }
+                sizes.append(mib)
+            }
+            var chosen: [Mechanism] = []
+            for text in mechanisms.split(separator: ",") {
+                guard let mechanism = Mechanism(rawValue: text.trimmingCharacters(in: .whitespaces)) else {
+                    throw CLIError("unknown mechanism '\(text)' (\(Mechanism.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                if !chosen.contains(mechanism) { chosen.append(mechanism) }
+            }
+            guard !sizes.isEmpty, !chosen.isEmpty else { throw CLIError("nothing to measure") }
+            // CEVM last: its New_VM stays pinned to the policy's CPU set, which
+            // would hand the other mechanisms fewer CPUs than they had.
+            let order = [Mechanism.stopAndSave, .backgroundSnapshot, .cevm].filter(chosen.contains)
+            let fixedSet = try workingSet.map { Int(try parseSize($0, defaultUnit: 1 << 20) >> 20) }
+            guard (1...1_000_000).contains(pages), (10...10_000).contains(tick), baseline >= 1, (1...10).contains(attempts) else {
+                throw CLIError("--pages 1...1000000, --tick 10...10000 ms, --baseline at least 1 s, --attempts 1...10")
+            }
+            let guest = BundledGuest.locate()
+            let defaults = try guest.defaultAppend()
+            let home = try BenchScratch.make(in: nil, prefix: "cevm-bench-ckpt")
+            let stop = StopSignal()
+            let sources = DiskServe.installSignalHandlers(stop)
+            defer { sources.forEach { $0.cancel() } }
+            let runner = CheckpointBenchRunner(
+                home: home, sizes: sizes, mechanisms: order, policy: policy, workingSet: fixedSet, pages: pages, tick: tick,
+                baseline: baseline, attempts: attempts, withDisk: withDisk, guest: guest, defaultAppend: defaults, stop: stop)
+            let result: Result<CheckpointBenchReport, any Error>
+            do { result = .success(try await runner.run()) } catch { result = .failure(error) }
+            await runner.cleanUp()
+            if keep {
+                FileHandle.standardError.write(Data("cevm: the benchmark's CEVM_HOME is kept in \(home)\n".utf8))
+            } else {
+                BenchScratch.remove(home)
+            }
+            Output.endProgress()
+            let report = try result.get()
+            if common.json { return try Output.json(report) }
+            Output.line(report.text())
+        }
+    }
+}
+
+// MARK: - Report
+
+struct CheckpointBenchReport: Encodable {
+    struct Row: Encodable {
+        var memoryMiB: Int
+        var mechanism: String
+        /// Units per host second over `baselineSeconds` just before the request.
+        var undisturbedRate: Double
+        var baselineSeconds: Double
+        /// Units per host second from the request to the record being durable
+        /// (nil when the guest printed nothing after the window: it was lost).
+        var checkpointRate: Double?
+        /// checkpointRate / undisturbedRate.
+        var progress: Double?
+        /// The guest died or hung after this checkpoint.
+        var guestLost: Bool
+        /// Guests lost by earlier attempts at this row (each on a new guest).
+        var guestsLostBefore: Int
+        /// Why the guest counts as lost.
+        var failure: String?
+        var guestPauseMs: Double
+        var requestToPauseMs: Double
+        var requestToDurableMs: Double
+        var consoleGapMs: Double?
+        var overlapMs: Double?
+        var migrationDowntimeMs: Double?
+        var migrationTotalMs: Double?
+        /// CEVM: guestPauseMs - migrationDowntimeMs.
+        var pauseOverDowntimeMs: Double?
+        var recordBytes: Int64
+        var memoryStreamBytes: Int64
+        var record: String
+    }
+
+    struct Target: Encodable {
+        var name: String
+        var value: String
+        var required: String
+        var met: Bool
+    }
+
+    var cpus: Int
+    var qemu: String
+    var guest: String
+    var policy: String
+    var rows: [Row]
+    var targets: [Target]
+
+    func text() -> String {
+        var out = [
+            "cevm bench checkpoint: \(cpus) CPUs, QEMU \(qemu), TCG; guest \(guest); CEVM policy \(policy)",
+            "progress = guest units per host second from the request to the record being durable, relative to the \(rows.first.map { String(format: "%.0f", $0.baselineSeconds) } ?? "?") s just before it",
+            "",
+        ]
+        var grid = [[
+            "RAM", "mechanism", "pause", "downtime", "pause-downtime", "console gap", "to durable", "bytes", "rate before",
+            "rate during", "progress", "lost",
+        ]]
+        func msText(_ value: Double?) -> String { value.map { String(format: "%.1f ms", $0) } ?? "-" }
+        for row in rows {
+            grid.append([
+                row.memoryMiB >= 1024 && row.memoryMiB % 1024 == 0 ? "\(row.memoryMiB >> 10) GiB" : "\(row.memoryMiB) MiB",
+                row.mechanism, msText(row.guestPauseMs), msText(row.migrationDowntimeMs), msText(row.pauseOverDowntimeMs),
+                msText(row.consoleGapMs), msText(row.requestToDurableMs), formatBytes(row.recordBytes),
+                String(format: "%.1f/s", row.undisturbedRate), row.checkpointRate.map { String(format: "%.1f/s", $0) } ?? "-",
+                row.guestLost ? "guest lost" : row.progress.map { String(format: "%.1f %%", $0 * 100) } ?? "-",
+                row.guestsLostBefore > 0 ? "\(row.guestsLostBefore)" : "",
+            ])
+        }
+        out.append(table(grid))
+        if !targets.isEmpty {
+            out.append("")
+            out.append("Targets")
+            var rows = [["target", "value", "required", ""]]
+            for t in targets { rows.append([t.name, t.value, t.required, t.met ? "met" : "not met"]) }
+            out.append(table(rows))
+        }
+        return out.joined(separator: "\n")
+    }
+}
+
+// MARK: - The runner
+
+final class CheckpointBenchRunner: Sendable {
+    let home: String
+    let sizes: [Int]
+    let mechanisms: [Mechanism]
+    let policy: AffinityPolicy
+    let workingSet: Int?
+    let pages: Int
+    let tick: Int
+    let baseline: Double
+    let attempts: Int
+    /// The bundled guest as `cevm run` makes it (with its disk), or its
+    /// kernel and initrd alone (no disk).
+    let withDisk: Bool
+    let kernel: String
+    let initrd: String
+    let defaultAppend: String
+    let stop: StopSignal
+    let cevmBinary = Executables.currentExecutable()
+    let started = Mutex<[String]>([])
+
+    /// Far more units than any run does: the job never ends by itself.
+    static let jobUnits = "1000000000000"
+
+    init(
+        home: String, sizes: [Int], mechanisms: [Mechanism], policy: AffinityPolicy, workingSet: Int?, pages: Int, tick: Int,
+        baseline: Double, attempts: Int, withDisk: Bool, guest: BundledGuest, defaultAppend: String, stop: StopSignal
+    ) {
+        self.home = home
+        self.sizes = sizes
+        self.mechanisms = mechanisms
+        self.policy = policy
+        self.workingSet = workingSet
+        self.pages = pages
+        self.tick = tick
+        self.baseline = baseline
+        self.attempts = attempts
+        self.withDisk = withDisk
+        self.kernel = guest.kernel
+        self.initrd = guest.initrd
+        self.defaultAppend = defaultAppend
+        self.stop = stop
+    }
+
+    var environment: [String: String] {
+        var environment = Executables.currentEnvironment()
+        environment["CEVM_HOME"] = home
+        return environment
+    }
+
+    func workingSet(forRAM mib: Int) -> Int { workingSet ?? max(16, mib / 2 - 64) }
+
+    func append(forRAM mib: Int) -> String {
+        "cevm.mem=\(workingSet(forRAM: mib)) cevm.pages=\(pages) cevm.disk=0 cevm.tick=\(tick) cevm.verify=16 cevm.job=\(Self.jobUnits)"
+    }
+
+    func checkStop() throws {
+        if stop.fired { throw CLIError("interrupted") }
+    }
+
+    /// Sleeps, returning early (with an error) on SIGINT/SIGTERM.
+    func pause(_ seconds: Double) async throws {
+        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
+        while ContinuousClock.now < deadline {
+            try checkStop()
+            try await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
+    struct CommandOutput {
+        var status: ExitStatus
+        var stdout: String
+        var stderr: String
+    }
+
+    /// Runs `cevm ARGS` with the private CEVM_HOME.
+    func cevm(_ arguments: [String], timeout: Duration = .seconds(900)) async throws -> CommandOutput {
+        let out = "\(home)/.cmd-\(UInt32.random(in: 0...UInt32.max)).out"
+        let err = out + ".err"
+        defer {
+            Files.remove(out)
+            Files.remove(err)
+        }
+        let child = try ChildProcess.spawn(
+            cevmBinary, arguments: arguments, environment: environment, stdout: .truncateFile(out), stderr: .truncateFile(err))
+        var status = await child.wait(timeout: timeout)
+        if status == nil { status = await child.terminate(grace: .seconds(10)) }
+        return CommandOutput(
+            status: status ?? .exited(-1), stdout: (try? Files.readString(out)) ?? "",
+            stderr: ((try? Files.readString(err)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    func cevmChecked(_ arguments: [String], timeout: Duration = .seconds(900)) async throws -> String {
+        let output = try await cevm(arguments, timeout: timeout)
+        guard output.status.succeeded else {
+            throw CLIError("cevm \(arguments.joined(separator: " ")) \(output.status): \(output.stderr)")
+        }
+        return output.stdout
+    }
+
+    /// A booted guest of one RAM size.
+    struct Guest {
+        var name: String
+        var console: String
+    }
+
+    /// Boots a new guest (`bench<MiB>`, then `bench<MiB>-2`, … when one was lost)
+    /// and waits until its job makes steady progress.
+    func boot(mib: Int, generation: Int) async throws -> Guest {
+        let name = generation == 1 ? "bench\(mib)" : "bench\(mib)-\(generation)"
+        let console = Home(root: home).vm(try VMName(name)).consoleLog
+        Output.progress("\(mib) MiB: booting \(name)…")
+        started.withLock { $0.append(name) }
+        var arguments = ["run", name, "--accel", "tcg", "--memory", "\(mib)M"]
+        if withDisk {
+            arguments += ["--append", append(forRAM: mib)]
+        } else {
+            // Kernel and initrd given explicitly: `cevm run` adds no disk.
+            arguments += ["--kernel", kernel, "--initrd", initrd, "--append", defaultAppend + " " + append(forRAM: mib)]
+        }
+        _ = try await cevmChecked(arguments, timeout: .seconds(300))
+        try await waitForSteadyProgress(console, mib: mib)
+        return Guest(name: name, console: console)
+    }
+
+    func retire(_ guest: Guest) async {
+        _ = try? await cevm(["stop", guest.name], timeout: .seconds(120))
+        started.withLock { $0.removeAll { $0 == guest.name } }
+    }
+
+    func run() async throws -> CheckpointBenchReport {
+        let qemu = await BenchTools.qemuVersion()
+        var rows: [CheckpointBenchReport.Row] = []
+        for mib in sizes {
+            var generation = 1
+            var guest = try await boot(mib: mib, generation: generation)
+            for mechanism in mechanisms {
+                var lost = 0
+                while true {
+                    try checkStop()
+                    var row = try await measure(mechanism, guest: guest, mib: mib)
+                    row.guestsLostBefore = lost
+                    if !row.guestLost {
+                        rows.append(row)
+                        break
+                    }
+                    // The guest died or stopped making progress after the
+                    // checkpoint: say so, and measure again on a new guest.
+                    lost += 1
+                    await retire(guest)
+                    generation += 1
+                    let last = lost >= attempts
+                    if last { rows.append(row) }
+                    if !last || mechanism != mechanisms.last {
+                        guest = try await boot(mib: mib, generation: generation)
+                    }
+                    if last { break }
+                }
+            }
+            Output.progress("\(mib) MiB: stopping…")
+            await retire(guest)
+        }
+        return CheckpointBenchReport(
+            cpus: ProcessInfo.processInfo.activeProcessorCount, qemu: qemu,
+            guest: (withDisk ? "bundled with its disk" : "bundled kernel and initrd, no disk") + ", job mode: "
+                + append(forRAM: 0).replacingOccurrences(of: "cevm.mem=16", with: "cevm.mem=RAM/2-64"),
+            policy: policy.rawValue, rows: rows, targets: targets(rows))
+    }
+
+    /// Stops every VM this run started (best effort).
+    func cleanUp() async {
+        for name in started.withLock({ $0 }) {
+            _ = try? await cevm(["stop", name], timeout: .seconds(120))
+        }
+        started.withLock { $0 = [] }
+    }
+
+    // MARK: Progress from the console
+
+    /// (host time, counter) of every `cevm-tick` line, in file order.
+    static func ticks(_ path: String) -> [(time: Double, counter: Double)] {
+        guard let text = try? Files.readString(path, limit: 512 << 20) else { return [] }
+        var out: [(Double, Double)] = []
+        for line in text.split(separator: "\n") {
+            let parsed = ConsoleLog.parse(line)
+            guard parsed.text.hasPrefix("cevm-tick counter="), let time = Timestamp.parse(parsed.time) else { continue }
+            let rest = parsed.text.dropFirst("cevm-tick counter=".count)
+            guard let value = Double(rest.prefix(while: { $0.isNumber })) else { continue }
+            out.append((time, value))
+        }
+        return out
+    }
+
+    /// The counter at host time `t`, interpolated linearly between the
+    /// lines around it in the guest's running time: host time minus the
+    /// part of `pause` (the checkpoint's pause, from its manifest) before
+    /// `t`. A line interval that spans the pause then credits no progress
+    /// to the pause, which the guest spent stopped.
+    static func counter(at t: Double, in ticks: [(time: Double, counter: Double)], pause: (Double, Double)?) -> Double? {
+        guard let first = ticks.first, let last = ticks.last, t >= first.time, t <= last.time else { return nil }
+        func running(_ time: Double) -> Double {
+            guard let (from, to) = pause, from < time else { return time }
+            return time - (min(time, to) - from)
+        }
+        var low = 0, high = ticks.count - 1
+        while high - low > 1 {
+            let mid = (low + high) / 2
+            if ticks[mid].time <= t { low = mid } else { high = mid }
+        }
+        let a = ticks[low], b = ticks[high]
+        let span = running(b.time) - running(a.time)
+        if span <= 0 { return b.counter }
+        return a.counter + (b.counter - a.counter) * (running(t) - running(a.time)) / span
+    }
+
+    /// Units per host second from `start` to `end`.
+    static func rate(from start: Double, to end: Double, in ticks: [(time: Double, counter: Double)], pause: (Double, Double)? = nil) -> Double? {
+        guard end > start, let a = counter(at: start, in: ticks, pause: pause), let b = counter(at: end, in: ticks, pause: pause) else {
+            return nil
+        }
+        return (b - a) / (end - start)
+    }
+
+    /// Waits for the job's first lines, then for a few seconds of steady progress.
+    func waitForSteadyProgress(_ console: String, mib: Int) async throws {
+        let deadline = ContinuousClock.now + .seconds(300)
+        while true {
+            try checkStop()
+            let ticks = Self.ticks(console)
+            if let first = ticks.first, let last = ticks.last, last.time - first.time >= 3 { return }
+            if ContinuousClock.now > deadline {
+                throw CLIError("\(mib) MiB guest: no steady progress after 300 s; see \(console)")
+            }
+            Output.progress("\(mib) MiB: waiting for the guest's job (\(ticks.count) progress lines)…")
+            try await Task.sleep(for: .milliseconds(250))
+        }
+    }
+
+    struct CheckpointOutput: Decodable {
+        var directory: String
+        var manifest: RecordManifest
+    }
+
+    func measure(_ mechanism: Mechanism, guest: Guest, mib: Int) async throws -> CheckpointBenchReport.Row {
+        let console = guest.console
+        // Let the previous checkpoint's aftermath (old instance ending, page
+        // cache writeback of its record) pass before measuring.
+        Output.progress("\(mib) MiB: \(mechanism.rawValue): settling…")
+        try await pause(Self.settle)
+        Output.progress("\(mib) MiB: \(mechanism.rawValue): \(String(format: "%.0f", baseline)) s undisturbed…")
+        let baselineStart = Timestamp.wallSeconds()
+        try await pause(baseline)
+        var arguments = ["checkpoint", guest.name, "--mechanism", mechanism.rawValue, "--json"]
+        if mechanism == .cevm { arguments += ["--policy", policy.rawValue] }
+        Output.progress("\(mib) MiB: \(mechanism.rawValue): checkpoint…")
+        let requested = Timestamp.wallSeconds()
+        let result = try await cevm(arguments)
+        let returned = Timestamp.wallSeconds()
+        guard result.status.succeeded else {
+            // A guest that died during the checkpoint takes its instance (and
+            // the checkpoint) with it: count it as lost, like one that dies after.
+            let message = "cevm checkpoint \(result.status): \(result.stderr)"
+            FileHandle.standardError.write(Data(
+                "cevm: \(mib) MiB \(mechanism.rawValue): \(message); console tail:\n\(Self.consoleTail(console))\n".utf8))
+            let ticks = Self.ticks(console)
+            return CheckpointBenchReport.Row(
+                memoryMiB: mib, mechanism: mechanism.rawValue,
+                undisturbedRate: Self.rate(from: baselineStart, to: requested, in: ticks) ?? 0,
+                baselineSeconds: requested - baselineStart, checkpointRate: nil, progress: nil, guestLost: true,
+                guestsLostBefore: 0, failure: message, guestPauseMs: 0, requestToPauseMs: 0, requestToDurableMs: 0,
+                consoleGapMs: nil, overlapMs: nil, migrationDowntimeMs: nil, migrationTotalMs: nil, pauseOverDowntimeMs: nil,
+                recordBytes: 0, memoryStreamBytes: 0, record: "")
+        }
+        let stdout = result.stdout
+        let output: CheckpointOutput
+        do { output = try JSONDecoder().decode(CheckpointOutput.self, from: Data(stdout.utf8)) } catch {
+            throw CLIError("cevm checkpoint --json printed something unexpected (\(error)): \(stdout.prefix(400))")
+        }
+        let manifest = output.manifest
+        let timings = manifest.timings
+        // The request as the supervisor saw it, on the console's clock (both are this host's UTC).
+        var start = requested, end = returned
+        if let pausedAt = Timestamp.parse(timings.pausedAt) {
+            start = pausedAt - timings.requestToPauseMs / 1000
+            end = start + timings.requestToDurableMs / 1000
+        }
+        let baselineEnd = min(requested, start)
+        // The window's end needs progress lines after it; none within
+        // `lostAfter` seconds means the guest died or hung after the checkpoint.
+        let deadline = ContinuousClock.now + .seconds(Self.lostAfter)
+        var ticks = Self.ticks(console)
+        while (ticks.last?.time ?? 0) < end + 0.5 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+            ticks = Self.ticks(console)
+        }
+        guard let before = Self.rate(from: baselineStart, to: baselineEnd, in: ticks) else {
+            throw CLIError("\(mib) MiB: no progress lines around the undisturbed window; see \(console)")
+        }
+        var pause: (Double, Double)?
+        if let from = Timestamp.parse(timings.pausedAt), let to = Timestamp.parse(timings.resumedAt), to > from { pause = (from, to) }
+        let during = Self.rate(from: start, to: end, in: ticks, pause: pause)
+        let lost = during == nil
+        if lost {
+            let tail = Self.consoleTail(console)
+            FileHandle.standardError.write(Data(
+                "cevm: \(mib) MiB \(mechanism.rawValue): the guest printed no progress for \(Self.lostAfter) s after the checkpoint; console tail:\n\(tail)\n".utf8))
+        }
+        let downtime = manifest.migration.downtimeMs
+        return CheckpointBenchReport.Row(
+            memoryMiB: mib, mechanism: mechanism.rawValue, undisturbedRate: before, baselineSeconds: baselineEnd - baselineStart,
+            checkpointRate: during, progress: during.map { before > 0 ? $0 / before : 0 }, guestLost: lost, guestsLostBefore: 0,
+            failure: lost ? "no progress line within \(Self.lostAfter) s after the checkpoint" : nil, guestPauseMs: timings.guestPauseMs, requestToPauseMs: timings.requestToPauseMs,
+            requestToDurableMs: timings.requestToDurableMs, consoleGapMs: timings.consoleGapMs, overlapMs: timings.overlapMs,
+            migrationDowntimeMs: downtime, migrationTotalMs: manifest.migration.totalTimeMs,
+            pauseOverDowntimeMs: mechanism == .cevm ? downtime.map { timings.guestPauseMs - $0 } : nil,
+            recordBytes: manifest.files.reduce(0) { $0 + $1.size },
+            memoryStreamBytes: manifest.migration.streamBytes, record: output.directory)
+    }
+
+    /// Seconds waited before each undisturbed window.
+    static let settle = 3.0
+
+    /// Seconds without a progress line after a checkpoint that count as a lost guest.
+    static let lostAfter = 20
+
+    /// The last console lines that are not progress lines (a panic's headline first).
+    static func consoleTail(_ path: String) -> String {
+        guard let text = try? Files.readString(path, limit: 512 << 20) else { return "" }
+        let lines = text.split(separator: "\n").map { ConsoleLog.parse($0).text }.filter { !$0.hasPrefix("cevm-") }
+        var tail = Array(lines.suffix(6))
+        if let panic = lines.last(where: { $0.contains("Kernel panic") || $0.contains("RIP:") }), !tail.contains(panic) {
+            tail.insert(panic, at: 0)
+        }
+        return tail.map { "  " + $0 }.joined(separator: "\n")
+    }
+
+    // MARK: Targets
+
+    /// The issue's targets, evaluated on the rows (never asserted).
+    func targets(_ rows: [CheckpointBenchReport.Row]) -> [CheckpointBenchReport.Target] {
+        var targets: [CheckpointBenchReport.Target] = []
+        let cevmRows = rows.filter { $0.mechanism == Mechanism.cevm.rawValue }
+        for row in cevmRows {
+            if let over = row.pauseOverDowntimeMs, let downtime = row.migrationDowntimeMs {
+                targets.append(.init(
+                    name: "\(row.memoryMiB) MiB: CEVM pause ≤ migration downtime + 10 ms",
+                    value: String(format: "%.1f ms (downtime %.1f ms)", row.guestPauseMs, downtime),
+                    required: String(format: "≤ %.1f ms", downtime + 10), met: over <= 10))
+            }
+            let progress = row.progress ?? 0
+            targets.append(.init(
+                name: "\(row.memoryMiB) MiB: CEVM guest progress during the checkpoint",
+                value: row.guestLost ? "guest lost" : String(format: "%.1f %%", progress * 100), required: "≥ 95 %",
+                met: !row.guestLost && progress >= 0.95))
+            if let snapshot = rows.first(where: { $0.memoryMiB == row.memoryMiB && $0.mechanism == Mechanism.backgroundSnapshot.rawValue }) {
+                let other = snapshot.progress ?? 0
+                targets.append(.init(
+                    name: "\(row.memoryMiB) MiB: CEVM progress better than background-snapshot",
+                    value: String(format: "%.1f %% vs %.1f %%", progress * 100, other * 100),
+                    required: "CEVM > background-snapshot", met: !row.guestLost && progress > other))
+            }
+            if row.guestsLostBefore > 0 || row.guestLost {
+                let lost = row.guestsLostBefore + (row.guestLost ? 1 : 0)
+                targets.append(.init(
+                    name: "\(row.memoryMiB) MiB: guest alive after every CEVM checkpoint",
+                    value: "\(lost) of \(row.guestsLostBefore + 1) guest(s) lost", required: "none lost", met: false))
+            }
+        }
+        let measured = cevmRows.filter { !$0.guestLost }
+        if measured.count >= 2, let low = measured.map(\.guestPauseMs).min(), let high = measured.map(\.guestPauseMs).max() {
+            // "Flat": the largest pause is within 1.5x the smallest (plus 10 ms of slack).
+            targets.append(.init(
+                name: "CEVM pause flat across RAM sizes",
+                value: measured.map { String(format: "%.0f", $0.guestPauseMs) }.joined(separator: " / ") + " ms",
+                required: String(format: "max ≤ 1.5 × min + 10 ms = %.0f ms", low * 1.5 + 10), met: high <= low * 1.5 + 10))
+        }
+        return targets
+    }
+}
