@@ -37,7 +37,9 @@ struct DiskManagerEndToEndTests {
 
         var manifests: [[String: Any]] = []
         for i in 0..<4 {
-            manifests.append(try checkpoint(cevm, "heavy", i == 3 ? ["--full"] : []))
+            // Both ways the disk is cut: stop-and-save integrates after `cont`, CEVM after the switch-over.
+            let mechanism = i % 2 == 0 ? ["--mechanism", "stop-and-save"] : []
+            manifests.append(try checkpoint(cevm, "heavy", mechanism + (i == 3 ? ["--full"] : [])))
             usleep(300_000)
         }
         let kinds = manifests.map { ($0["disk"] as? [String: Any])?["kind"] as? String ?? "" }
