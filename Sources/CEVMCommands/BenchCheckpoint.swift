@@ -21,7 +21,8 @@ struct BenchCheckpoint: AsyncParsableCommand {
         commandName: "checkpoint",
         abstract: "Each checkpoint mechanism on the same guests.",
         discussion: """
-            For each RAM size: boots the bundled guest (TCG) with a write-heavy job, measures its \
+            For each RAM size: boots the bundled guest's kernel and initrd (TCG; no disk unless \
+            --with-disk) with a write-heavy job, measures its \
             undisturbed progress, then for each mechanism takes a checkpoint and measures the guest's \
             progress from the request to the record being durable, with the record's pause, time to \
             durable and size. CEVM runs last on each guest (its New_VM stays pinned afterwards). \
@@ -41,7 +42,10 @@ struct BenchCheckpoint: AsyncParsableCommand {
     var workingSet: String?
 
     @Option(help: "Pages the guest rewrites per unit of work (cevm.pages).")
-    var pages: Int = 256
+    var pages: Int = 32
+
+    @Option(help: "Pages the guest verifies per unit of work (cevm.verify; reads, no writes).")
+    var verify: Int = 256
 
     @Option(help: "Guest milliseconds between two progress lines (cevm.tick).")
     var tick: Int = 50
@@ -80,8 +84,10 @@ struct BenchCheckpoint: AsyncParsableCommand {
             // would hand the other mechanisms fewer CPUs than they had.
             let order = [Mechanism.stopAndSave, .backgroundSnapshot, .cevm].filter(chosen.contains)
             let fixedSet = try workingSet.map { Int(try parseSize($0, defaultUnit: 1 << 20) >> 20) }
-            guard (1...1_000_000).contains(pages), (10...10_000).contains(tick), baseline >= 1, (1...10).contains(attempts) else {
-                throw CLIError("--pages 1...1000000, --tick 10...10000 ms, --baseline at least 1 s, --attempts 1...10")
+            guard (1...1_000_000).contains(pages), (1...1_000_000).contains(verify), (10...10_000).contains(tick), baseline >= 1,
+                (1...10).contains(attempts)
+            else {
+                throw CLIError("--pages and --verify 1...1000000, --tick 10...10000 ms, --baseline at least 1 s, --attempts 1...10")
             }
             let guest = BundledGuest.locate()
             let defaults = try guest.defaultAppend()
@@ -90,13 +96,13 @@ struct BenchCheckpoint: AsyncParsableCommand {
             let sources = DiskServe.installSignalHandlers(stop)
             defer { sources.forEach { $0.cancel() } }
             let runner = CheckpointBenchRunner(
-                home: home, sizes: sizes, mechanisms: order, policy: policy, workingSet: fixedSet, pages: pages, tick: tick,
-                baseline: baseline, attempts: attempts, withDisk: withDisk, guest: guest, defaultAppend: defaults, stop: stop)
+                home: home, sizes: sizes, mechanisms: order, policy: policy, workingSet: fixedSet, pages: pages, verify: verify,
+                tick: tick, baseline: baseline, attempts: attempts, withDisk: withDisk, guest: guest, defaultAppend: defaults, stop: stop)
             let result: Result<CheckpointBenchReport, any Error>
             do { result = .success(try await runner.run()) } catch { result = .failure(error) }
             await runner.cleanUp()
             if keep {
-                FileHandle.standardError.write(Data("cevm: the benchmark's CEVM_HOME is kept in \(home)\n".utf8))
+                StandardError.write("cevm: the benchmark's CEVM_HOME is kept in \(home)\n")
             } else {
                 BenchScratch.remove(home)
             }
@@ -116,18 +122,27 @@ struct CheckpointBenchReport: Encodable {
         var mechanism: String
         /// Units per host second over `baselineSeconds` just before the request.
         var undisturbedRate: Double
+        /// What the guest rewrote per second then: undisturbedRate × cevm.pages × 4 KiB.
+        var undisturbedDirtyMiBps: Double
         var baselineSeconds: Double
         /// Units per host second from the request to the record being durable
         /// (nil when the guest printed nothing after the window: it was lost).
         var checkpointRate: Double?
         /// checkpointRate / undisturbedRate.
         var progress: Double?
+        /// Progress from the request to the pause (CEVM: the pre-copy) and from
+        /// the guest running again to the record being durable (the overlap);
+        /// nil for a phase shorter than 100 ms.
+        var progressBeforePause: Double?
+        var progressAfterResume: Double?
         /// The guest died or hung after this checkpoint.
         var guestLost: Bool
         /// Guests lost by earlier attempts at this row (each on a new guest).
         var guestsLostBefore: Int
         /// Why the guest counts as lost.
         var failure: String?
+        /// Why the earlier attempts' guests were lost.
+        var earlierFailures: [String] = []
         var guestPauseMs: Double
         var requestToPauseMs: Double
         var requestToDurableMs: Double
@@ -159,25 +174,40 @@ struct CheckpointBenchReport: Encodable {
     func text() -> String {
         var out = [
             "cevm bench checkpoint: \(cpus) CPUs, QEMU \(qemu), TCG; guest \(guest); CEVM policy \(policy)",
-            "progress = guest units per host second from the request to the record being durable, relative to the \(rows.first.map { String(format: "%.0f", $0.baselineSeconds) } ?? "?") s just before it",
+            "progress = guest units per host second from the request to the record being durable, relative to the "
+                + (rows.first.map { String(format: "%.0f", $0.baselineSeconds) } ?? "?") + " s just before it",
             "",
         ]
         var grid = [[
-            "RAM", "mechanism", "pause", "downtime", "pause-downtime", "console gap", "to durable", "bytes", "rate before",
-            "rate during", "progress", "lost",
+            "RAM", "mechanism", "pause", "downtime", "pause-downtime", "console gap", "to durable", "bytes", "dirtied",
+            "rate before", "rate during", "progress", "(pre-pause", "post-resume)", "lost",
         ]]
         func msText(_ value: Double?) -> String { value.map { String(format: "%.1f ms", $0) } ?? "-" }
         for row in rows {
             grid.append([
                 row.memoryMiB >= 1024 && row.memoryMiB % 1024 == 0 ? "\(row.memoryMiB >> 10) GiB" : "\(row.memoryMiB) MiB",
-                row.mechanism, msText(row.guestPauseMs), msText(row.migrationDowntimeMs), msText(row.pauseOverDowntimeMs),
+                row.mechanism, msText(row.guestPauseMs),
+                msText(row.mechanism == Mechanism.stopAndSave.rawValue ? nil : row.migrationDowntimeMs), msText(row.pauseOverDowntimeMs),
                 msText(row.consoleGapMs), msText(row.requestToDurableMs), formatBytes(row.recordBytes),
+                String(format: "%.0f MiB/s", row.undisturbedDirtyMiBps),
                 String(format: "%.1f/s", row.undisturbedRate), row.checkpointRate.map { String(format: "%.1f/s", $0) } ?? "-",
                 row.guestLost ? "guest lost" : row.progress.map { String(format: "%.1f %%", $0 * 100) } ?? "-",
+                row.progressBeforePause.map { String(format: "%.0f %%", $0 * 100) } ?? "-",
+                row.progressAfterResume.map { String(format: "%.0f %%", $0 * 100) } ?? "-",
                 row.guestsLostBefore > 0 ? "\(row.guestsLostBefore)" : "",
             ])
         }
         out.append(table(grid))
+        let failed = rows.filter { $0.guestLost || !$0.earlierFailures.isEmpty }
+        if !failed.isEmpty {
+            out.append("")
+            out.append("Guests lost (each attempt after a loss runs on a new guest, booted and measured afresh)")
+            for row in failed {
+                for (index, failure) in (row.earlierFailures + (row.guestLost ? [row.failure ?? "guest lost"] : [])).enumerated() {
+                    out.append("  \(row.memoryMiB) MiB \(row.mechanism), attempt \(index + 1): \(failure)")
+                }
+            }
+        }
         if !targets.isEmpty {
             out.append("")
             out.append("Targets")
@@ -198,6 +228,7 @@ final class CheckpointBenchRunner: Sendable {
     let policy: AffinityPolicy
     let workingSet: Int?
     let pages: Int
+    let verify: Int
     let tick: Int
     let baseline: Double
     let attempts: Int
@@ -215,7 +246,7 @@ final class CheckpointBenchRunner: Sendable {
     static let jobUnits = "1000000000000"
 
     init(
-        home: String, sizes: [Int], mechanisms: [Mechanism], policy: AffinityPolicy, workingSet: Int?, pages: Int, tick: Int,
+        home: String, sizes: [Int], mechanisms: [Mechanism], policy: AffinityPolicy, workingSet: Int?, pages: Int, verify: Int, tick: Int,
         baseline: Double, attempts: Int, withDisk: Bool, guest: BundledGuest, defaultAppend: String, stop: StopSignal
     ) {
         self.home = home
@@ -224,6 +255,7 @@ final class CheckpointBenchRunner: Sendable {
         self.policy = policy
         self.workingSet = workingSet
         self.pages = pages
+        self.verify = verify
         self.tick = tick
         self.baseline = baseline
         self.attempts = attempts
@@ -243,7 +275,7 @@ final class CheckpointBenchRunner: Sendable {
     func workingSet(forRAM mib: Int) -> Int { workingSet ?? max(16, mib / 2 - 64) }
 
     func append(forRAM mib: Int) -> String {
-        "cevm.mem=\(workingSet(forRAM: mib)) cevm.pages=\(pages) cevm.disk=0 cevm.tick=\(tick) cevm.verify=16 cevm.job=\(Self.jobUnits)"
+        "cevm.mem=\(workingSet(forRAM: mib)) cevm.pages=\(pages) cevm.disk=0 cevm.tick=\(tick) cevm.verify=\(verify) cevm.job=\(Self.jobUnits)"
     }
 
     func checkStop() throws {
@@ -328,10 +360,12 @@ final class CheckpointBenchRunner: Sendable {
             var guest = try await boot(mib: mib, generation: generation)
             for mechanism in mechanisms {
                 var lost = 0
+                var failures: [String] = []
                 while true {
                     try checkStop()
                     var row = try await measure(mechanism, guest: guest, mib: mib)
                     row.guestsLostBefore = lost
+                    row.earlierFailures = failures
                     if !row.guestLost {
                         rows.append(row)
                         break
@@ -339,6 +373,7 @@ final class CheckpointBenchRunner: Sendable {
                     // The guest died or stopped making progress after the
                     // checkpoint: say so, and measure again on a new guest.
                     lost += 1
+                    failures.append(row.failure ?? "guest lost")
                     await retire(guest)
                     generation += 1
                     let last = lost >= attempts
@@ -446,22 +481,23 @@ final class CheckpointBenchRunner: Sendable {
         if mechanism == .cevm { arguments += ["--policy", policy.rawValue] }
         Output.progress("\(mib) MiB: \(mechanism.rawValue): checkpoint…")
         let requested = Timestamp.wallSeconds()
+        let records = Home(root: home).vm(try VMName(guest.name)).directory + "/records"
+        let known = Set((try? Files.list(records)) ?? [])
+        let watchdog = Task { [self] in await self.watchStream(records: records, known: known, mib: mib, guest: guest.name) }
         let result = try await cevm(arguments)
+        watchdog.cancel()
         let returned = Timestamp.wallSeconds()
+        if let runaway = await watchdog.value {
+            let message = "migration did not converge: the memory stream passed \(formatBytes(runaway)) (the VM was stopped)"
+            StandardError.write("cevm: \(mib) MiB \(mechanism.rawValue): \(message)\n")
+            return lostRow(mib: mib, mechanism: mechanism, console: console, baselineStart: baselineStart, requested: requested, failure: message)
+        }
         guard result.status.succeeded else {
             // A guest that died during the checkpoint takes its instance (and
             // the checkpoint) with it: count it as lost, like one that dies after.
             let message = "cevm checkpoint \(result.status): \(result.stderr)"
-            FileHandle.standardError.write(Data(
-                "cevm: \(mib) MiB \(mechanism.rawValue): \(message); console tail:\n\(Self.consoleTail(console))\n".utf8))
-            let ticks = Self.ticks(console)
-            return CheckpointBenchReport.Row(
-                memoryMiB: mib, mechanism: mechanism.rawValue,
-                undisturbedRate: Self.rate(from: baselineStart, to: requested, in: ticks) ?? 0,
-                baselineSeconds: requested - baselineStart, checkpointRate: nil, progress: nil, guestLost: true,
-                guestsLostBefore: 0, failure: message, guestPauseMs: 0, requestToPauseMs: 0, requestToDurableMs: 0,
-                consoleGapMs: nil, overlapMs: nil, migrationDowntimeMs: nil, migrationTotalMs: nil, pauseOverDowntimeMs: nil,
-                recordBytes: 0, memoryStreamBytes: 0, record: "")
+            StandardError.write("cevm: \(mib) MiB \(mechanism.rawValue): \(message); console tail:\n\(Self.consoleTail(console))\n")
+            return lostRow(mib: mib, mechanism: mechanism, console: console, baselineStart: baselineStart, requested: requested, failure: message)
         }
         let stdout = result.stdout
         let output: CheckpointOutput
@@ -491,23 +527,69 @@ final class CheckpointBenchRunner: Sendable {
         var pause: (Double, Double)?
         if let from = Timestamp.parse(timings.pausedAt), let to = Timestamp.parse(timings.resumedAt), to > from { pause = (from, to) }
         let during = Self.rate(from: start, to: end, in: ticks, pause: pause)
+        var beforePause: Double?, afterResume: Double?
+        if let (from, to) = pause, before > 0 {
+            if from - start >= 0.1 { beforePause = Self.rate(from: start, to: from, in: ticks, pause: pause).map { $0 / before } }
+            if end - to >= 0.1 { afterResume = Self.rate(from: to, to: end, in: ticks, pause: pause).map { $0 / before } }
+        }
         let lost = during == nil
         if lost {
             let tail = Self.consoleTail(console)
-            FileHandle.standardError.write(Data(
-                "cevm: \(mib) MiB \(mechanism.rawValue): the guest printed no progress for \(Self.lostAfter) s after the checkpoint; console tail:\n\(tail)\n".utf8))
+            StandardError.write(
+                "cevm: \(mib) MiB \(mechanism.rawValue): the guest printed no progress for \(Self.lostAfter) s after the checkpoint; console tail:\n\(tail)\n")
         }
         let downtime = manifest.migration.downtimeMs
         return CheckpointBenchReport.Row(
-            memoryMiB: mib, mechanism: mechanism.rawValue, undisturbedRate: before, baselineSeconds: baselineEnd - baselineStart,
-            checkpointRate: during, progress: during.map { before > 0 ? $0 / before : 0 }, guestLost: lost, guestsLostBefore: 0,
-            failure: lost ? "no progress line within \(Self.lostAfter) s after the checkpoint" : nil, guestPauseMs: timings.guestPauseMs, requestToPauseMs: timings.requestToPauseMs,
+            memoryMiB: mib, mechanism: mechanism.rawValue, undisturbedRate: before,
+            undisturbedDirtyMiBps: before * Double(pages) / 256, baselineSeconds: baselineEnd - baselineStart,
+            checkpointRate: during, progress: during.map { before > 0 ? $0 / before : 0 },
+            progressBeforePause: beforePause, progressAfterResume: afterResume, guestLost: lost, guestsLostBefore: 0,
+            failure: lost ? "no progress line within \(Self.lostAfter) s after the checkpoint" : nil,
+            guestPauseMs: timings.guestPauseMs, requestToPauseMs: timings.requestToPauseMs,
             requestToDurableMs: timings.requestToDurableMs, consoleGapMs: timings.consoleGapMs, overlapMs: timings.overlapMs,
             migrationDowntimeMs: downtime, migrationTotalMs: manifest.migration.totalTimeMs,
             pauseOverDowntimeMs: mechanism == .cevm ? downtime.map { timings.guestPauseMs - $0 } : nil,
             recordBytes: manifest.files.reduce(0) { $0 + $1.size },
             memoryStreamBytes: manifest.migration.streamBytes, record: output.directory)
     }
+
+    /// A row for a checkpoint that failed or lost its guest before a manifest.
+    func lostRow(
+        mib: Int, mechanism: Mechanism, console: String, baselineStart: Double, requested: Double, failure: String
+    ) -> CheckpointBenchReport.Row {
+        let ticks = Self.ticks(console)
+        return CheckpointBenchReport.Row(
+            memoryMiB: mib, mechanism: mechanism.rawValue,
+            undisturbedRate: Self.rate(from: baselineStart, to: requested, in: ticks) ?? 0,
+            undisturbedDirtyMiBps: (Self.rate(from: baselineStart, to: requested, in: ticks) ?? 0) * Double(pages) / 256,
+            baselineSeconds: requested - baselineStart, checkpointRate: nil, progress: nil, progressBeforePause: nil,
+            progressAfterResume: nil, guestLost: true,
+            guestsLostBefore: 0, failure: failure, guestPauseMs: 0, requestToPauseMs: 0, requestToDurableMs: 0,
+            consoleGapMs: nil, overlapMs: nil, migrationDowntimeMs: nil, migrationTotalMs: nil, pauseOverDowntimeMs: nil,
+            recordBytes: 0, memoryStreamBytes: 0, record: "")
+    }
+
+    /// A live migration that never converges streams (and cevm spools) the
+    /// working set again and again until the disk is full. While a
+    /// checkpoint runs, this watches the new record's memory stream; past
+    /// `streamLimit(mib)` it stops the VM (ending the checkpoint) and returns
+    /// the size seen. Nil when the checkpoint ended first (cancelled).
+    func watchStream(records: String, known: Set<String>, mib: Int, guest: String) async -> Int64? {
+        let limit = Self.streamLimit(mib)
+        while !Task.isCancelled {
+            for entry in (try? Files.list(records)) ?? [] where !known.contains(entry) {
+                if let size = try? Files.size("\(records)/\(entry)/memory.mig"), size > limit {
+                    _ = try? await cevm(["stop", guest], timeout: .seconds(120))
+                    return size
+                }
+            }
+            try? await Task.sleep(for: .milliseconds(250))
+        }
+        return nil
+    }
+
+    /// Four times the RAM, plus 256 MiB of slack for device state and headers.
+    static func streamLimit(_ mib: Int) -> Int64 { (Int64(mib) << 22) + (256 << 20) }
 
     /// Seconds waited before each undisturbed window.
     static let settle = 3.0

@@ -74,7 +74,7 @@ struct BenchDisk: AsyncParsableCommand {
             let runner = DiskBenchRunner(work: work, size: bytes, repeats: `repeat`, stop: stop)
             let report = try await runner.run()
             Output.endProgress()
-            if keep { FileHandle.standardError.write(Data("cevm: scratch files kept in \(work)\n".utf8)) }
+            if keep { StandardError.write("cevm: scratch files kept in \(work)\n") }
             if common.json { return try Output.json(report) }
             Output.line(report.text())
         }
@@ -222,9 +222,14 @@ enum BenchScratch {
         try? FileManager.default.removeItem(atPath: path)
     }
 
+    /// Copies and fsyncs (so the page cache does not write the copy back
+    /// in the middle of a measurement).
     static func copy(_ source: String, to destination: String) throws {
         Files.remove(destination)
-        do { try FileManager.default.copyItem(atPath: source, toPath: destination) } catch {
+        do {
+            try FileManager.default.copyItem(atPath: source, toPath: destination)
+            try Files.fsync(path: destination)
+        } catch {
             throw CLIError("cannot copy \(source) to \(destination): \(error)")
         }
     }
@@ -324,6 +329,7 @@ final class DiskBenchRunner: Sendable {
             try await Tool.check("qemu-io", ["-f", "qcow2"] + batch.flatMap { ["-c", $0] } + [topPath], timeout: .seconds(600))
             index += batch.count
         }
+        for path in [basePath, topPath] { try Files.fsync(path: path) }
         do {
             return Int(try QCOW2Image.open(path: topPath).allocatedClusterCount())
         } catch {
@@ -406,7 +412,7 @@ final class DiskBenchRunner: Sendable {
             do { top = try QCOW2Image.open(path: path, writable: true) } catch { throw CLIError("cannot open \(path): \(error)") }
             disk = ManagedDisk(top: top)
             server = NBDServer(configuration: .init(log: { record in
-                if record.level >= .warning { FileHandle.standardError.write(Data("cevm: \(record.description)\n".utf8)) }
+                if record.level >= .warning { StandardError.write("cevm: \(record.description)\n") }
             }))
             do {
                 try server.addExport(name: BenchDisk.exportName, export: DiskExport(disk: disk))

@@ -59,7 +59,7 @@ struct DiskServe: AsyncParsableCommand {
             defer { withExtendedLifetime(lock) {} }
             let disk = ManagedDisk(top: top)
             let server = NBDServer(configuration: .init(log: { record in
-                if record.level >= .warning { FileHandle.standardError.write(Data("cevm: \(record.description)\n".utf8)) }
+                if record.level >= .warning { StandardError.write("cevm: \(record.description)\n") }
             }))
             let stop = StopSignal()
             let sources = Self.installSignalHandlers(stop)
@@ -122,9 +122,12 @@ struct DiskServe: AsyncParsableCommand {
         return top
     }
 
-    /// SIGINT and SIGTERM fire `stop` instead of ending the process.
+    /// SIGINT and SIGTERM fire `stop` instead of ending the process; SIGPIPE
+    /// is ignored (a reader of our output that went away must not kill us
+    /// before we stopped what we started).
     static func installSignalHandlers(_ stop: StopSignal) -> [any DispatchSourceSignal] {
-        [SIGINT, SIGTERM].map { number in
+        signal(SIGPIPE, SIG_IGN)
+        return [SIGINT, SIGTERM].map { number in
             signal(number, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: number)
             source.setEventHandler { stop.fire() }
@@ -158,6 +161,20 @@ final class StopSignal: Sendable {
                 return false
             }
             if done { continuation.resume() }
+        }
+    }
+}
+
+/// Messages to stderr with write(2), errors ignored: unlike FileHandle, a
+/// closed or broken stderr never stops the command.
+enum StandardError {
+    static func write(_ text: String) {
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { Glibc.write(STDERR_FILENO, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            bytes = bytes.dropFirst(n)
         }
     }
 }
