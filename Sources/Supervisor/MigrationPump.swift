@@ -19,9 +19,6 @@ final class MigrationSink: Sendable {
     let socketPath: String
     private let result = Mutex<Result<RecordManifest.FileEntry, any Error>?>(nil)
     private let done = AsyncSignal()
-    /// Fired when every byte went on to the destination (tee mode), before
-    /// the spool is fsynced.
-    let forwarded = AsyncSignal()
     /// Tee mode: the CPU set the pump moved itself to once the source's
     /// stream ended (the switch-over), as the kernel reported it after.
     let oldSideAffinity = Mutex<CPUSet?>(nil)
@@ -64,10 +61,7 @@ final class MigrationSink: Sendable {
                     if destination >= 0 { try Files.writeAll(destination, buffer[0..<n], subject: "New_VM's incoming socket") }
                     try buffer.withUnsafeBytes { try spool.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 }
-                if destination >= 0 {
-                    shutdown(destination, Int32(SHUT_WR))
-                    forwarded.fire()
-                }
+                if destination >= 0 { shutdown(destination, Int32(SHUT_WR)) }
                 if let oldSide {
                     try? Affinity.set(thread: 0, to: oldSide)
                     oldSideAffinity.withLock { $0 = try? Affinity.get(thread: 0) }
@@ -75,7 +69,6 @@ final class MigrationSink: Sendable {
                 return try spool.finish(role: .memory)
             }
             self.result.withLock { $0 = outcome }
-            self.forwarded.fire()
             self.done.fire()
         }
         thread.start()
