@@ -20,7 +20,10 @@ import VMStore
 ///   bench` drives both over the same kind of Unix socket;
 /// - sweep: the integration (`ManagedDisk.cut` to `Integration.wait`) of a
 ///   copy of T into a new U, against QEMU's `block-stream` of a copy of T
-///   into a new top U'.
+///   into a new top U';
+/// - in the guest: the bundled guest boots with `cevm.ddbench=MIB` on a
+///   virtio-blk drive served by each in turn, and times busybox `dd` with
+///   O_DIRECT on /dev/vda (scripts/guest/init).
 ///
 /// Every figure is the median of `--repeat` runs (min and max beside it).
 /// Docs/benchmarks.md has the procedure and a reading of the figures.
@@ -32,9 +35,10 @@ struct BenchDisk: AsyncParsableCommand {
             Builds a chain B <- T in a scratch directory (B fully written with random data, \
             T holding a third of the clusters), then measures NBD throughput and latency of \
             cevm's disk manager and of qemu-nbd serving copies of T (qemu-img bench), and the \
-            integration sweep against QEMU's block-stream over the same chain. Needs qemu-img, \
-            qemu-io, qemu-nbd and qemu-system-x86_64. Nothing is asserted: targets are printed \
-            with "met" or "not met".
+            integration sweep against QEMU's block-stream over the same chain, and dd's throughput \
+            inside the bundled guest (scripts/build-guest) with its disk served by each. Needs \
+            qemu-img, qemu-io, qemu-nbd and qemu-system-x86_64. Nothing is asserted: targets are \
+            printed with "met" or "not met".
             """)
 
     @Option(help: "Virtual size of the chain (a multiple of 64K).")
@@ -45,6 +49,9 @@ struct BenchDisk: AsyncParsableCommand {
 
     @Option(help: "Runs of each measurement (the median is reported).")
     var `repeat`: Int = 3
+
+    @Option(help: "MiB per dd case in the guest (0: no in-guest measurement; at most a quarter of --size).")
+    var guestMib: Int = 32
 
     @Flag(help: "Keep the scratch subdirectory.")
     var keep = false
@@ -63,6 +70,9 @@ struct BenchDisk: AsyncParsableCommand {
                 throw CLIError("--size must be a multiple of 64K and at least 16M")
             }
             guard (1...50).contains(`repeat`) else { throw CLIError("--repeat must be between 1 and 50") }
+            guard guestMib >= 0, Int64(guestMib) << 22 <= bytes else {
+                throw CLIError("--guest-mib must be between 0 and a quarter of --size in MiB")
+            }
             for tool in ["qemu-img", "qemu-io", "qemu-nbd", QEMUCommandLine.defaultBinary] where Executables.find(tool) == nil {
                 throw QEMUError.qemuMissing(binary: tool)
             }
@@ -71,7 +81,7 @@ struct BenchDisk: AsyncParsableCommand {
             let stop = StopSignal()
             let sources = DiskServe.installSignalHandlers(stop)
             defer { sources.forEach { $0.cancel() } }
-            let runner = DiskBenchRunner(work: work, size: bytes, repeats: `repeat`, stop: stop)
+            let runner = DiskBenchRunner(work: work, size: bytes, repeats: `repeat`, guestMiB: guestMib, stop: stop)
             let report = try await runner.run()
             Output.endProgress()
             if keep { StandardError.write("cevm: scratch files kept in \(work)\n") }
@@ -139,6 +149,16 @@ struct DiskBenchReport: Encodable {
         var ratio: Double
     }
 
+    /// One dd case in the guest.
+    struct GuestCase: Encodable {
+        var name: String
+        var bytes: Int64
+        /// MiB/s as the guest timed it (/proc/uptime, 10 ms resolution).
+        var cevm: Spread
+        var qemuNBD: Spread
+        var ratio: Double
+    }
+
     struct Sweep: Encodable {
         var name: String
         var bytes: Int64
@@ -156,6 +176,7 @@ struct DiskBenchReport: Encodable {
 
     var machine: Machine
     var nbd: [NBDCase]
+    var guest: [GuestCase]
     var sweeps: [Sweep]
     var checks: [String]
     var targets: [Target]
@@ -186,6 +207,15 @@ struct DiskBenchReport: Encodable {
         }
         out.append(table(rows))
         out.append("")
+        if !guest.isEmpty {
+            out.append("In the guest: \(inGuest) (MiB/s; ratio = cevm / qemu-nbd)")
+            rows = [["case", "MiB", "cevm MiB/s", "qemu-nbd MiB/s", "ratio"]]
+            for c in guest {
+                rows.append([c.name, "\(c.bytes >> 20)", c.cevm.text(), c.qemuNBD.text(), String(format: "%.2f", c.ratio)])
+            }
+            out.append(table(rows))
+            out.append("")
+        }
         out.append("Sweep of T's \(tMiB) MiB into a new top (MiB/s of T's data)")
         rows = [["sweep", "seconds", "MiB/s"]]
         for s in sweeps { rows.append([s.name, s.seconds.text(3), s.throughput.text()]) }
@@ -198,7 +228,7 @@ struct DiskBenchReport: Encodable {
         }
         out.append(table(rows))
         out.append("")
-        out.append("In-guest throughput: \(inGuest)")
+        if guest.isEmpty { out.append("In-guest throughput: \(inGuest)") }
         out.append("Checks: " + checks.joined(separator: "; "))
         return out.joined(separator: "\n")
     }
@@ -260,16 +290,18 @@ final class DiskBenchRunner: Sendable {
     let work: String
     let size: Int64
     let repeats: Int
+    let guestMiB: Int
     let stop: StopSignal
     let clusterSize = BenchDisk.clusterSize
 
     var basePath: String { "\(work)/B.qcow2" }
     var topPath: String { "\(work)/T.qcow2" }
 
-    init(work: String, size: Int64, repeats: Int, stop: StopSignal) {
+    init(work: String, size: Int64, repeats: Int, guestMiB: Int, stop: StopSignal) {
         self.work = work
         self.size = size
         self.repeats = repeats
+        self.guestMiB = guestMiB
         self.stop = stop
     }
 
@@ -283,10 +315,14 @@ final class DiskBenchRunner: Sendable {
         let allocated = try await buildChain()
         var checks: [String] = []
         let nbd = try await nbdCases(checks: &checks)
+        let (guest, inGuest) = try await guestCases(checks: &checks)
         let sweeps = try await sweepCases(checks: &checks)
         var targets: [DiskBenchReport.Target] = []
         for c in nbd where c.depth > 1 {
             targets.append(.init(name: "NBD \(c.name): cevm / qemu-nbd", value: c.ratio, required: 0.9, met: c.ratio >= 0.9))
+        }
+        for c in guest {
+            targets.append(.init(name: "in the guest, \(c.name): cevm / qemu-nbd", value: c.ratio, required: 0.9, met: c.ratio >= 0.9))
         }
         if let cevm = sweeps.first(where: { $0.name.hasPrefix("cevm integration only") }) {
             for qemu in sweeps where qemu.name.hasPrefix("QEMU block-stream") {
@@ -298,8 +334,7 @@ final class DiskBenchRunner: Sendable {
             machine: .init(
                 cpus: ProcessInfo.processInfo.activeProcessorCount, qemu: qemu, clusterSize: clusterSize, virtualSize: size,
                 tAllocatedClusters: allocated, repeats: repeats),
-            nbd: nbd, sweeps: sweeps, checks: checks, targets: targets,
-            inGuest: "not measured (see Docs/benchmarks.md): every figure here is qemu-img bench over the NBD socket")
+            nbd: nbd, guest: guest, sweeps: sweeps, checks: checks, targets: targets, inGuest: inGuest)
     }
 
     // MARK: The chain
@@ -511,6 +546,135 @@ final class DiskBenchRunner: Sendable {
                 qemuNBDLatencyMicroseconds: Spread(qemuSeconds[index].map { $0 * 1e6 / Double(c.count) }),
                 ratio: cevm.median / qemu.median)
         }
+    }
+
+    // MARK: In the guest
+
+    /// The dd cases of scripts/guest/init (`cevm.ddbench`): the key it prints, and the name here.
+    static let guestCases: [(key: String, name: String)] = [
+        ("read-seq-4k", "dd read seq 4K"), ("read-seq-64k", "dd read seq 64K"),
+        ("write-seq-4k", "dd write seq 4K"), ("write-seq-64k", "dd write seq 64K"),
+    ]
+
+    /// The bundled guest with `cevm.ddbench=MIB`, its disk a virtio-blk
+    /// drive on cevm's export of one fresh copy of T, then on qemu-nbd's of
+    /// another (the order alternates run by run). Returns the cases and the
+    /// line that describes them (or why they were not measured).
+    func guestCases(checks: inout [String]) async throws -> ([DiskBenchReport.GuestCase], String) {
+        guard guestMiB > 0 else { return ([], "not measured (--guest-mib 0)") }
+        let guest = BundledGuest.locate()
+        guard Files.exists(guest.kernel), Files.exists(guest.initrd) else {
+            return ([], "not measured: the bundled guest is not built (run scripts/build-guest)")
+        }
+        var cevmRates: [String: [Double]] = [:], qemuRates: [String: [Double]] = [:]
+        let cevmCopy = "\(work)/T-cevm-guest.qcow2", qemuCopy = "\(work)/T-qemu-guest.qcow2"
+        let cevmSocket = "\(work)/cevm-guest.sock", qemuSocket = "\(work)/qemu-nbd-guest.sock"
+        for socket in [cevmSocket, qemuSocket] { try DiskServe.checkSocketPath(socket) }
+        for run in 0..<repeats {
+            try BenchScratch.copy(topPath, to: cevmCopy)
+            try BenchScratch.copy(topPath, to: qemuCopy)
+            let cevm = try await CEVMServer(path: cevmCopy, socket: cevmSocket)
+            let qemu: ChildProcess
+            do { qemu = try await startQEMUNBD(path: qemuCopy, socket: qemuSocket) } catch {
+                try? await cevm.stop()
+                throw error
+            }
+            do {
+                for cevmTurn in run % 2 == 0 ? [true, false] : [false, true] {
+                    try checkStop()
+                    for copy in [cevmCopy, qemuCopy] { try Files.fsync(path: copy) }
+                    Output.progress("guest run \(run + 1)/\(repeats): dd on \(cevmTurn ? "cevm" : "qemu-nbd")…")
+                    let rates = try await guestRun(guest, socket: cevmTurn ? cevmSocket : qemuSocket)
+                    for (key, rate) in rates {
+                        if cevmTurn { cevmRates[key, default: []].append(rate) } else { qemuRates[key, default: []].append(rate) }
+                    }
+                }
+            } catch {
+                try? await cevm.stop()
+                await qemu.terminate(grace: .seconds(5))
+                throw error
+            }
+            try await cevm.stop()
+            let status = await qemu.terminate(grace: .seconds(30))
+            if status != .signaled(SIGTERM) && !status.succeeded {
+                throw CLIError("qemu-nbd \(status); log: \((try? Files.readString("\(work)/qemu-nbd.log")) ?? "")")
+            }
+            for copy in [cevmCopy, qemuCopy] {
+                try await Tool.check("qemu-img", ["check", "-q", "-f", "qcow2", copy], timeout: .seconds(600))
+            }
+            try await Tool.check("qemu-img", ["compare", "-q", "-f", "qcow2", "-F", "qcow2", cevmCopy, qemuCopy], timeout: .seconds(600))
+            Files.remove(cevmCopy)
+            Files.remove(qemuCopy)
+        }
+        checks.append("after each guest run, qemu-img check passed on both copies of T and qemu-img compare found them identical")
+        let cases = Self.guestCases.map { key, name in
+            let cevm = Spread(cevmRates[key] ?? []), qemu = Spread(qemuRates[key] ?? [])
+            return DiskBenchReport.GuestCase(
+                name: name, bytes: Int64(guestMiB) << 20, cevm: cevm, qemuNBD: qemu, ratio: cevm.median / qemu.median)
+        }
+        let note = "busybox dd with O_DIRECT on /dev/vda, \(guestMiB) MiB per case; 1 vCPU, TCG, q35, virtio-blk on -blockdev driver=nbd"
+        return (cases, note)
+    }
+
+    /// One boot of the bundled guest in dd mode on the export at `socket`:
+    /// MiB/s per case key, as the guest timed it.
+    func guestRun(_ guest: BundledGuest, socket: String) async throws -> [String: Double] {
+        let console = "\(work)/guest-console.log", errors = "\(work)/guest-qemu.log"
+        let qemu = try ChildProcess.spawn(
+            QEMUCommandLine.defaultBinary,
+            arguments: [
+                "-machine", QEMUCommandLine.defaultMachine, "-accel", "tcg", "-cpu", "max", "-m", "128", "-smp", "1",
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-chardev", "stdio,id=console,signal=off", "-serial", "chardev:console",
+                "-kernel", guest.kernel, "-initrd", guest.initrd,
+                "-append", "console=ttyS0 panic=-1 quiet cevm.ddbench=\(guestMiB)",
+                "-blockdev", "driver=nbd,node-name=disk0,server.type=unix,server.path=\(socket),export=\(BenchDisk.exportName)",
+                "-device", "virtio-blk-pci,drive=disk0",
+            ],
+            stdout: .truncateFile(console), stderr: .truncateFile(errors))
+        let deadline = ContinuousClock.now + .seconds(900)
+        while qemu.isRunning {
+            let text = (try? Files.readString(console)) ?? ""
+            let stale = text.contains(BundledGuest.readyMarker)
+            if stale || stop.fired || ContinuousClock.now > deadline {
+                await qemu.terminate(grace: .seconds(5))
+                if stale { throw CLIError("the bundled guest ran its workload, not dd: it predates cevm.ddbench; run scripts/build-guest") }
+                try checkStop()
+                throw CLIError("the guest did not finish its dd run within 900 s; console: \(text.suffix(2000))")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let text = (try? Files.readString(console)) ?? ""
+        guard let rates = Self.parseDDBench(text) else {
+            let qemuLog = (try? Files.readString(errors)) ?? ""
+            throw CLIError("the guest's dd run did not complete; console: \(text.suffix(2000)) QEMU: \(qemuLog.suffix(1000))")
+        }
+        return rates
+    }
+
+    /// MiB/s per case from the guest console's `cevm-ddbench` lines; nil
+    /// unless every case and the `done` line are there.
+    static func parseDDBench(_ console: String) -> [String: Double]? {
+        var rates: [String: Double] = [:]
+        var done = false
+        // Serial consoles end lines with CR LF: one Character, a newline.
+        for raw in console.split(whereSeparator: \.isNewline) {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line == "cevm-ddbench done" { done = true }
+            guard line.hasPrefix("cevm-ddbench case=") else { continue }
+            var fields: [String: String] = [:]
+            for word in line.split(separator: " ").dropFirst() {
+                let parts = word.split(separator: "=", maxSplits: 1)
+                if parts.count == 2 { fields[String(parts[0])] = String(parts[1]) }
+            }
+            guard let key = fields["case"], let bytes = fields["bytes"].flatMap(Double.init),
+                let centiseconds = fields["centiseconds"].flatMap(Double.init)
+            else { return nil }
+            // A case faster than the clock's resolution counts one tick.
+            rates[key] = bytes / Double(1 << 20) / (max(centiseconds, 1) / 100)
+        }
+        guard done, guestCases.allSatisfy({ rates[$0.key] != nil }) else { return nil }
+        return rates
     }
 
     // MARK: Sweep

@@ -21,10 +21,7 @@ public struct DiskExport: NBDExport {
 
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator) async throws(NBDIOError) -> ByteBuffer {
         do {
-            let bytes = try await disk.read(offset: offset, length: length)
-            var buffer = allocator.buffer(capacity: bytes.count)
-            buffer.writeBytes(bytes)
-            return buffer
+            return try await disk.read(offset: offset, length: length, allocator: allocator)
         } catch {
             throw Self.nbd(error)
         }
@@ -32,7 +29,7 @@ public struct DiskExport: NBDExport {
 
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(NBDIOError) {
         do {
-            try await disk.write(offset: offset, bytes: Array(data.readableBytesView), fua: fua)
+            try await disk.write(offset: offset, data: data, fua: fua)
         } catch {
             throw Self.nbd(error)
         }

@@ -1,5 +1,7 @@
 import DiskIntegration
 import Dispatch
+import Foundation
+import NIOCore
 import QCOW2
 import Synchronization
 
@@ -21,13 +23,18 @@ public final class ManagedDisk: Sendable {
     public let clusterSize: UInt64
     let mode: Mutex<Mode>
     let dirty = Mutex(Set<Int>())
-    /// Plain-mode I/O blocks on pread/pwrite: it runs here, never on the caller's thread.
-    let io = DispatchQueue(label: "cevm-disk-io")
+    /// Plain-mode I/O blocks on pread/pwrite/fdatasync: it runs on this
+    /// thread of the disk's own, in submission order, never on the caller's.
+    let io = IOThread(name: "cevm-disk-io")
 
     public init(top: QCOW2Image) {
         virtualSize = top.virtualSize
         clusterSize = top.clusterSize
         mode = Mutex(.plain(top))
+    }
+
+    deinit {
+        io.stop()
     }
 
     /// The image writes go to in plain mode (T; U once an integration ended).
@@ -50,19 +57,66 @@ public final class ManagedDisk: Sendable {
         try check(offset, UInt64(length))
         return try await perform(
             integrating: { .read(offset: Int(offset), length: length, $0) },
+            fromIntegration: { $0 },
             plain: { image throws(QCOW2Error) in
                 try image.read(at: offset, count: length)
+            })
+    }
+
+    /// The same read into a buffer of `allocator` (the NBD reply's): in
+    /// plain mode the image reads straight into it.
+    public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator) async throws(DiskManagerError) -> ByteBuffer {
+        try check(offset, UInt64(length))
+        return try await perform(
+            integrating: { .read(offset: Int(offset), length: length, $0) },
+            fromIntegration: { bytes in
+                var buffer = allocator.buffer(capacity: bytes.count)
+                buffer.writeBytes(bytes)
+                return buffer
+            },
+            plain: { image throws(QCOW2Error) in
+                var buffer = allocator.buffer(capacity: length)
+                var failure: QCOW2Error?
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+                    do throws(QCOW2Error) {
+                        try image.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<length]), at: offset)
+                    } catch {
+                        failure = error
+                    }
+                    return length
+                }
+                if let failure { throw failure }
+                return buffer
             })
     }
 
     public func write(offset: UInt64, bytes: [UInt8], fua: Bool = false) async throws(DiskManagerError) {
         try check(offset, UInt64(bytes.count))
         markDirty(offset, UInt64(bytes.count))
-        _ = try await perform(
+        try await perform(
             integrating: { .write(offset: Int(offset), bytes: bytes, $0) },
+            fromIntegration: { _ in },
             plain: { image throws(QCOW2Error) in
                 try image.write(bytes, at: offset)
-                return []
+            })
+        if fua { try await flush() }
+    }
+
+    /// The same write from a buffer (the NBD request's payload): in plain
+    /// mode the image writes straight from it.
+    public func write(offset: UInt64, data: ByteBuffer, fua: Bool = false) async throws(DiskManagerError) {
+        let count = UInt64(data.readableBytes)
+        try check(offset, count)
+        markDirty(offset, count)
+        try await perform(
+            integrating: { .write(offset: Int(offset), bytes: Array(data.readableBytesView), $0) },
+            fromIntegration: { _ in },
+            plain: { image throws(QCOW2Error) in
+                var failure: QCOW2Error?
+                data.withUnsafeReadableBytes { raw in
+                    do throws(QCOW2Error) { try image.write(raw, at: offset) } catch { failure = error }
+                }
+                if let failure { throw failure }
             })
         if fua { try await flush() }
     }
@@ -70,21 +124,21 @@ public final class ManagedDisk: Sendable {
     public func writeZeroes(offset: UInt64, length: UInt64, fua: Bool = false) async throws(DiskManagerError) {
         try check(offset, length)
         markDirty(offset, length)
-        _ = try await perform(
+        try await perform(
             integrating: { .writeZeroes(offset: Int(offset), length: Int(length), $0) },
+            fromIntegration: { _ in },
             plain: { image throws(QCOW2Error) in
                 try image.writeZeroes(at: offset, count: length)
-                return []
             })
         if fua { try await flush() }
     }
 
     public func flush() async throws(DiskManagerError) {
-        _ = try await perform(
+        try await perform(
             integrating: { .flush($0) },
+            fromIntegration: { _ in },
             plain: { image throws(QCOW2Error) in
                 try image.flush()
-                return []
             })
     }
 
@@ -100,12 +154,16 @@ public final class ManagedDisk: Sendable {
         dirty.withLock { set in for k in first...last { set.insert(k) } }
     }
 
-    /// Routes one request to the integration, or to the plain image.
-    private func perform(
+    /// Routes one request to the integration, or to the plain image on the
+    /// I/O thread. The caller's task resumes once it is done: one hand-off
+    /// to the I/O thread and one back, nothing else (the NBD server runs
+    /// the task on the connection's event loop).
+    private func perform<Value: Sendable>(
         integrating make: @escaping @Sendable (@escaping Integration.Completion) -> Integration.Work,
-        plain: @escaping @Sendable (QCOW2Image) throws(QCOW2Error) -> [UInt8]
-    ) async throws(DiskManagerError) -> [UInt8] {
-        let result: Result<[UInt8], DiskManagerError> = await withCheckedContinuation { continuation in
+        fromIntegration convert: @escaping @Sendable ([UInt8]) -> Value,
+        plain: @escaping @Sendable (QCOW2Image) throws(QCOW2Error) -> Value
+    ) async throws(DiskManagerError) -> Value {
+        let result: Result<Value, DiskManagerError> = await withCheckedContinuation { continuation in
             while true {
                 // A plain request is queued under the mode lock, so a cut
                 // (which takes the lock, then drains the queue) never lets
@@ -113,7 +171,7 @@ public final class ManagedDisk: Sendable {
                 let integrating: (Integration, QCOW2Image)? = mode.withLock { mode in
                     switch mode {
                     case .plain(let image):
-                        io.async {
+                        io.submit {
                             do throws(QCOW2Error) {
                                 continuation.resume(returning: .success(try plain(image)))
                             } catch {
@@ -127,7 +185,7 @@ public final class ManagedDisk: Sendable {
                 }
                 guard let pair = integrating else { return }
                 let (integration, next) = pair
-                if integration.submit(make({ continuation.resume(returning: $0) })) { return }
+                if integration.submit(make({ continuation.resume(returning: $0.map(convert)) })) { return }
                 if let failure = integration.failure {
                     // A failed integration leaves U incomplete: never serve from it.
                     continuation.resume(returning: .failure(failure))
@@ -161,7 +219,7 @@ public final class ManagedDisk: Sendable {
             }
             // Plain-mode I/O already queued finishes on T before S0 is frozen;
             // none can be queued meanwhile (queuing takes this lock).
-            io.sync {}
+            io.drain()
             let written = dirty.withLock { set in
                 defer { set = [] }
                 return set
@@ -182,6 +240,81 @@ public final class ManagedDisk: Sendable {
         mode.withLock { mode in
             if case .integrating(let integration, let next) = mode, integration.isFinished, integration.failure == nil {
                 mode = .plain(next)
+            }
+        }
+    }
+}
+
+/// One thread that runs jobs in the order they were submitted: a disk's
+/// plain-mode I/O. It sleeps on a semaphore when it has nothing to do and
+/// takes every queued job at once when woken; `stop()` ends it once the
+/// jobs already submitted have run.
+final class IOThread: Sendable {
+    typealias Job = @Sendable () -> Void
+
+    private struct State {
+        var jobs: [Job] = []
+        var sleeping = false
+        var stopped = false
+    }
+
+    private let state = Mutex(State())
+    /// Signalled once per sleep, by whoever ends it.
+    private let wake = DispatchSemaphore(value: 0)
+
+    init(name: String) {
+        let thread = Thread { [self] in run() }
+        thread.name = name
+        thread.start()
+    }
+
+    func submit(_ job: @escaping Job) {
+        let sleeping = state.withLock { state in
+            state.jobs.append(job)
+            defer { state.sleeping = false }
+            return state.sleeping
+        }
+        if sleeping { wake.signal() }
+    }
+
+    /// Returns once every job submitted before the call has run. Never call
+    /// it from a job.
+    func drain() {
+        let done = DispatchSemaphore(value: 0)
+        submit { done.signal() }
+        done.wait()
+    }
+
+    /// Ends the thread after the jobs already submitted (later ones never run).
+    func stop() {
+        let sleeping = state.withLock { state in
+            state.stopped = true
+            defer { state.sleeping = false }
+            return state.sleeping
+        }
+        if sleeping { wake.signal() }
+    }
+
+    private func run() {
+        var batch: [Job] = []
+        while true {
+            let next: Bool? = state.withLock { state in
+                if !state.jobs.isEmpty {
+                    swap(&batch, &state.jobs)
+                    return true
+                }
+                if state.stopped { return false }
+                state.sleeping = true
+                return nil
+            }
+            switch next {
+            case true?:
+                for job in batch { job() }
+                batch.removeAll(keepingCapacity: true)
+            case false?:
+                return
+            case nil:
+                wake.wait()
             }
         }
     }

@@ -34,6 +34,49 @@ final class OutboundFrameEncoder: ChannelOutboundHandler {
     }
 }
 
+/// Sends a connection's replies. Called from the connection's event loop
+/// (its request tasks run there), it writes each reply into the channel at
+/// once and flushes once per turn of the loop, so the replies of requests
+/// that finish together leave in one writev instead of one system call and
+/// one wake-up of the client each. When the socket is not writable (the
+/// client does not read), the reply goes through the async writer, which
+/// waits: the request keeps its place in the in-flight window meanwhile, so
+/// unread replies stay bounded by the window.
+final class ReplySender: Sendable {
+    let channel: any Channel
+    let outbound: NIOAsyncChannelOutboundWriter<OutboundFrame>
+    private let flushScheduled = Mutex(false)
+
+    init(channel: any Channel, outbound: NIOAsyncChannelOutboundWriter<OutboundFrame>) {
+        self.channel = channel
+        self.outbound = outbound
+    }
+
+    func send(_ frame: OutboundFrame) async {
+        guard channel.eventLoop.inEventLoop, channel.isWritable else {
+            // A failure here means the connection is gone; nobody is left to tell.
+            try? await outbound.write(frame)
+            return
+        }
+        channel.write(frame, promise: nil)
+        let schedule = flushScheduled.withLock { scheduled in
+            defer { scheduled = true }
+            return !scheduled
+        }
+        if schedule {
+            channel.eventLoop.execute {
+                self.flushScheduled.withLock { $0 = false }
+                self.channel.flush()
+            }
+        }
+    }
+
+    /// Flushes what `send` wrote and not yet flushed (before the connection closes).
+    func flush() {
+        channel.flush()
+    }
+}
+
 /// A connection as the server's registry sees it: which export it is bound
 /// to, whether it was asked to stop, and a signal when it has finished.
 final class NBDConnection: Sendable {
@@ -107,8 +150,15 @@ struct InboundBytes {
 }
 
 extension NBDServer {
-    /// Serves one accepted connection until it ends.
+    /// Serves one accepted connection until it ends. Its tasks (the reader
+    /// and one per request) run on the connection's event loop.
     func serve(_ channel: NIOAsyncChannel<ByteBuffer, OutboundFrame>) async {
+        await withTaskExecutorPreference(EventLoopTaskExecutor(channel.channel.eventLoop)) {
+            await serveOnEventLoop(channel)
+        }
+    }
+
+    private func serveOnEventLoop(_ channel: NIOAsyncChannel<ByteBuffer, OutboundFrame>) async {
         let address = channel.channel.remoteAddress
         let peer = address?.ipAddress.flatMap { ip in address?.port.map { "\(ip) port \($0)" } } ?? "unix socket"
         let registered: NBDConnection? = state.withLock { state in
@@ -199,6 +249,10 @@ extension NBDServer {
         var decoder = NBDRequestDecoder(session: session, maximumDiscard: configuration.maximumWriteDiscard)
         let window = RequestWindow(
             maximumCount: configuration.maximumRequestsInFlight, maximumBytes: configuration.maximumBytesInFlight)
+        let replies = ReplySender(channel: connection.channel, outbound: outbound)
+        // Every request task has ended when the group returns; their replies
+        // are written, maybe not flushed yet.
+        defer { replies.flush() }
         return await withDiscardingTaskGroup { group in
             while true {
                 // Everything already buffered, request by request.
@@ -239,7 +293,7 @@ extension NBDServer {
                     group.addTask {
                         await self.execute(
                             request, verdict: verdict, payload: payload, ticket: ticket, window: window,
-                            entry: entry, connection: connection, outbound: outbound)
+                            entry: entry, connection: connection, replies: replies)
                         window.finish(ticket)
                     }
                 }
@@ -271,8 +325,7 @@ extension NBDServer {
     /// Runs one request against the export and sends its reply.
     private func execute(
         _ request: NBDRequest, verdict: NBDVerdict, payload: ByteBuffer?, ticket: RequestWindow.Ticket,
-        window: RequestWindow, entry: ExportEntry, connection: NBDConnection,
-        outbound: NIOAsyncChannelOutboundWriter<OutboundFrame>
+        window: RequestWindow, entry: ExportEntry, connection: NBDConnection, replies: ReplySender
     ) async {
         var reply = NBDSimpleReply(cookie: request.cookie)
         var data: ByteBuffer?
@@ -312,8 +365,7 @@ extension NBDServer {
         entry.record(request, failed: reply.error != nil)
         var head = connection.channel.allocator.buffer(capacity: NBDSimpleReply.headerSize)
         head.writeBytes(reply.encoded())
-        // A failure here means the connection is gone; nobody is left to tell.
-        try? await outbound.write(OutboundFrame(head: head, payload: reply.error == nil ? data : nil))
+        await replies.send(OutboundFrame(head: head, payload: reply.error == nil ? data : nil))
     }
 }
 

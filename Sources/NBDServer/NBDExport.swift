@@ -36,6 +36,10 @@ public struct NBDIOError: Error, Sendable, Hashable, CustomStringConvertible {
 /// one connection may run concurrently (up to the server's in-flight limit)
 /// and complete in any order; calls from several connections too.
 ///
+/// Threads: the calls are made from tasks that run on the connection's event
+/// loop, so they must never block it: hand blocking I/O to a thread of your
+/// own (`BlockingExport` uses a `NIOThreadPool`) and return when it is done.
+///
 /// Durability contract: `flush()` returns once every write that completed
 /// before it was called is on stable storage; a call with `fua: true`
 /// returns once its own data is.

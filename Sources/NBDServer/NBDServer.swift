@@ -32,8 +32,11 @@ import Glibc
 /// order. A FLUSH waits for every write received before it, then calls the
 /// export's `flush()`.
 ///
-/// Threads: all socket I/O runs on `configuration.eventLoopGroup`; requests
-/// run as tasks; the server creates no threads. The class is `Sendable`;
+/// Threads: all socket I/O runs on `configuration.eventLoopGroup`; the
+/// accept loop and each connection's tasks (its reader, one per request)
+/// prefer the event loop that owns their socket (`EventLoopTaskExecutor`),
+/// so a request crosses threads only into the export and back; export calls
+/// must therefore not block. The server creates no threads. The class is `Sendable`;
 /// its state sits behind one `Mutex`. Call `shutdown()` to stop listening
 /// and close every connection.
 public final class NBDServer: Sendable {
@@ -232,7 +235,10 @@ public final class NBDServer: Sendable {
         _ channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, OutboundFrame>, Never>, address: String,
         socketFile: (path: String, inode: UInt64)?
     ) throws(NBDServerError) {
-        let task = Task {
+        // The accept loop runs on the listening socket's event loop too, so
+        // accepting never waits for the global executor's threads (which the
+        // host process may keep busy).
+        let task = Task(executorPreference: EventLoopTaskExecutor(channel.channel.eventLoop)) {
             do {
                 try await channel.executeThenClose { connections in
                     try await withThrowingDiscardingTaskGroup { group in
