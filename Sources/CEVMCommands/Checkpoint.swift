@@ -7,6 +7,7 @@ import VMStore
 
 extension Mechanism: ExpressibleByArgument {}
 extension AffinityPolicy: ExpressibleByArgument {}
+extension StreamLimitAction: ExpressibleByArgument {}
 
 struct Checkpoint: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -33,6 +34,19 @@ struct Checkpoint: AsyncParsableCommand {
     @Option(name: .customLong("downtime-limit"), help: "CEVM: QEMU's migration downtime-limit in ms.")
     var downtimeLimit: Int64?
 
+    @Option(
+        name: .customLong("max-stream"),
+        help: "CEVM: the most the memory stream (the record's memory file) may grow to before the migration converges, e.g. 2G; a plain number is MiB (default 3 × RAM + 256M).")
+    var maxStream: String?
+
+    @Option(
+        name: .customLong("on-max-stream"),
+        help: "CEVM: at --max-stream, switch-over (force the switch-over: the guest pauses while the rest is sent) or cancel (the checkpoint fails, the VM runs on) (default switch-over).")
+    var onMaxStream: StreamLimitAction?
+
+    @Flag(name: .customLong("auto-converge"), help: "CEVM: let QEMU throttle the guest's vCPUs while it dirties memory faster than it is sent.")
+    var autoConverge = false
+
     @OptionGroup var common: CommonOptions
 
     func options() throws -> CheckpointOptions {
@@ -40,15 +54,26 @@ struct Checkpoint: AsyncParsableCommand {
             guard let text else { return nil }
             do { return try CPUSet(parsing: text) } catch { throw CLIError("\(option) \(text): \(error)") }
         }
-        if mechanism != .cevm && (policy != nil || cpus != nil || checkpointCPUs != nil || downtimeLimit != nil) {
-            throw CLIError("--policy, --cpus, --checkpoint-cpus and --downtime-limit apply to --mechanism cevm")
+        if mechanism != .cevm
+            && (policy != nil || cpus != nil || checkpointCPUs != nil || downtimeLimit != nil || maxStream != nil
+                || onMaxStream != nil || autoConverge)
+        {
+            throw CLIError(
+                "--policy, --cpus, --checkpoint-cpus, --downtime-limit, --max-stream, --on-max-stream and --auto-converge apply to --mechanism cevm")
         }
         if let downtimeLimit, downtimeLimit < 1 || downtimeLimit > 2000 {
             throw CLIError("--downtime-limit \(downtimeLimit): must be 1 to 2000 ms")
         }
+        let maxStreamBytes: Int64?
+        if let maxStream {
+            do { maxStreamBytes = try parseSize(maxStream, defaultUnit: 1 << 20) } catch { throw CLIError("--max-stream: \(error)") }
+        } else {
+            maxStreamBytes = nil
+        }
         return CheckpointOptions(
             mechanism: mechanism, full: full, policy: policy, cpus: try set(cpus, "--cpus"),
-            checkpointCPUs: try set(checkpointCPUs, "--checkpoint-cpus"), downtimeLimitMs: downtimeLimit)
+            checkpointCPUs: try set(checkpointCPUs, "--checkpoint-cpus"), downtimeLimitMs: downtimeLimit,
+            maxStreamBytes: maxStreamBytes, onMaxStream: onMaxStream, autoConverge: autoConverge)
     }
 
     func run() async throws {

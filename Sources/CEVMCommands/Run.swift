@@ -50,6 +50,11 @@ struct Run: AsyncParsableCommand {
     @Option(help: "QEMU machine type.")
     var machine: String?
 
+    @Option(
+        name: .customLong("cpu-model"),
+        help: "QEMU -cpu model, with options (default auto: the host's under KVM, \(QEMUCommandLine.tcgCPUModel) under TCG).")
+    var cpuModel: String?
+
     @Flag(help: "Run the supervisor in this process (for service managers).")
     var foreground = false
 
@@ -60,7 +65,7 @@ struct Run: AsyncParsableCommand {
 
     var specOptionsGiven: Bool {
         memory != nil || cpus != nil || cpuset != nil || disk != nil || diskSize != nil || kernel != nil
-            || initrd != nil || append != nil || accel != nil || machine != nil
+            || initrd != nil || append != nil || accel != nil || machine != nil || cpuModel != nil
     }
 
     func run() async throws {
@@ -113,6 +118,9 @@ struct Run: AsyncParsableCommand {
             }
         }
         if disk != nil && diskSize != nil { throw CLIError("give either --disk or --disk-size, not both") }
+        if let cpuModel, !VMSpec.isValidCPUModel(cpuModel) {
+            throw CLIError("--cpu-model '\(cpuModel)' is not a QEMU CPU model (letters, digits, and options like qemu64,+ssse3)")
+        }
         if kernel == nil && (initrd != nil) { throw CLIError("--initrd needs --kernel") }
 
         let paths = Home.fromEnvironment().vm(name)
@@ -156,7 +164,7 @@ struct Run: AsyncParsableCommand {
         return VMSpec(
             name: name, memoryMiB: memoryMiB, vcpus: vcpus, cpuset: pinned, accel: accel ?? .auto,
             machine: machine ?? QEMUCommandLine.defaultMachine, boot: boot, disk: diskSpec, bundledGuest: bundled,
-            readyMarker: bundled ? BundledGuest.readyMarker : nil)
+            readyMarker: bundled ? BundledGuest.readyMarker : nil, cpuModel: cpuModel ?? VMSpec.automaticCPUModel)
     }
 
     private var supervisorOptions: Supervisor.Options {

@@ -41,11 +41,18 @@ public struct InstanceConfig: Sendable, Equatable {
     public var qmpSocket: String
     /// Start with `-incoming defer`, waiting for `migrate-incoming`.
     public var incoming: Bool
+    /// QEMU's `-cpu` model; nil: `host` under KVM, `max` under TCG.
+    public var cpuModel: String?
+    /// KiB of RAM beyond `memoryMiB` (see `QEMUCommandLine.ramPaddingKiB`).
+    public var ramPaddingKiB: Int
 
     public init(
         name: String, memoryMiB: Int, vcpus: Int, machine: String = QEMUCommandLine.defaultMachine,
-        accel: Accelerator, boot: Boot, drive: Drive?, qmpSocket: String, incoming: Bool = false
+        accel: Accelerator, boot: Boot, drive: Drive?, qmpSocket: String, incoming: Bool = false, cpuModel: String? = nil,
+        ramPaddingKiB: Int = 0
     ) {
+        self.cpuModel = cpuModel
+        self.ramPaddingKiB = ramPaddingKiB
         self.name = name
         self.memoryMiB = memoryMiB
         self.vcpus = vcpus
@@ -70,9 +77,9 @@ public enum QEMUCommandLine {
         var args: [String] = [
             "-name", "guest=\(escapeOption(config.name)),debug-threads=on",
             "-machine", "\(config.machine)",
-            "-accel", config.accel == .tcg ? "tcg,thread=multi" : "kvm",
-            "-cpu", config.accel == .kvm ? "host" : "max",
-            "-m", "\(config.memoryMiB)",
+            "-accel", accelOption(for: config),
+            "-cpu", config.cpuModel ?? (config.accel == .kvm ? "host" : "max"),
+            "-m", config.ramPaddingKiB > 0 ? "\(config.memoryMiB * 1024 + config.ramPaddingKiB)k" : "\(config.memoryMiB)",
             "-smp", "\(config.vcpus)",
             "-nodefaults", "-no-user-config",
             "-display", "none",
@@ -112,6 +119,39 @@ public enum QEMUCommandLine {
         if config.incoming { args += ["-incoming", "defer"] }
         return args
     }
+
+    /// `-accel`'s value. TCG with one vCPU runs single-threaded
+    /// (`thread=single`): multi-threaded TCG only helps with several vCPUs,
+    /// and QEMU 7.2 live migration of a busy one-vCPU guest under
+    /// `thread=multi` corrupted or hung it on the destination more often than
+    /// under `thread=single` (Docs/architecture.md "Accelerator").
+    public static func accelOption(for config: InstanceConfig) -> String {
+        switch config.accel {
+        case .kvm: return "kvm"
+        case .tcg: return config.vcpus > 1 ? "tcg,thread=multi" : "tcg,thread=single"
+        }
+    }
+
+    /// The CPU model a VM gets unless it names one (`cevm run --cpu-model`):
+    /// the host's under KVM, QEMU's richest emulated one under TCG.
+    public static func defaultCPUModel(for accel: Accelerator) -> String {
+        accel == .kvm ? "host" : tcgCPUModel
+    }
+
+    public static let tcgCPUModel = "max"
+
+    /// KiB of RAM cevm adds to a VM's `-m` so that its RAM block is not a
+    /// multiple of 256 KiB (64 pages). QEMU before 9.0 (commit 03bfc2188f,
+    /// "physmem: Fix migration dirty bitmap coherency with TCG memory
+    /// access") syncs the migration dirty bitmap of such a block 64 pages at
+    /// a time without resetting the TCG TLB's not-dirty flags, so stores
+    /// through a cached TLB entry stop marking their page dirty and live
+    /// migration silently loses them: under TCG every pre-copy migration
+    /// of a busy guest here missed 7–24 hot kernel pages, and about half of
+    /// them crashed the guest. A block of another length takes QEMU's
+    /// page-by-page path, which resets the TLB (Docs/architecture.md,
+    /// "Live migration under TCG"). 8 KiB: QEMU aligns `-m` to 8 KiB.
+    public static let ramPaddingKiB = 8
 
     /// QEMU option values use ',' as a separator; a literal ',' is written ",,".
     public static func escapeOption(_ value: String) -> String {

@@ -70,6 +70,33 @@ public struct RecordManifest: Codable, Sendable, Equatable {
         public var totalTimeMs: Double?
         public var downtimeMs: Double?
         public var streamBytes: Int64
+        /// CEVM: the cap on the memory stream in pre-copy, and what cevm
+        /// does when the stream passes it (`switch-over` or `cancel`).
+        public var maxStreamBytes: Int64?
+        public var onMaxStream: String?
+        /// CEVM: present when the stream passed `maxStreamBytes` and cevm
+        /// forced the switch-over.
+        public var forcedSwitchOver: ForcedSwitchOver?
+
+        /// A pre-copy that did not converge, ended by raising QEMU's
+        /// `downtime-limit` so that its next round was the last.
+        public struct ForcedSwitchOver: Codable, Sendable, Equatable {
+            /// The stream's bytes when cevm forced it.
+            public var streamBytes: Int64
+            /// From the `migrate` command to forcing it.
+            public var afterMs: Double
+            /// The `downtime-limit` then set.
+            public var downtimeLimitMs: Int64
+            /// QEMU's `ram.remaining` (dirty bytes still to send) then.
+            public var remainingBytes: Int64?
+
+            public init(streamBytes: Int64, afterMs: Double, downtimeLimitMs: Int64, remainingBytes: Int64?) {
+                self.streamBytes = streamBytes
+                self.afterMs = afterMs
+                self.downtimeLimitMs = downtimeLimitMs
+                self.remainingBytes = remainingBytes
+            }
+        }
 
         public init(parameters: [String: Int64], capabilities: [String: Bool], totalTimeMs: Double?, downtimeMs: Double?, streamBytes: Int64) {
             self.parameters = parameters

@@ -44,6 +44,8 @@ extension Supervisor {
         var prepared: VMDisk.PreparedCut?
         var cut: VMDisk.Cut?
         var switchedOver = false
+        let streamLimit = options.maxStreamBytes ?? CheckpointOptions.defaultMaxStreamBytes(memoryMiB: spec.memoryMiB)
+        let limitAction = options.onMaxStream ?? .switchOver
         let fault = FaultInjection.fromEnvironment
         func inject(_ step: FaultInjection.Step) {
             fault?.trigger(at: step, old: old.pid, new: new?.pid) { log($0) }
@@ -66,6 +68,8 @@ extension Supervisor {
                 oldSide: placement.oldSide)
             tee = sink
             let parameters = try await MigrationSettings.apply(to: old.qmp, downtimeLimitMs: options.downtimeLimitMs)
+            // Set either way: a capability stays set on a QEMU process.
+            try await MigrationSettings.setCapability(old.qmp, "auto-converge", options.autoConverge)
             // U, the disk record and the journal, made while Old_VM still runs.
             prepared = try diskService?.vmDisk.prepareCut(
                 recordPath: "\(directory)/\(Self.diskRecordName)", previousRecord: previous?.disk, full: options.full)
@@ -74,9 +78,17 @@ extension Supervisor {
 
             // 3. Migrate Old_VM → tee → New_VM.
             _ = try await old.qmp.execute("migrate", arguments: ["uri": .string("unix:\(sink.socketPath)")])
+            let migrateStarted = Timestamp.monotonic()
             inject(.migrating)
             let info: JSONValue
-            do { info = try await MigrationSettings.waitForCompletion(old.qmp) } catch {
+            let forced: RecordManifest.MigrationInfo.ForcedSwitchOver?
+            do {
+                (info, forced) = try await watchPrecopy(
+                    old.qmp, tee: sink, limit: streamLimit, action: limitAction, memoryMiB: spec.memoryMiB,
+                    started: migrateStarted)
+            } catch let error as StreamLimitReached {
+                throw SupervisorError.checkpointFailed(error.description)
+            } catch {
                 throw await sink.failure() ?? error
             }
             // Old_VM stopped and flushed its disk at the end of the migration:
@@ -104,7 +116,8 @@ extension Supervisor {
                 $0.cpuset = placement.newInstance.description
                 $0.vcpuThreads = vcpus.map { Int32($0) }
             }
-            log("checkpoint \(id): switched over to instance \(index) (pid \(instance.pid)); downtime \(info["downtime"]?.intValue ?? -1) ms")
+            log("checkpoint \(id): switched over to instance \(index) (pid \(instance.pid)); downtime \(info["downtime"]?.intValue ?? -1) ms"
+                + (forced.map { " (forced at \($0.streamBytes >> 20) MiB of stream)" } ?? ""))
 
             // The old side moves to its CPU set: the tee, the integration, Old_VM until it ends.
             var observed: [String: String] = [:]
@@ -139,13 +152,16 @@ extension Supervisor {
             timings.phases = phases
             timings.consoleGapMs = await console.longestGap(
                 from: pausedWall - (downtime ?? 0) / 1000, to: resumedWall, waiting: .seconds(2)).map { $0 * 1000 }
+            var migration = RecordManifest.MigrationInfo(
+                parameters: parameters, capabilities: ["auto-converge": options.autoConverge],
+                totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: downtime, streamBytes: memory.size)
+            migration.maxStreamBytes = streamLimit
+            migration.onMaxStream = limitAction.rawValue
+            migration.forcedSwitchOver = forced
             var manifest = RecordManifest(
                 id: id, vm: name, createdAt: pausedAt, mechanism: .cevm, parent: parent, spec: spec,
                 qemu: .init(version: old.qmp.greeting.versionString, package: old.qmp.greeting.package),
-                migration: .init(
-                    parameters: parameters, capabilities: [:], totalTimeMs: info["total-time"]?.doubleValue,
-                    downtimeMs: downtime, streamBytes: memory.size),
-                timings: timings, files: files, disk: diskRecord)
+                migration: migration, timings: timings, files: files, disk: diskRecord)
             manifest.placement = .init(
                 policy: placement.policy.rawValue, newInstance: placement.newInstance.description,
                 oldSide: placement.oldSide.description)
@@ -160,6 +176,9 @@ extension Supervisor {
                 // Before the switch-over the VM is still Old_VM: cancel, resume it, drop New_VM.
                 _ = try? await old.qmp.execute("migrate_cancel")
                 if let state = try? await old.runState(), state != "running" { _ = try? await old.qmp.execute("cont") }
+                // Old_VM runs on: no throttling capability left set (it would
+                // also refuse a later background snapshot).
+                if options.autoConverge { try? await MigrationSettings.setCapability(old.qmp, "auto-converge", false) }
                 if let new { _ = await new.stop(grace: .seconds(1)) }
             }
             if let tee { _ = await tee.failure(grace: .milliseconds(100)) }
@@ -167,5 +186,82 @@ extension Supervisor {
             if let error = error as? SupervisorError { throw error }
             throw SupervisorError.checkpointFailed("\(error)")
         }
+    }
+
+    /// Polls the source's migration until it completes, watching the
+    /// stream's size (DESIGN.md step 3 has no bound of its own: a guest that
+    /// dirties memory faster than it is streamed never converges, and the
+    /// tee would spool every round). Past `limit` bytes it either forces the
+    /// switch-over (QEMU's `downtime-limit` raised to its maximum, so the
+    /// next round is the last) or throws `StreamLimitReached`. A forced
+    /// migration that still has not completed once the stream passed
+    /// `limit` + RAM + 512 MiB is given up as well.
+    func watchPrecopy(
+        _ qmp: QMPClient, tee: MigrationSink, limit: Int64, action: StreamLimitAction, memoryMiB: Int, started: Double,
+        timeout: Duration = .seconds(600)
+    ) async throws -> (JSONValue, RecordManifest.MigrationInfo.ForcedSwitchOver?) {
+        let deadline = ContinuousClock.now + timeout
+        var forced: RecordManifest.MigrationInfo.ForcedSwitchOver?
+        let (backstop, overflow) = limit.addingReportingOverflow((Int64(memoryMiB) + 512) << 20)
+        let giveUpAt = overflow ? Int64.max : backstop
+        while true {
+            let info = try await qmp.execute("query-migrate")
+            switch info["status"]?.stringValue {
+            case "completed": return (info, forced)
+            case "failed", "cancelled":
+                throw SupervisorError.checkpointFailed(
+                    "migration \(info["status"]?.stringValue ?? ""): \(info["error-desc"]?.stringValue ?? "no reason given")")
+            default: break
+            }
+            let bytes = tee.bytesReceived
+            let elapsed = (Timestamp.monotonic() - started) * 1000
+            let remaining = info["ram"]?["remaining"]?.int64Value
+            if forced == nil, bytes > limit {
+                switch action {
+                case .cancel:
+                    _ = try? await qmp.execute("migrate_cancel")
+                    throw StreamLimitReached(
+                        limit: limit, streamBytes: bytes, elapsedMs: elapsed, remainingBytes: remaining, forced: false)
+                case .switchOver:
+                    _ = try await qmp.execute(
+                        "migrate-set-parameters",
+                        arguments: ["downtime-limit": .int(MigrationSettings.forcingDowntimeLimitMs)])
+                    forced = .init(
+                        streamBytes: bytes, afterMs: elapsed, downtimeLimitMs: MigrationSettings.forcingDowntimeLimitMs,
+                        remainingBytes: remaining)
+                    log("checkpoint: the memory stream passed \(limit >> 20) MiB after \(Int(elapsed)) ms without converging "
+                        + "(\((remaining ?? -1) >> 20) MiB dirty): forcing the switch-over")
+                }
+            } else if forced != nil, bytes > giveUpAt {
+                _ = try? await qmp.execute("migrate_cancel")
+                throw StreamLimitReached(
+                    limit: giveUpAt, streamBytes: bytes, elapsedMs: elapsed, remainingBytes: remaining, forced: true)
+            }
+            if ContinuousClock.now > deadline { throw SupervisorError.checkpointFailed("migration not done after \(timeout)") }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+    }
+}
+
+/// A CEVM checkpoint's pre-copy did not converge within its stream cap.
+struct StreamLimitReached: Error, CustomStringConvertible {
+    var limit: Int64
+    var streamBytes: Int64
+    var elapsedMs: Double
+    var remainingBytes: Int64?
+    /// The switch-over had been forced and still did not come.
+    var forced: Bool
+
+    var description: String {
+        let mib = { (bytes: Int64) in "\(bytes >> 20) MiB" }
+        let dirty = remainingBytes.flatMap { $0 > 0 ? ", \(mib($0)) still to send" : nil } ?? ""
+        if forced {
+            return "the migration did not complete after its switch-over was forced: the memory stream reached "
+                + "\(mib(streamBytes)) after \(Int(elapsedMs)) ms\(dirty); cancelled, the VM runs on"
+        }
+        return "the migration did not converge: the memory stream passed --max-stream \(mib(limit)) after "
+            + "\(Int(elapsedMs)) ms\(dirty) (the guest dirties memory faster than it can be sent); cancelled, the VM "
+            + "runs on. Allow more with --max-stream, force the switch-over with --on-max-stream switch-over, "
+            + "or throttle the guest with --auto-converge"
     }
 }

@@ -10,21 +10,32 @@ import Records
 import VMStore
 
 /// Migration parameters cevm sets before every migration: QEMU's default
-/// 128 MiB/s bandwidth cap is lifted.
+/// 128 MiB/s bandwidth cap is lifted, and `downtime-limit` is always set (a
+/// forced switch-over raises it on a source that may, if the migration then
+/// fails, run on and be migrated again).
 enum MigrationSettings {
     static let maxBandwidth: Int64 = 1 << 40  // bytes/s
+    /// QEMU's own default `downtime-limit`.
+    static let defaultDowntimeLimitMs: Int64 = 300
+    /// The largest `downtime-limit` QEMU 7.2 accepts (2000 s): with it the
+    /// next pre-copy round is the last, whatever is left to send.
+    static let forcingDowntimeLimitMs: Int64 = 2_000_000
 
-    /// Sets the parameters and returns them as set (`downtime-limit` as
-    /// QEMU reports it when not given).
+    /// Sets the parameters and returns them as set.
     static func apply(to qmp: QMPClient, downtimeLimitMs: Int64? = nil) async throws -> [String: Int64] {
-        var parameters: [String: Int64] = ["max-bandwidth": maxBandwidth]
-        if let downtimeLimitMs { parameters["downtime-limit"] = downtimeLimitMs }
+        let parameters: [String: Int64] = [
+            "max-bandwidth": maxBandwidth, "downtime-limit": downtimeLimitMs ?? defaultDowntimeLimitMs,
+        ]
         let arguments: [String: JSONValue]? = parameters.mapValues { JSONValue.int($0) }
         _ = try await qmp.execute("migrate-set-parameters", arguments: arguments)
-        if downtimeLimitMs == nil, let limit = try? await qmp.execute("query-migrate-parameters")["downtime-limit"]?.intValue {
-            parameters["downtime-limit"] = Int64(limit)
-        }
         return parameters
+    }
+
+    /// Turns one migration capability on or off.
+    static func setCapability(_ qmp: QMPClient, _ capability: String, _ state: Bool) async throws {
+        _ = try await qmp.execute(
+            "migrate-set-capabilities",
+            arguments: ["capabilities": .array([.object(["capability": .string(capability), "state": .bool(state)])])])
     }
 
     /// Polls query-migrate until the migration completes; throws when it fails.

@@ -55,6 +55,16 @@ public struct ScheduleOptions: Codable, Sendable, Equatable {
     }
 }
 
+/// CEVM: what cevm does when a migration's memory stream passes
+/// `CheckpointOptions.maxStreamBytes` (pre-copy that does not converge).
+public enum StreamLimitAction: String, Codable, Sendable, CaseIterable {
+    /// Force the switch-over: QEMU's `downtime-limit` is raised so that its
+    /// next round is the last; the guest pauses while the rest is sent.
+    case switchOver = "switch-over"
+    /// Cancel the migration: the checkpoint fails, the VM runs on Old_VM.
+    case cancel
+}
+
 /// What `cevm checkpoint` asks for.
 public struct CheckpointOptions: Codable, Sendable, Equatable {
     public var mechanism: Mechanism
@@ -66,10 +76,27 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
     public var checkpointCPUs: CPUSet?
     /// CEVM only: QEMU's `downtime-limit` in ms (nil: QEMU's default, 300).
     public var downtimeLimitMs: Int64?
+    /// CEVM only: the most bytes the memory stream (and so the record's
+    /// memory file) may reach in pre-copy before `onMaxStream` is taken
+    /// (nil: `defaultMaxStreamBytes` of the VM's RAM).
+    public var maxStreamBytes: Int64?
+    /// CEVM only: what happens at `maxStreamBytes` (nil: switch over).
+    public var onMaxStream: StreamLimitAction?
+    /// CEVM only: QEMU's `auto-converge` capability (the source's vCPUs are
+    /// throttled while the guest dirties memory faster than it is sent).
+    public var autoConverge: Bool
+
+    /// The default stream cap: 3 × RAM + 256 MiB. A converging pre-copy sent
+    /// 0.8–1.7 × RAM in the benchmarks; a forced switch-over adds at most
+    /// about RAM, so the memory file stays below 4 × RAM + 256 MiB.
+    public static func defaultMaxStreamBytes(memoryMiB: Int) -> Int64 {
+        (3 * Int64(memoryMiB) + 256) << 20
+    }
 
     public init(
         mechanism: Mechanism, full: Bool = false, policy: AffinityPolicy? = nil, cpus: CPUSet? = nil,
-        checkpointCPUs: CPUSet? = nil, downtimeLimitMs: Int64? = nil
+        checkpointCPUs: CPUSet? = nil, downtimeLimitMs: Int64? = nil, maxStreamBytes: Int64? = nil,
+        onMaxStream: StreamLimitAction? = nil, autoConverge: Bool = false
     ) {
         self.mechanism = mechanism
         self.full = full
@@ -77,6 +104,9 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
         self.cpus = cpus
         self.checkpointCPUs = checkpointCPUs
         self.downtimeLimitMs = downtimeLimitMs
+        self.maxStreamBytes = maxStreamBytes
+        self.onMaxStream = onMaxStream
+        self.autoConverge = autoConverge
     }
 
     public init(from decoder: any Decoder) throws {
@@ -87,6 +117,9 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
         cpus = try container.decodeIfPresent(CPUSet.self, forKey: .cpus)
         checkpointCPUs = try container.decodeIfPresent(CPUSet.self, forKey: .checkpointCPUs)
         downtimeLimitMs = try container.decodeIfPresent(Int64.self, forKey: .downtimeLimitMs)
+        maxStreamBytes = try container.decodeIfPresent(Int64.self, forKey: .maxStreamBytes)
+        onMaxStream = try container.decodeIfPresent(StreamLimitAction.self, forKey: .onMaxStream)
+        autoConverge = try container.decodeIfPresent(Bool.self, forKey: .autoConverge) ?? false
     }
 }
 

@@ -22,6 +22,13 @@ final class MigrationSink: Sendable {
     /// Tee mode: the CPU set the pump moved itself to once the source's
     /// stream ended (the switch-over), as the kernel reported it after.
     let oldSideAffinity = Mutex<CPUSet?>(nil)
+    private let received = Atomic<Int64>(0)
+
+    /// The bytes of the stream read from the source so far (forwarded and
+    /// spooled): what the record's memory file holds once they are written.
+    /// The orchestrator watches it to bound a migration that does not
+    /// converge (`CheckpointOptions.maxStreamBytes`).
+    var bytesReceived: Int64 { received.load(ordering: .relaxed) }
 
     /// Starts listening at `socketPath`; the stream goes to `spoolPath`.
     /// With `forwardTo` it is a tee (DESIGN.md step 3): every byte read from
@@ -58,6 +65,7 @@ final class MigrationSink: Sendable {
                 while true {
                     let n = try Files.readSome(connection, into: &buffer, subject: "migration stream")
                     if n == 0 { break }
+                    received.add(Int64(n), ordering: .relaxed)
                     if destination >= 0 { try Files.writeAll(destination, buffer[0..<n], subject: "New_VM's incoming socket") }
                     try buffer.withUnsafeBytes { try spool.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 }

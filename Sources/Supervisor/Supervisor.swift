@@ -185,7 +185,9 @@ public final class Supervisor: Sendable {
         let config = InstanceConfig(
             name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine,
             accel: accel.accelerator, boot: spec.boot.instanceBoot, drive: drive,
-            qmpSocket: paths.qmpSocket(instance: 0), incoming: options.restore != nil)
+            qmpSocket: paths.qmpSocket(instance: 0), incoming: options.restore != nil,
+            cpuModel: spec.cpuModel.map { $0 == VMSpec.automaticCPUModel ? QEMUCommandLine.defaultCPUModel(for: accel.accelerator) : $0 },
+            ramPaddingKiB: spec.ramPaddingKiB ?? 0)
         let instance = try await QEMUInstance.launch(
             config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
             cpuset: spec.cpuset, console: console.sink(instance: 0))

@@ -24,6 +24,30 @@ public struct VMSpec: Codable, Sendable, Equatable {
     /// workload banner); without one, surviving the boot grace period counts.
     public var readyMarker: String?
     public var createdAt: String
+    /// QEMU's `-cpu` model: `auto` (the host's under KVM, `max` under TCG),
+    /// or a model QEMU knows, with options (`qemu64,+ssse3`). nil in specs
+    /// older than the field: the same as `auto`.
+    public var cpuModel: String?
+    /// KiB of RAM QEMU is given beyond `memoryMiB`, fixed when the VM is
+    /// made (`VMSpec.ramPaddingKiB`; nil in older specs: none). A record's
+    /// memory restores only into the same RAM size, so it never changes.
+    public var ramPaddingKiB: Int?
+
+    public static let automaticCPUModel = "auto"
+
+    /// What new VMs get: 8 KiB, so that QEMU's RAM block is not a multiple of
+    /// 256 KiB (the QEMU < 9.0 TCG migration bug described at
+    /// `QEMUCommandLine.ramPaddingKiB`, which keeps the reasoning).
+    public static let ramPaddingKiB = 8
+
+    /// A `-cpu` value cevm passes on: a model name with `,`-separated
+    /// options of letters, digits and `_ . - + =`.
+    public static func isValidCPUModel(_ text: String) -> Bool {
+        guard let first = text.unicodeScalars.first, first.properties.isAlphabetic || ("0"..."9").contains(first), text.count <= 256 else {
+            return false
+        }
+        return text.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "_.-+=,".unicodeScalars.contains($0)) }
+    }
 
     public enum Boot: Codable, Sendable, Equatable {
         /// Direct kernel boot.
@@ -64,8 +88,11 @@ public struct VMSpec: Codable, Sendable, Equatable {
 
     public init(
         name: VMName, memoryMiB: Int, vcpus: Int, cpuset: CPUSet?, accel: AccelChoice, machine: String,
-        boot: Boot, disk: Disk?, bundledGuest: Bool, readyMarker: String? = nil, createdAt: String = Timestamp.now()
+        boot: Boot, disk: Disk?, bundledGuest: Bool, readyMarker: String? = nil, createdAt: String = Timestamp.now(),
+        cpuModel: String? = VMSpec.automaticCPUModel, ramPaddingKiB: Int? = VMSpec.ramPaddingKiB
     ) {
+        self.cpuModel = cpuModel
+        self.ramPaddingKiB = ramPaddingKiB
         self.readyMarker = readyMarker
         self.name = name
         self.memoryMiB = memoryMiB

@@ -150,8 +150,57 @@ struct CEVMCheckpointTests {
         #expect(!badSet.ok && badSet.stderr.contains("--cpus"), "\(badSet.stderr)")
         let overlap = try cevm.run(["checkpoint", "opt", "--mechanism", "cevm", "--policy", "dedicated", "--cpus", "0", "--checkpoint-cpus", "0"])
         #expect(!overlap.ok && overlap.stderr.contains("overlap"), "\(overlap.stderr)")
+        let capElsewhere = try cevm.run(["checkpoint", "opt", "--mechanism", "background-snapshot", "--max-stream", "1G"])
+        #expect(!capElsewhere.ok && capElsewhere.stderr.contains("apply to --mechanism cevm"), "\(capElsewhere.stderr)")
+        let badCap = try cevm.run(["checkpoint", "opt", "--max-stream", "0"])
+        #expect(!badCap.ok && badCap.stderr.contains("--max-stream"), "\(badCap.stderr)")
         #expect(try qemuPID(cevm, "opt") == pid, "a refused checkpoint leaves the VM where it was")
         #expect(try cevm.run(["records", "opt", "--json"]).stdout.contains("[]") || (try cevm.run(["records", "opt"]).stdout.split(separator: "\n").count <= 1))
         #expect(try cevm.run(["stop", "opt"]).ok)
+    }
+
+    /// A migration whose stream passes `--max-stream` (here 1 MiB: any
+    /// migration's first round sends more) is switched over by force: the
+    /// record says so, the guest computes on, and the record restores to
+    /// the state New_VM continued from. Without the option the default cap
+    /// is recorded and this quiet guest's migration converges by itself.
+    @Test func aStreamPastItsCapForcesTheSwitchOver() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "cap", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("cap", count: 4)
+        let forcedManifest = try checkpoint(cevm, "cap", ["--mechanism", "cevm", "--max-stream", "1M"])
+        let migration = forcedManifest["migration"] as? [String: Any] ?? [:]
+        #expect(migration["maxStreamBytes"] as? Int == 1 << 20)
+        #expect(migration["onMaxStream"] as? String == "switch-over")
+        #expect(migration["capabilities"] as? [String: Bool] == ["auto-converge": false])
+        let forced = migration["forcedSwitchOver"] as? [String: Any]
+        #expect(forced != nil, "the switch-over was forced: \(migration)")
+        #expect((forced?["streamBytes"] as? Int ?? 0) > 1 << 20)
+        #expect(forced?["downtimeLimitMs"] as? Int == 2_000_000)
+        #expect((migration["streamBytes"] as? Int ?? 0) >= forced?["streamBytes"] as? Int ?? Int.max)
+        let resumedAt = Timestamp.parse((forcedManifest["timings"] as? [String: Any])?["resumedAt"] as? String ?? "") ?? 0
+        usleep(1_200_000)
+        let continued = try ticks(cevm, "cap", after: resumedAt)
+        #expect(continued.count >= 3 && continued.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(continued)")
+
+        let plain = try checkpoint(cevm, "cap", ["--mechanism", "cevm"])
+        let plainMigration = plain["migration"] as? [String: Any] ?? [:]
+        let ram = (plain["spec"] as? [String: Any])?["memoryMiB"] as? Int ?? 0
+        #expect(plainMigration["maxStreamBytes"] as? Int == (3 * ram + 256) << 20, "\(plainMigration)")
+        #expect(plainMigration["forcedSwitchOver"] == nil, "\(plainMigration)")
+        #expect((plainMigration["parameters"] as? [String: Int])?["downtime-limit"] == 300, "a forced limit does not outlive its checkpoint")
+
+        try killHard(cevm, "cap")
+        let started = Date().timeIntervalSince1970
+        #expect(try cevm.run(["restore", forcedManifest["id"] as? String ?? "", "--name", "capback"]).ok)
+        var restored: [Tick] = []
+        for _ in 0..<100 where restored.count < 3 {
+            usleep(200_000)
+            restored = try ticks(cevm, "capback", after: started)
+        }
+        #expect(restored.count >= 3 && restored.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(restored)")
+        #expect(restored.first?.counter == continued.first?.counter, "the restore continues where New_VM did")
+        #expect(restored.first?.sum == continued.first?.sum, "with the same memory")
+        #expect(try cevm.run(["stop", "capback"]).ok)
     }
 }

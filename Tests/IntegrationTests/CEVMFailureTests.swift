@@ -112,4 +112,37 @@ struct CEVMFailureTests {
         _ = try cevm.waitForTicks("h", count: (try cevm.consoleLines("h").compactMap(Tick.init).count) + 3)
         #expect(try cevm.run(["stop", "h"]).ok)
     }
+
+    /// `--on-max-stream cancel`: a migration whose stream passes the cap
+    /// (1 MiB: any first round sends more) is cancelled with an error that
+    /// says why; Old_VM computes on, no record is left, and neither the
+    /// throttling capability nor anything else of the attempt stays set: a
+    /// background snapshot (which QEMU refuses while `auto-converge` is on)
+    /// and an ordinary CEVM checkpoint follow.
+    @Test func aStreamPastItsCapIsCancelledOnRequest() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "c", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("c", count: 3)
+        let pidBefore = (try cevm.status("c")["status"] as? [String: Any])?["qemuPID"] as? Int
+        let attempt = try cevm.run([
+            "checkpoint", "c", "--mechanism", "cevm", "--max-stream", "1M", "--on-max-stream", "cancel", "--auto-converge",
+        ])
+        #expect(!attempt.ok)
+        #expect(attempt.stderr.contains("did not converge") && attempt.stderr.contains("--max-stream 1 MiB"), "\(attempt.stderr)")
+        let status = try cevm.status("c")
+        #expect(status["state"] as? String == "running")
+        #expect((status["status"] as? [String: Any])?["qemuPID"] as? Int == pidBefore, "still on Old_VM")
+        let directory = "\(cevm.home)/vms/c/records"
+        #expect(((try? Files.list(directory)) ?? []).isEmpty, "no record, not even a partial one")
+        let before = try cevm.consoleLines("c").compactMap(Tick.init).count
+        let ticks = try cevm.waitForTicks("c", count: before + 3)
+        #expect(ticks.suffix(3).allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(ticks.suffix(3))")
+
+        let snapshot = try cevm.run(["checkpoint", "c", "--mechanism", "background-snapshot"])
+        #expect(snapshot.ok, "\(snapshot.stderr)")
+        let again = try cevm.run(["checkpoint", "c", "--mechanism", "cevm", "--json"])
+        #expect(again.ok, "\(again.stderr)")
+        #expect(!again.stdout.contains("forcedSwitchOver"))
+        #expect(try cevm.run(["stop", "c"]).ok)
+    }
 }

@@ -57,11 +57,38 @@ import Testing
         #expect(!args.contains("-blockdev"))
     }
 
+    @Test func oneVCPUUnderTCGRunsSingleThreaded() {
+        var config = self.config
+        config.vcpus = 1
+        #expect(value(after: "-accel", in: QEMUCommandLine.arguments(for: config)) == "tcg,thread=single")
+        config.vcpus = 4
+        #expect(value(after: "-accel", in: QEMUCommandLine.arguments(for: config)) == "tcg,thread=multi")
+    }
+
     @Test func kvmUsesTheHostCPU() {
         var config = self.config
         config.accel = .kvm
         let args = QEMUCommandLine.arguments(for: config)
         #expect(value(after: "-accel", in: args) == "kvm")
         #expect(value(after: "-cpu", in: args) == "host")
+    }
+
+    @Test func cpuModelIsPassedAsGivenAndDefaultsByAccelerator() {
+        var config = self.config
+        config.accel = .tcg
+        #expect(value(after: "-cpu", in: QEMUCommandLine.arguments(for: config)) == "max", "no model: what older VMs ran with")
+        config.cpuModel = "qemu64,+ssse3"
+        #expect(value(after: "-cpu", in: QEMUCommandLine.arguments(for: config)) == "qemu64,+ssse3")
+        #expect(QEMUCommandLine.defaultCPUModel(for: .tcg) == QEMUCommandLine.tcgCPUModel)
+        #expect(QEMUCommandLine.defaultCPUModel(for: .kvm) == "host")
+    }
+
+    @Test func ramPaddingMakesTheBlockNoMultipleOf256KiB() {
+        var config = self.config
+        #expect(value(after: "-m", in: QEMUCommandLine.arguments(for: config)) == "\(config.memoryMiB)")
+        config.ramPaddingKiB = QEMUCommandLine.ramPaddingKiB
+        let kib = config.memoryMiB * 1024 + QEMUCommandLine.ramPaddingKiB
+        #expect(value(after: "-m", in: QEMUCommandLine.arguments(for: config)) == "\(kib)k")
+        #expect(kib % 256 != 0 && kib % 8 == 0, "not whole 64-page words; QEMU's 8 KiB alignment")
     }
 }

@@ -54,6 +54,28 @@ import VMStore
         #expect(home.vmNames() == [name])
     }
 
+    @Test func cpuModelAndRAMPaddingDefaultAndOlderSpecsHaveNone() throws {
+        let name = try VMName("vm1")
+        let spec = VMSpec(
+            name: name, memoryMiB: 256, vcpus: 1, cpuset: nil, accel: .tcg, machine: "q35", boot: .disk, disk: nil,
+            bundledGuest: false)
+        #expect(spec.cpuModel == VMSpec.automaticCPUModel)
+        #expect(spec.ramPaddingKiB == VMSpec.ramPaddingKiB)
+        // A spec written before the fields existed decodes without them: no
+        // padding, so its records restore into the RAM size they came from.
+        var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(spec)) as? [String: Any] ?? [:]
+        object.removeValue(forKey: "cpuModel")
+        object.removeValue(forKey: "ramPaddingKiB")
+        let older = try JSONDecoder().decode(VMSpec.self, from: JSONSerialization.data(withJSONObject: object))
+        #expect(older.cpuModel == nil && older.ramPaddingKiB == nil)
+        for good in ["qemu64", "qemu64,+ssse3,-la57", "Skylake-Client-v4", "max,la57=off"] {
+            #expect(VMSpec.isValidCPUModel(good), "\(good)")
+        }
+        for bad in ["", ",qemu64", "max;rm", "a b", "qemu64\n", "-cpu", String(repeating: "x", count: 300)] {
+            #expect(!VMSpec.isValidCPUModel(bad), "\(bad)")
+        }
+    }
+
     @Test func corruptSpecIsReportedWithItsPath() throws {
         let root = NSTemporaryDirectory() + "cevm-store-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         defer { try? FileManager.default.removeItem(atPath: root) }
