@@ -221,7 +221,7 @@ struct CheckpointBenchReport: Encodable {
 
 // MARK: - The runner
 
-final class CheckpointBenchRunner: Sendable {
+final class CheckpointBenchRunner: BenchDriver {
     let home: String
     let sizes: [Int]
     let mechanisms: [Mechanism]
@@ -239,7 +239,6 @@ final class CheckpointBenchRunner: Sendable {
     let initrd: String
     let defaultAppend: String
     let stop: StopSignal
-    let cevmBinary = Executables.currentExecutable()
     let started = Mutex<[String]>([])
 
     /// Far more units than any run does: the job never ends by itself.
@@ -266,60 +265,10 @@ final class CheckpointBenchRunner: Sendable {
         self.stop = stop
     }
 
-    var environment: [String: String] {
-        var environment = Executables.currentEnvironment()
-        environment["CEVM_HOME"] = home
-        return environment
-    }
-
     func workingSet(forRAM mib: Int) -> Int { workingSet ?? max(16, mib / 2 - 64) }
 
     func append(forRAM mib: Int) -> String {
         "cevm.mem=\(workingSet(forRAM: mib)) cevm.pages=\(pages) cevm.disk=0 cevm.tick=\(tick) cevm.verify=\(verify) cevm.job=\(Self.jobUnits)"
-    }
-
-    func checkStop() throws {
-        if stop.fired { throw CLIError("interrupted") }
-    }
-
-    /// Sleeps, returning early (with an error) on SIGINT/SIGTERM.
-    func pause(_ seconds: Double) async throws {
-        let deadline = ContinuousClock.now + .milliseconds(Int(seconds * 1000))
-        while ContinuousClock.now < deadline {
-            try checkStop()
-            try await Task.sleep(for: .milliseconds(50))
-        }
-    }
-
-    struct CommandOutput {
-        var status: ExitStatus
-        var stdout: String
-        var stderr: String
-    }
-
-    /// Runs `cevm ARGS` with the private CEVM_HOME.
-    func cevm(_ arguments: [String], timeout: Duration = .seconds(900)) async throws -> CommandOutput {
-        let out = "\(home)/.cmd-\(UInt32.random(in: 0...UInt32.max)).out"
-        let err = out + ".err"
-        defer {
-            Files.remove(out)
-            Files.remove(err)
-        }
-        let child = try ChildProcess.spawn(
-            cevmBinary, arguments: arguments, environment: environment, stdout: .truncateFile(out), stderr: .truncateFile(err))
-        var status = await child.wait(timeout: timeout)
-        if status == nil { status = await child.terminate(grace: .seconds(10)) }
-        return CommandOutput(
-            status: status ?? .exited(-1), stdout: (try? Files.readString(out)) ?? "",
-            stderr: ((try? Files.readString(err)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines))
-    }
-
-    func cevmChecked(_ arguments: [String], timeout: Duration = .seconds(900)) async throws -> String {
-        let output = try await cevm(arguments, timeout: timeout)
-        guard output.status.succeeded else {
-            throw CLIError("cevm \(arguments.joined(separator: " ")) \(output.status): \(output.stderr)")
-        }
-        return output.stdout
     }
 
     /// A booted guest of one RAM size.
@@ -402,58 +351,12 @@ final class CheckpointBenchRunner: Sendable {
         started.withLock { $0 = [] }
     }
 
-    // MARK: Progress from the console
-
-    /// (host time, counter) of every `cevm-tick` line, in file order.
-    static func ticks(_ path: String) -> [(time: Double, counter: Double)] {
-        guard let text = try? Files.readString(path, limit: 512 << 20) else { return [] }
-        var out: [(Double, Double)] = []
-        for line in text.split(separator: "\n") {
-            let parsed = ConsoleLog.parse(line)
-            guard parsed.text.hasPrefix("cevm-tick counter="), let time = Timestamp.parse(parsed.time) else { continue }
-            let rest = parsed.text.dropFirst("cevm-tick counter=".count)
-            guard let value = Double(rest.prefix(while: { $0.isNumber })) else { continue }
-            out.append((time, value))
-        }
-        return out
-    }
-
-    /// The counter at host time `t`, interpolated linearly between the
-    /// lines around it in the guest's running time: host time minus the
-    /// part of `pause` (the checkpoint's pause, from its manifest) before
-    /// `t`. A line interval that spans the pause then credits no progress
-    /// to the pause, which the guest spent stopped.
-    static func counter(at t: Double, in ticks: [(time: Double, counter: Double)], pause: (Double, Double)?) -> Double? {
-        guard let first = ticks.first, let last = ticks.last, t >= first.time, t <= last.time else { return nil }
-        func running(_ time: Double) -> Double {
-            guard let (from, to) = pause, from < time else { return time }
-            return time - (min(time, to) - from)
-        }
-        var low = 0, high = ticks.count - 1
-        while high - low > 1 {
-            let mid = (low + high) / 2
-            if ticks[mid].time <= t { low = mid } else { high = mid }
-        }
-        let a = ticks[low], b = ticks[high]
-        let span = running(b.time) - running(a.time)
-        if span <= 0 { return b.counter }
-        return a.counter + (b.counter - a.counter) * (running(t) - running(a.time)) / span
-    }
-
-    /// Units per host second from `start` to `end`.
-    static func rate(from start: Double, to end: Double, in ticks: [(time: Double, counter: Double)], pause: (Double, Double)? = nil) -> Double? {
-        guard end > start, let a = counter(at: start, in: ticks, pause: pause), let b = counter(at: end, in: ticks, pause: pause) else {
-            return nil
-        }
-        return (b - a) / (end - start)
-    }
-
     /// Waits for the job's first lines, then for a few seconds of steady progress.
     func waitForSteadyProgress(_ console: String, mib: Int) async throws {
         let deadline = ContinuousClock.now + .seconds(300)
         while true {
             try checkStop()
-            let ticks = Self.ticks(console)
+            let ticks = ConsoleProgress.ticks(console)
             if let first = ticks.first, let last = ticks.last, last.time - first.time >= 3 { return }
             if ContinuousClock.now > deadline {
                 throw CLIError("\(mib) MiB guest: no steady progress after 300 s; see \(console)")
@@ -496,7 +399,7 @@ final class CheckpointBenchRunner: Sendable {
             // A guest that died during the checkpoint takes its instance (and
             // the checkpoint) with it: count it as lost, like one that dies after.
             let message = "cevm checkpoint \(result.status): \(result.stderr)"
-            StandardError.write("cevm: \(mib) MiB \(mechanism.rawValue): \(message); console tail:\n\(Self.consoleTail(console))\n")
+            StandardError.write("cevm: \(mib) MiB \(mechanism.rawValue): \(message); console tail:\n\(ConsoleProgress.tail(console))\n")
             return lostRow(mib: mib, mechanism: mechanism, console: console, baselineStart: baselineStart, requested: requested, failure: message)
         }
         let stdout = result.stdout
@@ -516,25 +419,25 @@ final class CheckpointBenchRunner: Sendable {
         // The window's end needs progress lines after it; none within
         // `lostAfter` seconds means the guest died or hung after the checkpoint.
         let deadline = ContinuousClock.now + .seconds(Self.lostAfter)
-        var ticks = Self.ticks(console)
+        var ticks = ConsoleProgress.ticks(console)
         while (ticks.last?.time ?? 0) < end + 0.5 && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(100))
-            ticks = Self.ticks(console)
+            ticks = ConsoleProgress.ticks(console)
         }
-        guard let before = Self.rate(from: baselineStart, to: baselineEnd, in: ticks) else {
+        guard let before = ConsoleProgress.rate(from: baselineStart, to: baselineEnd, in: ticks) else {
             throw CLIError("\(mib) MiB: no progress lines around the undisturbed window; see \(console)")
         }
         var pause: (Double, Double)?
         if let from = Timestamp.parse(timings.pausedAt), let to = Timestamp.parse(timings.resumedAt), to > from { pause = (from, to) }
-        let during = Self.rate(from: start, to: end, in: ticks, pause: pause)
+        let during = ConsoleProgress.rate(from: start, to: end, in: ticks, pause: pause)
         var beforePause: Double?, afterResume: Double?
         if let (from, to) = pause, before > 0 {
-            if from - start >= 0.1 { beforePause = Self.rate(from: start, to: from, in: ticks, pause: pause).map { $0 / before } }
-            if end - to >= 0.1 { afterResume = Self.rate(from: to, to: end, in: ticks, pause: pause).map { $0 / before } }
+            if from - start >= 0.1 { beforePause = ConsoleProgress.rate(from: start, to: from, in: ticks, pause: pause).map { $0 / before } }
+            if end - to >= 0.1 { afterResume = ConsoleProgress.rate(from: to, to: end, in: ticks, pause: pause).map { $0 / before } }
         }
         let lost = during == nil
         if lost {
-            let tail = Self.consoleTail(console)
+            let tail = ConsoleProgress.tail(console)
             StandardError.write(
                 "cevm: \(mib) MiB \(mechanism.rawValue): the guest printed no progress for \(Self.lostAfter) s after the checkpoint; console tail:\n\(tail)\n")
         }
@@ -557,11 +460,11 @@ final class CheckpointBenchRunner: Sendable {
     func lostRow(
         mib: Int, mechanism: Mechanism, console: String, baselineStart: Double, requested: Double, failure: String
     ) -> CheckpointBenchReport.Row {
-        let ticks = Self.ticks(console)
+        let ticks = ConsoleProgress.ticks(console)
         return CheckpointBenchReport.Row(
             memoryMiB: mib, mechanism: mechanism.rawValue,
-            undisturbedRate: Self.rate(from: baselineStart, to: requested, in: ticks) ?? 0,
-            undisturbedDirtyMiBps: (Self.rate(from: baselineStart, to: requested, in: ticks) ?? 0) * Double(pages) / 256,
+            undisturbedRate: ConsoleProgress.rate(from: baselineStart, to: requested, in: ticks) ?? 0,
+            undisturbedDirtyMiBps: (ConsoleProgress.rate(from: baselineStart, to: requested, in: ticks) ?? 0) * Double(pages) / 256,
             baselineSeconds: requested - baselineStart, checkpointRate: nil, progress: nil, progressBeforePause: nil,
             progressAfterResume: nil, guestLost: true,
             guestsLostBefore: 0, failure: failure, guestPauseMs: 0, requestToPauseMs: 0, requestToDurableMs: 0,
@@ -596,17 +499,6 @@ final class CheckpointBenchRunner: Sendable {
 
     /// Seconds without a progress line after a checkpoint that count as a lost guest.
     static let lostAfter = 20
-
-    /// The last console lines that are not progress lines (a panic's headline first).
-    static func consoleTail(_ path: String) -> String {
-        guard let text = try? Files.readString(path, limit: 512 << 20) else { return "" }
-        let lines = text.split(separator: "\n").map { ConsoleLog.parse($0).text }.filter { !$0.hasPrefix("cevm-") }
-        var tail = Array(lines.suffix(6))
-        if let panic = lines.last(where: { $0.contains("Kernel panic") || $0.contains("RIP:") }), !tail.contains(panic) {
-            tail.insert(panic, at: 0)
-        }
-        return tail.map { "  " + $0 }.joined(separator: "\n")
-    }
 
     // MARK: Targets
 

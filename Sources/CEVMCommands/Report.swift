@@ -114,8 +114,11 @@ struct ReportCommand: AsyncParsableCommand {
     }
 
     /// One model sample from a record's measured timings.
-    static func sample(_ record: Record) -> Turnaround.CheckpointSample? {
-        let m = record.manifest
+    static func sample(_ record: Record) -> Turnaround.CheckpointSample? { sample(record.manifest) }
+
+    /// One model sample from a manifest; the progress during the overlap is
+    /// left unmeasured (the caller may know it from the guest's console).
+    static func sample(_ m: RecordManifest) -> Turnaround.CheckpointSample? {
         guard let mechanism = Turnaround.Mechanism(rawValue: m.mechanism.rawValue) else { return nil }
         return Turnaround.CheckpointSample(
             mechanism: mechanism, guestPause: m.timings.guestPauseMs / 1000,

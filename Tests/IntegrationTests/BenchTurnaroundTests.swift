@@ -1,0 +1,75 @@
+import CEVMSystem
+import Foundation
+import Testing
+
+/// `cevm bench turnaround` on a short job: every run completes, every
+/// checkpoint is measured, and each prediction is the fitted model's. (The
+/// accuracy itself is a benchmark figure, Docs/benchmarks.md, not a test.)
+@Suite(.serialized, .enabled(if: endToEndReady, "needs the cevm binary, QEMU and the bundled guest"))
+struct BenchTurnaroundTests {
+    @Test func shortJobRunsFitsAndPredicts() throws {
+        let cevm = try CEVMHarness()
+        let result = try cevm.run(
+            [
+                "bench", "turnaround", "--memory", "256M", "--units", "4000", "--checkpoints", "1", "--mechanisms",
+                "stop-and-save,cevm", "--policies", "alternate", "--json",
+            ], timeout: 900)
+        #expect(result.ok, "\(result.stderr)")
+        let report = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
+        #expect(report["units"] as? Int == 4000)
+        let bare = report["bareTurnarounds"] as? [Double] ?? []
+        #expect(bare.count == 2 && bare.allSatisfy { $0 > 0 }, "\(bare)")
+        let computeTime = try #require(report["computeTime"] as? Double)
+        #expect(abs(computeTime - bare.reduce(0, +) / 2) < 1e-9)
+
+        let runs = report["runs"] as? [[String: Any]] ?? []
+        #expect(runs.map { $0["label"] as? String ?? "" } == ["under cevm, n=0", "stop-and-save, n=1", "cevm (alternate), n=1"])
+        for run in runs {
+            let n = run["checkpoints"] as? Int ?? -1
+            let taken = run["taken"] as? [[String: Any]] ?? []
+            #expect(taken.count == n, "\(run)")
+            #expect((run["turnaround"] as? Double ?? 0) > 0)
+            for c in taken {
+                #expect(!(c["record"] as? String ?? "").isEmpty)
+                let progress = try #require(c["progressDuringOverlap"] as? Double, "progress measured: \(c)")
+                #expect((0...1).contains(progress))
+                let pause = c["guestPause"] as? Double ?? -1, overlap = c["overlap"] as? Double ?? -1
+                #expect(pause > 0 && overlap >= 0)
+                #expect(abs((c["cost"] as? Double ?? -1) - (pause + overlap * (1 - progress))) < 1e-9)
+            }
+        }
+
+        // Each prediction is the run's own T_comp + n·δ (+ T_o for CEVM) with the fitted terms.
+        let terms = report["terms"] as? [[String: Any]] ?? []
+        let rows = report["rows"] as? [[String: Any]] ?? []
+        #expect(rows.count == 2)
+        for row in rows {
+            let configuration = row["configuration"] as? String ?? ""
+            let term = try #require(terms.first { $0["configuration"] as? String == configuration }, "\(configuration)")
+            let delta = try #require(term["perCheckpoint"] as? Double)
+            let fixed = term["fixedOverhead"] as? Double ?? 0
+            let n = Double(row["checkpoints"] as? Int ?? 0)
+            let predicted = try #require(row["predicted"] as? Double, "\(row)")
+            let own = try #require(row["computeTime"] as? Double, "the run's own T_comp")
+            #expect(abs(own - computeTime) < computeTime * 0.5, "own \(own) against QEMU alone \(computeTime)")
+            #expect(abs(predicted - (own + n * delta + fixed)) < 1e-6, "\(row) \(term)")
+            let measured = row["measured"] as? Double ?? 0
+            #expect(abs((row["errorPercent"] as? Double ?? .nan) - (predicted - measured) / measured * 100) < 1e-6)
+        }
+        // One target per row, and one more when a guest was lost (QEMU 7.2
+        // TCG migrations sometimes lose one; the run is retried).
+        let lost = report["lost"] as? [Any] ?? []
+        #expect((report["targets"] as? [Any])?.count == rows.count + (lost.isEmpty ? 0 : 1))
+    }
+
+    @Test func badArgumentsAreRefusedByName() throws {
+        let cevm = try CEVMHarness()
+        for (arguments, word) in [
+            (["--checkpoints", "0"], "--checkpoints"), (["--mechanisms", "teleport"], "teleport"),
+            (["--policies", "nearby"], "nearby"), (["--units", "0"], "--units"), (["--memory", "64M"], "--memory"),
+        ] {
+            let result = try cevm.run(["bench", "turnaround"] + arguments)
+            #expect(!result.ok && result.stderr.contains(word), "\(arguments): \(result.stderr)")
+        }
+    }
+}
