@@ -98,25 +98,14 @@ struct BenchCheckpoint: AsyncParsableCommand {
             let runner = CheckpointBenchRunner(
                 home: home, sizes: sizes, mechanisms: order, policy: policy, workingSet: fixedSet, pages: pages, verify: verify,
                 tick: tick, baseline: baseline, attempts: attempts, withDisk: withDisk, guest: guest, defaultAppend: defaults, stop: stop)
-            let result: Result<CheckpointBenchReport, any Error>
-            do { result = .success(try await runner.run()) } catch { result = .failure(error) }
-            await runner.cleanUp()
-            if keep {
-                StandardError.write("cevm: the benchmark's CEVM_HOME is kept in \(home)\n")
-            } else {
-                BenchScratch.remove(home)
-            }
-            Output.endProgress()
-            let report = try result.get()
-            if common.json { return try Output.json(report) }
-            Output.line(report.text())
+            try await runner.measureAndReport(keep: keep, json: common.json) { try await runner.run() }
         }
     }
 }
 
 // MARK: - Report
 
-struct CheckpointBenchReport: Encodable {
+struct CheckpointBenchReport: BenchReport {
     struct Row: Encodable {
         var memoryMiB: Int
         var mechanism: String
@@ -157,12 +146,7 @@ struct CheckpointBenchReport: Encodable {
         var record: String
     }
 
-    struct Target: Encodable {
-        var name: String
-        var value: String
-        var required: String
-        var met: Bool
-    }
+    typealias Target = BenchTarget
 
     var cpus: Int
     var qemu: String
@@ -208,13 +192,7 @@ struct CheckpointBenchReport: Encodable {
                 }
             }
         }
-        if !targets.isEmpty {
-            out.append("")
-            out.append("Targets")
-            var rows = [["target", "value", "required", ""]]
-            for t in targets { rows.append([t.name, t.value, t.required, t.met ? "met" : "not met"]) }
-            out.append(table(rows))
-        }
+        out += BenchTarget.lines(targets)
         return out.joined(separator: "\n")
     }
 }

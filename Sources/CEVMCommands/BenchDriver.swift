@@ -8,6 +8,29 @@ protocol BenchDriver: Sendable {
     /// The private CEVM_HOME.
     var home: String { get }
     var stop: StopSignal { get }
+    /// Stops every VM the benchmark started (best effort).
+    func cleanUp() async
+}
+
+/// A benchmark's result: JSON, or a table for a terminal.
+protocol BenchReport: Encodable {
+    func text() -> String
+}
+
+/// A target of an issue, evaluated on measured figures (never asserted).
+struct BenchTarget: Encodable {
+    var name: String
+    var value: String
+    var required: String
+    var met: Bool
+
+    /// The "Targets" table, preceded by a blank line; nothing for none.
+    static func lines(_ targets: [BenchTarget]) -> [String] {
+        guard !targets.isEmpty else { return [] }
+        var rows = [["target", "value", "required", ""]]
+        for t in targets { rows.append([t.name, t.value, t.required, t.met ? "met" : "not met"]) }
+        return ["", "Targets", table(rows)]
+    }
 }
 
 struct CommandOutput {
@@ -17,6 +40,23 @@ struct CommandOutput {
 }
 
 extension BenchDriver {
+    /// Runs `measure`, then, whatever it did, stops what it started and
+    /// removes the CEVM_HOME (unless `keep`), and prints the report.
+    func measureAndReport<Report: BenchReport>(keep: Bool, json: Bool, _ measure: () async throws -> Report) async throws {
+        let result: Result<Report, any Error>
+        do { result = .success(try await measure()) } catch { result = .failure(error) }
+        await cleanUp()
+        if keep {
+            StandardError.write("cevm: the benchmark's CEVM_HOME is kept in \(home)\n")
+        } else {
+            BenchScratch.remove(home)
+        }
+        Output.endProgress()
+        let report = try result.get()
+        if json { return try Output.json(report) }
+        Output.line(report.text())
+    }
+
     var environment: [String: String] {
         var environment = Executables.currentEnvironment()
         environment["CEVM_HOME"] = home

@@ -125,25 +125,14 @@ struct BenchTurnaround: AsyncParsableCommand {
                 workload: "cevm.mem=\(set) cevm.pages=\(pages) cevm.disk=\(disk) cevm.tick=\(tick) cevm.verify=\(verify)",
                 units: units, jobSeconds: jobSeconds, counts: counts, configurations: configurations, cpuset: cpus, guest: guest,
                 defaultAppend: defaults, attempts: attempts, keep: keep)
-            let result: Result<TurnaroundBenchReport, any Error>
-            do { result = .success(try await runner.run()) } catch { result = .failure(error) }
-            await runner.cleanUp()
-            if keep {
-                StandardError.write("cevm: the benchmark's CEVM_HOME is kept in \(home)\n")
-            } else {
-                BenchScratch.remove(home)
-            }
-            Output.endProgress()
-            let report = try result.get()
-            if common.json { return try Output.json(report) }
-            Output.line(report.text())
+            try await runner.measureAndReport(keep: keep, json: common.json) { try await runner.run() }
         }
     }
 }
 
 // MARK: - Report
 
-struct TurnaroundBenchReport: Encodable {
+struct TurnaroundBenchReport: BenchReport {
     /// One checkpoint of a run, as the model sees it.
     struct Checkpoint: Encodable {
         /// Units the job had done when it was requested.
@@ -209,12 +198,7 @@ struct TurnaroundBenchReport: Encodable {
         var notes: [String]
     }
 
-    struct Target: Encodable {
-        var name: String
-        var value: String
-        var required: String
-        var met: Bool
-    }
+    typealias Target = BenchTarget
 
     /// A run whose guest died or hung (it is retried on a new guest).
     struct Loss: Encodable {
@@ -289,13 +273,7 @@ struct TurnaroundBenchReport: Encodable {
             out.append("Guests lost (each run is retried on a new guest)")
             for loss in lost { out.append("  \(loss.run), attempt \(loss.attempt): \(loss.reason)") }
         }
-        if !targets.isEmpty {
-            out.append("")
-            out.append("Targets")
-            var rows = [["target", "value", "required", ""]]
-            for t in targets { rows.append([t.name, t.value, t.required, t.met ? "met" : "not met"]) }
-            out.append(table(rows))
-        }
+        out += BenchTarget.lines(targets)
         return out.joined(separator: "\n")
     }
 }
