@@ -92,7 +92,7 @@ struct BenchCheckpoint: AsyncParsableCommand {
             let guest = BundledGuest.locate()
             let defaults = try guest.defaultAppend()
             let home = try BenchScratch.make(in: nil, prefix: "cevm-bench-ckpt")
-            let stop = StopSignal()
+            let stop = AsyncSignal()
             let sources = DiskServe.installSignalHandlers(stop)
             defer { sources.forEach { $0.cancel() } }
             let runner = CheckpointBenchRunner(
@@ -216,7 +216,7 @@ final class CheckpointBenchRunner: BenchDriver {
     let kernel: String
     let initrd: String
     let defaultAppend: String
-    let stop: StopSignal
+    let stop: AsyncSignal
     let started = Mutex<[String]>([])
 
     /// Far more units than any run does: the job never ends by itself.
@@ -224,7 +224,7 @@ final class CheckpointBenchRunner: BenchDriver {
 
     init(
         home: String, sizes: [Int], mechanisms: [Mechanism], policy: AffinityPolicy, workingSet: Int?, pages: Int, verify: Int, tick: Int,
-        baseline: Double, attempts: Int, withDisk: Bool, guest: BundledGuest, defaultAppend: String, stop: StopSignal
+        baseline: Double, attempts: Int, withDisk: Bool, guest: BundledGuest, defaultAppend: String, stop: AsyncSignal
     ) {
         self.home = home
         self.sizes = sizes

@@ -9,6 +9,7 @@ import NBDServer
 import QCOW2
 import QEMU
 import QMP
+import Supervisor
 import VMStore
 
 /// `cevm bench disk`: the disk manager against its QEMU peers, in one run,
@@ -78,7 +79,7 @@ struct BenchDisk: AsyncParsableCommand {
             }
             let work = try BenchScratch.make(in: scratch, prefix: "cevm-bench-disk")
             defer { if !keep { BenchScratch.remove(work) } }
-            let stop = StopSignal()
+            let stop = AsyncSignal()
             let sources = DiskServe.installSignalHandlers(stop)
             defer { sources.forEach { $0.cancel() } }
             let runner = DiskBenchRunner(work: work, size: bytes, repeats: `repeat`, guestMiB: guestMib, stop: stop)
@@ -291,13 +292,13 @@ final class DiskBenchRunner: Sendable {
     let size: Int64
     let repeats: Int
     let guestMiB: Int
-    let stop: StopSignal
+    let stop: AsyncSignal
     let clusterSize = BenchDisk.clusterSize
 
     var basePath: String { "\(work)/B.qcow2" }
     var topPath: String { "\(work)/T.qcow2" }
 
-    init(work: String, size: Int64, repeats: Int, guestMiB: Int, stop: StopSignal) {
+    init(work: String, size: Int64, repeats: Int, guestMiB: Int, stop: AsyncSignal) {
         self.work = work
         self.size = size
         self.repeats = repeats

@@ -7,7 +7,7 @@ import Supervisor
 protocol BenchDriver: Sendable {
     /// The private CEVM_HOME.
     var home: String { get }
-    var stop: StopSignal { get }
+    var stop: AsyncSignal { get }
     /// Stops every VM the benchmark started (best effort).
     func cleanUp() async
 }

@@ -117,7 +117,7 @@ struct BenchTurnaround: AsyncParsableCommand {
             let guest = BundledGuest.locate()
             let defaults = try guest.defaultAppend()
             let home = try BenchScratch.make(in: nil, prefix: "cevm-bench-turnaround")
-            let stop = StopSignal()
+            let stop = AsyncSignal()
             let sources = DiskServe.installSignalHandlers(stop)
             defer { sources.forEach { $0.cancel() } }
             let runner = TurnaroundBenchRunner(
@@ -288,7 +288,7 @@ final class TurnaroundBenchRunner: BenchDriver {
     }
 
     let home: String
-    let stop: StopSignal
+    let stop: AsyncSignal
     let memoryMiB: Int
     let workload: String
     let fixedUnits: Int?
@@ -305,7 +305,7 @@ final class TurnaroundBenchRunner: BenchDriver {
     let bare = Mutex<[QEMUInstance]>([])
 
     init(
-        home: String, stop: StopSignal, memoryMiB: Int, workload: String, units: Int?, jobSeconds: Double, counts: [Int],
+        home: String, stop: AsyncSignal, memoryMiB: Int, workload: String, units: Int?, jobSeconds: Double, counts: [Int],
         configurations: [Configuration], cpuset: CPUSet, guest: BundledGuest, defaultAppend: String, attempts: Int, keep: Bool
     ) {
         self.attempts = attempts
@@ -510,7 +510,7 @@ final class TurnaroundBenchRunner: BenchDriver {
                     "run", name, "--accel", "tcg", "--memory", "\(memoryMiB)M", "--cpuset", cpuset.description, "--append",
                     "\(workload) cevm.job=\(units)",
                 ], timeout: .seconds(300))
-            result = try await checkpointAndFinish(paths: paths, configuration: configuration, n: n, units: units)
+            result = try await checkpointAndFinish(name: name, paths: paths, configuration: configuration, n: n, units: units)
         } catch {
             _ = try? await cevm(["stop", name], timeout: .seconds(120))
             started.withLock { $0.removeAll { $0 == name } }
@@ -542,9 +542,8 @@ final class TurnaroundBenchRunner: BenchDriver {
     /// Takes the run's checkpoints as the job reaches each k/(n+1) of its
     /// units, then waits for the job's end (its host time is returned).
     func checkpointAndFinish(
-        paths: VMPaths, configuration: Configuration?, n: Int, units: Int
+        name: String, paths: VMPaths, configuration: Configuration?, n: Int, units: Int
     ) async throws -> (end: Double, manifests: [(units: Double, output: CheckpointOutput)]) {
-        let name = paths.directory.split(separator: "/").last.map(String.init) ?? ""
         let deadline = ContinuousClock.now + .seconds(jobSeconds * 8 + 600)
         func waitFor(_ what: String, _ done: () -> Bool) async throws {
             while !done() {

@@ -7,7 +7,7 @@ import DiskManager
 import Foundation
 import NBDServer
 import QCOW2
-import Synchronization
+import Supervisor
 import VMStore
 
 /// `cevm disk serve`: one qcow2 image (and its backing chain) served over
@@ -61,7 +61,7 @@ struct DiskServe: AsyncParsableCommand {
             let server = NBDServer(configuration: .init(log: { record in
                 if record.level >= .warning { StandardError.write("cevm: \(record.description)\n") }
             }))
-            let stop = StopSignal()
+            let stop = AsyncSignal()
             let sources = Self.installSignalHandlers(stop)
             defer { sources.forEach { $0.cancel() } }
             do {
@@ -125,7 +125,7 @@ struct DiskServe: AsyncParsableCommand {
     /// SIGINT and SIGTERM fire `stop` instead of ending the process; SIGPIPE
     /// is ignored (a reader of our output that went away must not kill us
     /// before we stopped what we started).
-    static func installSignalHandlers(_ stop: StopSignal) -> [any DispatchSourceSignal] {
+    static func installSignalHandlers(_ stop: AsyncSignal) -> [any DispatchSourceSignal] {
         signal(SIGPIPE, SIG_IGN)
         return [SIGINT, SIGTERM].map { number in
             signal(number, SIG_IGN)
@@ -133,34 +133,6 @@ struct DiskServe: AsyncParsableCommand {
             source.setEventHandler { stop.fire() }
             source.resume()
             return source
-        }
-    }
-}
-
-/// Fired once (by a signal handler); awaited by a command's main task.
-final class StopSignal: Sendable {
-    private let state = Mutex<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-
-    var fired: Bool { state.withLock { $0.fired } }
-
-    func fire() {
-        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            if state.fired { return [] }
-            state.fired = true
-            defer { state.waiters = [] }
-            return state.waiters
-        }
-        waiters.forEach { $0.resume() }
-    }
-
-    func wait() async {
-        await withCheckedContinuation { continuation in
-            let done = state.withLock { state -> Bool in
-                if state.fired { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
         }
     }
 }

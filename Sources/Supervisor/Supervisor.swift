@@ -354,16 +354,18 @@ func race<T: Sendable>(_ operations: [@Sendable () async -> T]) async -> T {
 }
 
 /// A one-shot signal many tasks can wait for.
-final class AsyncSignal: Sendable {
+public final class AsyncSignal: Sendable {
+    public init() {}
+
     private let state = Mutex<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
 
-    var fired: Bool { state.withLock { $0.fired } }
+    public var fired: Bool { state.withLock { $0.fired } }
 
-    func fire() { fireFirst() }
+    public func fire() { fireFirst() }
 
     /// Fires; true for the one call that fired it.
     @discardableResult
-    func fireFirst() -> Bool {
+    public func fireFirst() -> Bool {
         let (first, waiters) = state.withLock { state -> (Bool, [CheckedContinuation<Void, Never>]) in
             if state.fired { return (false, []) }
             state.fired = true
@@ -374,7 +376,7 @@ final class AsyncSignal: Sendable {
         return first
     }
 
-    func wait() async {
+    public func wait() async {
         await withCheckedContinuation { continuation in
             let done = state.withLock { state -> Bool in
                 if state.fired { return true }
