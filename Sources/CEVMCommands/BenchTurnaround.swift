@@ -453,7 +453,7 @@ final class TurnaroundBenchRunner: BenchDriver {
             name: label, memoryMiB: memoryMiB, vcpus: 1, accel: .tcg,
             boot: .kernel(kernel: guest.kernel, initrd: guest.initrd, append: "\(defaultAppend) \(workload) cevm.job=\(units)"),
             drive: .init(file: image, format: "qcow2"), qmpSocket: "\(directory)/qmp.sock", cpuModel: QEMUCommandLine.defaultCPUModel(for: .tcg),
-            ramPaddingKiB: VMSpec.ramPaddingKiB)
+            ramPaddingKiB: QEMUCommandLine.ramPaddingKiB(for: try? await QEMUVersion.of()))
         let instance = try await QEMUInstance.launch(
             config, stderrLog: "\(directory)/qemu.log", cpuset: cpuset, console: console.sink(instance: 0))
         bare.withLock { $0.append(instance) }

@@ -164,7 +164,8 @@ struct Run: AsyncParsableCommand {
         return VMSpec(
             name: name, memoryMiB: memoryMiB, vcpus: vcpus, cpuset: pinned, accel: accel ?? .auto,
             machine: machine ?? QEMUCommandLine.defaultMachine, boot: boot, disk: diskSpec, bundledGuest: bundled,
-            readyMarker: bundled ? BundledGuest.readyMarker : nil, cpuModel: cpuModel ?? VMSpec.automaticCPUModel)
+            readyMarker: bundled ? BundledGuest.readyMarker : nil, cpuModel: cpuModel ?? VMSpec.automaticCPUModel,
+            ramPaddingKiB: QEMUCommandLine.ramPaddingKiB(for: try? await QEMUVersion.of()))
     }
 
     private var supervisorOptions: Supervisor.Options {

@@ -128,6 +128,16 @@ public enum Affinity {
         return done.sorted()
     }
 
+    /// The name (`/proc/PID/task/TID/comm`) of every thread of `pid`.
+    public static func threadNames(of pid: pid_t) throws -> [pid_t: String] {
+        var result: [pid_t: String] = [:]
+        for tid in try threads(of: pid) {
+            guard let name = try? Files.readString("/proc/\(pid)/task/\(tid)/comm") else { continue }
+            result[tid] = name.trimmingSpaces()
+        }
+        return result
+    }
+
     /// Cpus_allowed_list of every thread of `pid`, as the kernel reports it.
     public static func allowedLists(of pid: pid_t) throws -> [pid_t: String] {
         var result: [pid_t: String] = [:]

@@ -150,7 +150,8 @@ public enum QEMUCommandLine {
     /// of a busy guest here missed 7–24 hot kernel pages, and about half of
     /// them crashed the guest. A block of another length takes QEMU's
     /// page-by-page path, which resets the TLB (Docs/architecture.md,
-    /// "Live migration under TCG"). 8 KiB: QEMU aligns `-m` to 8 KiB.
+    /// "Live migration under TCG"). 8 KiB: QEMU aligns `-m` to 8 KiB. New
+    /// VMs get it only with a QEMU older than 9.0 (`ramPaddingKiB(for:)`).
     public static let ramPaddingKiB = 8
 
     /// QEMU option values use ',' as a separator; a literal ',' is written ",,".

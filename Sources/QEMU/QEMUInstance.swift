@@ -103,8 +103,7 @@ public final class QEMUInstance: Sendable {
         do {
             client = try await connectQMP(config.qmpSocket, child: child, timeout: startTimeout, stderrLog: stderrLog)
         } catch {
-            await child.terminate(grace: .seconds(2))
-            throw error
+            throw await startFailure(error, child: child, stderrLog: stderrLog)
         }
         let instance = QEMUInstance(config: config, process: child, qmp: client, stderrLog: stderrLog)
         instance.watchEvents()
@@ -114,10 +113,22 @@ public final class QEMUInstance: Sendable {
             if let cpuset { try instance.pin(to: cpuset) }
             if !config.incoming { try await instance.resume() }
         } catch {
+            let reason = await startFailure(error, child: child, stderrLog: stderrLog)
             await instance.stop()
-            throw error
+            throw reason
         }
         return instance
+    }
+
+    /// What to report when starting failed: QEMU often opens its QMP socket
+    /// before it loads the kernel or opens a drive, so the QMP session
+    /// breaks when it then gives up; QEMU's own words (its stderr) say why.
+    private static func startFailure(_ error: any Error, child: ChildProcess, stderrLog: String) async -> any Error {
+        if let status = await child.wait(timeout: .seconds(1)) {
+            return QEMUError.exitedAtStart(status: status, stderr: tail(of: stderrLog))
+        }
+        await child.terminate(grace: .seconds(2))
+        return error
     }
 
     /// Connects to QMP, retrying while QEMU creates its socket; fails at once
@@ -174,6 +185,35 @@ public final class QEMUInstance: Sendable {
         let threads = try Affinity.pin(process: pid, to: cpuset)
         state.withLock { $0.cpuset = cpuset }
         return threads
+    }
+
+    /// The threads of an outgoing migration: QEMU names them when started
+    /// with `-name …,debug-threads=on` (as cevm starts every instance):
+    /// "live_migration" up to QEMU 9.0, "mig/src/…" from 9.1 on (the main
+    /// thread, the return path, multifd senders).
+    public func migrationThreads() -> [pid_t] {
+        let names = (try? Affinity.threadNames(of: pid)) ?? [:]
+        return names.filter { Self.isOutgoingMigrationThread($0.value) }.keys.sorted()
+    }
+
+    public static func isOutgoingMigrationThread(_ name: String) -> Bool {
+        name == "live_migration" || name.hasPrefix("mig/src/") || name.hasPrefix("multifdsend_")
+    }
+
+    /// Pins the outgoing migration's threads to `cpuset` (the guest's vCPUs
+    /// stay where they are), waiting up to `within` for QEMU to start them
+    /// after `migrate` (it does once the socket connects). Returns the
+    /// threads pinned; empty when none appeared.
+    public func pinMigrationThreads(to cpuset: CPUSet, within: Duration = .milliseconds(500)) async -> [pid_t] {
+        let deadline = ContinuousClock.now + within
+        while true {
+            let threads = migrationThreads()
+            if !threads.isEmpty {
+                return threads.filter { (try? Affinity.set(thread: $0, to: cpuset)) != nil }
+            }
+            if ContinuousClock.now > deadline || process.exitStatus != nil { return [] }
+            try? await Task.sleep(for: .milliseconds(1))
+        }
     }
 
     /// QMP `cont`.

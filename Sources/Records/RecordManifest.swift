@@ -41,8 +41,17 @@ public struct RecordManifest: Codable, Sendable, Equatable {
         public var newInstance: String
         /// The old side's: Old_VM until it ended, the tee, the integration.
         public var oldSide: String
+        /// Where the migration's work ran during the pre-copy (Old_VM's
+        /// migration thread, the tee, New_VM receiving), and where the guest
+        /// computed on Old_VM meanwhile (nil in records made before cevm
+        /// placed the pre-copy).
+        public var precopy: String?
+        public var oldInstance: String?
         /// What the kernel reported after pinning (sched_getaffinity /
-        /// Cpus_allowed_list), per part: "New_VM", "Old_VM", "tee", "integration".
+        /// Cpus_allowed_list), per part: "New_VM", "Old_VM", "tee",
+        /// "integration" after the switch-over; "migration" (Old_VM's
+        /// migration threads), "precopy:Old_VM", "precopy:New_VM" during the
+        /// pre-copy.
         public var observed: [String: String]?
 
         public init(policy: String, newInstance: String, oldSide: String) {

@@ -35,6 +35,7 @@ extension Supervisor {
             let parameters = try await MigrationSettings.apply(to: qmp)
             try await Self.setBackgroundSnapshot(qmp, true)
             capabilitySet = true
+            let watch = try await MigrationWatch.start(qmp)
             prepared = try diskService?.vmDisk.prepareCut(
                 recordPath: "\(directory)/\(Self.diskRecordName)", previousRecord: previous?.disk, full: full)
             mark("prepared")
@@ -65,7 +66,7 @@ extension Supervisor {
             let pauseEnd = Timestamp.monotonic()
             mark("resumed")
             let info: JSONValue
-            do { info = try await MigrationSettings.waitForCompletion(qmp) } catch {
+            do { info = try await watch.completion() } catch {
                 _ = try? await qmp.execute("migrate_cancel")
                 throw await sink.failure() ?? error
             }

@@ -7,6 +7,7 @@ import Foundation
 import QEMU
 import QMP
 import Records
+import Synchronization
 import VMStore
 
 /// The CEVM mechanism (DESIGN.md "The checkpoint, step by step"): the VM
@@ -57,19 +58,26 @@ extension Supervisor {
             config.incoming = true
             let incoming = "\(paths.runDirectory)/in\(index).sock"
             unlink(incoming)
+            // While it receives, New_VM works on the pre-copy set (away from
+            // the guest, which still computes on Old_VM); it moves to its own
+            // set just before it runs.
             let instance = try await QEMUInstance.launch(
                 config, binary: self.options.qemuBinary,
-                stderrLog: "\(paths.runDirectory)/qemu\(index).stderr", cpuset: placement.newInstance,
+                stderrLog: "\(paths.runDirectory)/qemu\(index).stderr", cpuset: placement.precopy,
                 console: console.sink(instance: index))
             new = instance
+            let incomingWatch = try await MigrationWatch.start(instance.qmp)
             _ = try await instance.qmp.execute("migrate-incoming", arguments: ["uri": .string("unix:\(incoming)")])
             let sink = try MigrationSink(
                 socketPath: "\(paths.runDirectory)/tee.sock", spoolPath: "\(directory)/memory.mig", forwardTo: incoming,
-                oldSide: placement.oldSide)
+                precopy: placement.precopy, oldSide: placement.oldSide)
             tee = sink
             let parameters = try await MigrationSettings.apply(to: old.qmp, downtimeLimitMs: options.downtimeLimitMs)
             // Set either way: a capability stays set on a QEMU process.
             try await MigrationSettings.setCapability(old.qmp, "auto-converge", options.autoConverge)
+            let sourceWatch = try await MigrationWatch.start(old.qmp)
+            // The guest computes on its pre-copy set until the switch-over.
+            if old.cpuset != placement.oldInstance { try old.pin(to: placement.oldInstance) }
             // U, the disk record and the journal, made while Old_VM still runs.
             prepared = try diskService?.vmDisk.prepareCut(
                 recordPath: "\(directory)/\(Self.diskRecordName)", previousRecord: previous?.disk, full: options.full)
@@ -79,12 +87,20 @@ extension Supervisor {
             // 3. Migrate Old_VM → tee → New_VM.
             _ = try await old.qmp.execute("migrate", arguments: ["uri": .string("unix:\(sink.socketPath)")])
             let migrateStarted = Timestamp.monotonic()
+            var observed: [String: String] = [:]
+            let migrationThreads = await old.pinMigrationThreads(to: placement.precopy)
+            observed["migration"] = Set(migrationThreads.compactMap { try? Affinity.get(thread: $0).description }).sorted()
+                .joined(separator: " | ")
+            observed["precopy:Old_VM"] = Set(((try? Affinity.allowedLists(of: old.pid)) ?? [:]).values).sorted()
+                .joined(separator: " | ")
+            observed["precopy:New_VM"] = Set(((try? Affinity.allowedLists(of: instance.pid)) ?? [:]).values).sorted()
+                .joined(separator: " | ")
             inject(.migrating)
             let info: JSONValue
             let forced: RecordManifest.MigrationInfo.ForcedSwitchOver?
             do {
                 (info, forced) = try await watchPrecopy(
-                    old.qmp, tee: sink, limit: streamLimit, action: limitAction, memoryMiB: spec.memoryMiB,
+                    sourceWatch, tee: sink, limit: streamLimit, action: limitAction, memoryMiB: spec.memoryMiB,
                     started: migrateStarted)
             } catch let error as StreamLimitReached {
                 throw SupervisorError.checkpointFailed(error.description)
@@ -96,13 +112,14 @@ extension Supervisor {
             let pausedAt = Timestamp.now()
             let pausedWall = Timestamp.wallSeconds()
             mark("sourceCompleted")
-            _ = try await MigrationSettings.waitForCompletion(instance.qmp)
+            _ = try await incomingWatch.completion()
             mark("destinationCompleted")
 
-            // 4. Switch over: cut the disk, let New_VM run.
+            // 4. Switch over: cut the disk, move New_VM to its set, let it run.
             if let diskService, let ready = prepared {
                 cut = try diskService.vmDisk.cut(ready)
             }
+            try instance.pin(to: placement.newInstance)
             try await instance.resume()
             switchedOver = true
             let resumedAt = Timestamp.now()
@@ -120,7 +137,6 @@ extension Supervisor {
                 + (forced.map { " (forced at \($0.streamBytes >> 20) MiB of stream)" } ?? ""))
 
             // The old side moves to its CPU set: the tee, the integration, Old_VM until it ends.
-            var observed: [String: String] = [:]
             // (The tee moves itself when the source's stream ends.)
             if let tid = cut?.integration.threadID {
                 try? Affinity.set(thread: tid, to: placement.oldSide)
@@ -165,6 +181,8 @@ extension Supervisor {
             manifest.placement = .init(
                 policy: placement.policy.rawValue, newInstance: placement.newInstance.description,
                 oldSide: placement.oldSide.description)
+            manifest.placement?.precopy = placement.precopy.description
+            manifest.placement?.oldInstance = placement.oldInstance.description
             manifest.placement?.observed = observed
             manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
             let record = try RecordStore.commit(manifest, in: directory)
@@ -188,57 +206,66 @@ extension Supervisor {
         }
     }
 
-    /// Polls the source's migration until it completes, watching the
-    /// stream's size (DESIGN.md step 3 has no bound of its own: a guest that
-    /// dirties memory faster than it is streamed never converges, and the
-    /// tee would spool every round). Past `limit` bytes it either forces the
-    /// switch-over (QEMU's `downtime-limit` raised to its maximum, so the
-    /// next round is the last) or throws `StreamLimitReached`. A forced
-    /// migration that still has not completed once the stream passed
-    /// `limit` + RAM + 512 MiB is given up as well.
+    /// Waits for the source's migration to complete (its `MIGRATION`
+    /// events), watching the stream's size meanwhile from the tee's count,
+    /// without a QMP command while the guest computes. DESIGN.md step 3 has
+    /// no bound of its own: a guest that dirties memory faster than it is
+    /// streamed never converges, and the tee would spool every round. Past
+    /// `limit` bytes it either forces the switch-over (QEMU's
+    /// `downtime-limit` raised to its maximum, so the next round is the
+    /// last) or throws `StreamLimitReached`. A forced migration that still
+    /// has not completed once the stream passed `limit` + RAM + 512 MiB is
+    /// given up as well. The caller cancels the migration when this throws.
     func watchPrecopy(
-        _ qmp: QMPClient, tee: MigrationSink, limit: Int64, action: StreamLimitAction, memoryMiB: Int, started: Double,
+        _ watch: MigrationWatch, tee: MigrationSink, limit: Int64, action: StreamLimitAction, memoryMiB: Int, started: Double,
         timeout: Duration = .seconds(600)
     ) async throws -> (JSONValue, RecordManifest.MigrationInfo.ForcedSwitchOver?) {
-        let deadline = ContinuousClock.now + timeout
-        var forced: RecordManifest.MigrationInfo.ForcedSwitchOver?
+        let qmp = watch.qmp
         let (backstop, overflow) = limit.addingReportingOverflow((Int64(memoryMiB) + 512) << 20)
         let giveUpAt = overflow ? Int64.max : backstop
-        while true {
-            let info = try await qmp.execute("query-migrate")
-            switch info["status"]?.stringValue {
-            case "completed": return (info, forced)
-            case "failed", "cancelled":
-                throw SupervisorError.checkpointFailed(
-                    "migration \(info["status"]?.stringValue ?? ""): \(info["error-desc"]?.stringValue ?? "no reason given")")
-            default: break
-            }
-            let bytes = tee.bytesReceived
-            let elapsed = (Timestamp.monotonic() - started) * 1000
-            let remaining = info["ram"]?["remaining"]?.int64Value
-            if forced == nil, bytes > limit {
+        enum Outcome: Sendable {
+            case completed(JSONValue)
+            case forced(RecordManifest.MigrationInfo.ForcedSwitchOver)
+        }
+        /// Returns once the stream passed `bytes` (checked every 20 ms).
+        @Sendable func streamPasses(_ bytes: Int64) async throws -> (streamBytes: Int64, elapsedMs: Double, remaining: Int64?) {
+            while tee.bytesReceived <= bytes { try await Task.sleep(for: .milliseconds(20)) }
+            let remaining = try? await qmp.execute("query-migrate")["ram"]?["remaining"]?.int64Value
+            return (tee.bytesReceived, (Timestamp.monotonic() - started) * 1000, remaining)
+        }
+        return try await withThrowingTaskGroup(of: Outcome.self) { group in
+            group.addTask { .completed(try await watch.completion(timeout: timeout)) }
+            group.addTask { [self] in
+                let (bytes, elapsed, remaining) = try await streamPasses(limit)
                 switch action {
                 case .cancel:
-                    _ = try? await qmp.execute("migrate_cancel")
-                    throw StreamLimitReached(
-                        limit: limit, streamBytes: bytes, elapsedMs: elapsed, remainingBytes: remaining, forced: false)
+                    throw StreamLimitReached(limit: limit, streamBytes: bytes, elapsedMs: elapsed, remainingBytes: remaining, forced: false)
                 case .switchOver:
                     _ = try await qmp.execute(
-                        "migrate-set-parameters",
-                        arguments: ["downtime-limit": .int(MigrationSettings.forcingDowntimeLimitMs)])
-                    forced = .init(
-                        streamBytes: bytes, afterMs: elapsed, downtimeLimitMs: MigrationSettings.forcingDowntimeLimitMs,
-                        remainingBytes: remaining)
+                        "migrate-set-parameters", arguments: ["downtime-limit": .int(MigrationSettings.forcingDowntimeLimitMs)])
                     log("checkpoint: the memory stream passed \(limit >> 20) MiB after \(Int(elapsed)) ms without converging "
                         + "(\((remaining ?? -1) >> 20) MiB dirty): forcing the switch-over")
+                    return .forced(.init(
+                        streamBytes: bytes, afterMs: elapsed, downtimeLimitMs: MigrationSettings.forcingDowntimeLimitMs,
+                        remainingBytes: remaining))
                 }
-            } else if forced != nil, bytes > giveUpAt {
-                _ = try? await qmp.execute("migrate_cancel")
-                throw StreamLimitReached(
-                    limit: giveUpAt, streamBytes: bytes, elapsedMs: elapsed, remainingBytes: remaining, forced: true)
             }
-            if ContinuousClock.now > deadline { throw SupervisorError.checkpointFailed("migration not done after \(timeout)") }
-            try await Task.sleep(for: .milliseconds(5))
+            defer { group.cancelAll() }
+            var forced: RecordManifest.MigrationInfo.ForcedSwitchOver?
+            while let outcome = try await group.next() {
+                switch outcome {
+                case .completed(let info):
+                    return (info, forced)
+                case .forced(let switchOver):
+                    forced = switchOver
+                    group.addTask {
+                        let (bytes, elapsed, remaining) = try await streamPasses(giveUpAt)
+                        throw StreamLimitReached(
+                            limit: giveUpAt, streamBytes: bytes, elapsedMs: elapsed, remainingBytes: remaining, forced: true)
+                    }
+                }
+            }
+            throw SupervisorError.checkpointFailed("the migration watch ended without an answer")
         }
     }
 }

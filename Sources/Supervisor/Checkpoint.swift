@@ -37,22 +37,6 @@ enum MigrationSettings {
             "migrate-set-capabilities",
             arguments: ["capabilities": .array([.object(["capability": .string(capability), "state": .bool(state)])])])
     }
-
-    /// Polls query-migrate until the migration completes; throws when it fails.
-    static func waitForCompletion(_ qmp: QMPClient, timeout: Duration = .seconds(600)) async throws -> JSONValue {
-        let deadline = ContinuousClock.now + timeout
-        while true {
-            let info = try await qmp.execute("query-migrate")
-            switch info["status"]?.stringValue {
-            case "completed": return info
-            case "failed", "cancelled":
-                throw SupervisorError.checkpointFailed("migration \(info["status"]?.stringValue ?? ""): \(info["error-desc"]?.stringValue ?? "no reason given")")
-            default:
-                if ContinuousClock.now > deadline { throw SupervisorError.checkpointFailed("migration not done after \(timeout)") }
-                try await Task.sleep(for: .milliseconds(5))
-            }
-        }
-    }
 }
 
 extension Supervisor {
@@ -97,6 +81,7 @@ extension Supervisor {
             let sink = try MigrationSink(socketPath: "\(paths.runDirectory)/sink.sock", spoolPath: "\(directory)/memory.mig")
             log("checkpoint \(id): stop-and-save")
             let parameters = try await MigrationSettings.apply(to: qmp)
+            let watch = try await MigrationWatch.start(qmp)
             // U, the disk record and the journal, made while the guest still runs.
             prepared = try diskService?.vmDisk.prepareCut(
                 recordPath: "\(directory)/\(Self.diskRecordName)", previousRecord: previous?.disk, full: full)
@@ -109,7 +94,7 @@ extension Supervisor {
             log("checkpoint \(id): paused; migrating to \(sink.socketPath)")
             _ = try await qmp.execute("migrate", arguments: ["uri": .string("unix:\(sink.socketPath)")])
             let info: JSONValue
-            do { info = try await MigrationSettings.waitForCompletion(qmp) } catch {
+            do { info = try await watch.completion() } catch {
                 _ = try? await qmp.execute("migrate_cancel")
                 throw await sink.failure() ?? error
             }
@@ -198,9 +183,10 @@ extension Supervisor {
         let socket = "\(paths.runDirectory)/incoming.sock"
         unlink(socket)
         do {
+            let watch = try await MigrationWatch.start(qmp)
             _ = try await qmp.execute("migrate-incoming", arguments: ["uri": .string("unix:\(socket)")])
             let sent = try await MigrationSource.feed(file: memory, socketPath: socket)
-            _ = try await MigrationSettings.waitForCompletion(qmp)
+            _ = try await watch.completion()
             unlink(socket)
             try await instance.resume()
             try? Files.writeAll(

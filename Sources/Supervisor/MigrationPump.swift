@@ -35,15 +35,18 @@ final class MigrationSink: Sendable {
     /// the source goes first to the destination's incoming socket, then to
     /// the spool; the destination sees EOF as soon as the source ends, and
     /// the spool is fsynced after that, while New_VM already runs.
-    /// `oldSide`: the CPU set the pump moves to when the source's stream
-    /// ends, to fsync the spool there (the old side's set of the policy).
+    /// `precopy`: the CPU set the pump runs on while the stream flows (the
+    /// migration's set of the policy, away from the guest's); `oldSide`: the
+    /// set it moves to when the source's stream ends, to fsync the spool
+    /// there (the old side's set of the policy).
     init(
-        socketPath: String, spoolPath: String, forwardTo: String? = nil, oldSide: CPUSet? = nil,
+        socketPath: String, spoolPath: String, forwardTo: String? = nil, precopy: CPUSet? = nil, oldSide: CPUSet? = nil,
         acceptTimeoutMilliseconds: Int32 = 30_000
     ) throws {
         self.socketPath = socketPath
         let listener = try UnixSocket.listen(path: socketPath)
         let thread = Thread { [self] in
+            if let precopy { try? Affinity.set(thread: 0, to: precopy) }
             let outcome: Result<RecordManifest.FileEntry, any Error> = Result {
                 defer {
                     close(listener)

@@ -12,10 +12,26 @@ public enum AffinityPolicy: String, Codable, Sendable, CaseIterable {
 }
 
 /// The CPU sets one CEVM checkpoint uses.
+///
+/// Two phases: during the pre-copy the guest still computes on Old_VM while
+/// the migration's own work (Old_VM's migration thread, the tee, New_VM
+/// receiving) runs on `precopy`; from the switch-over New_VM computes on
+/// `newInstance` and the old side finishes on `oldSide`. Under `dedicated`
+/// and `alternate` the two sets of each phase are disjoint, so the work of
+/// the checkpoint never shares a CPU with the guest.
 public struct Placement: Codable, Sendable, Equatable {
     public var policy: AffinityPolicy
     public var newInstance: CPUSet
     public var oldSide: CPUSet
+
+    /// Where the guest computes on Old_VM during the pre-copy: the set it
+    /// runs on until the switch-over (`alternate`: the set it leaves).
+    public var oldInstance: CPUSet { policy == .alternate ? oldSide : newInstance }
+
+    /// Where the migration's work runs during the pre-copy: the set the
+    /// guest is not on (`alternate`: New_VM's own set, where it receives;
+    /// `dedicated`: the checkpoint set; `shared`: the VM's set).
+    public var precopy: CPUSet { policy == .alternate ? newInstance : oldSide }
 
     public init(policy: AffinityPolicy, newInstance: CPUSet, oldSide: CPUSet) {
         self.policy = policy

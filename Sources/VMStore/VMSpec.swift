@@ -35,9 +35,10 @@ public struct VMSpec: Codable, Sendable, Equatable {
 
     public static let automaticCPUModel = "auto"
 
-    /// What new VMs get: 8 KiB, so that QEMU's RAM block is not a multiple of
-    /// 256 KiB (the QEMU < 9.0 TCG migration bug described at
-    /// `QEMUCommandLine.ramPaddingKiB`, which keeps the reasoning).
+    /// What new VMs get with a QEMU older than 9.0: 8 KiB, so that QEMU's
+    /// RAM block is not a multiple of 256 KiB (the QEMU < 9.0 TCG migration
+    /// bug described at `QEMUCommandLine.ramPaddingKiB`, which keeps the
+    /// reasoning; `cevm run` asks `QEMUCommandLine.ramPaddingKiB(for:)`).
     public static let ramPaddingKiB = 8
 
     /// A `-cpu` value cevm passes on: a model name with `,`-separated

@@ -67,8 +67,17 @@ struct CEVMCheckpointTests {
             // The old side ran where the policy put it (read back from the kernel).
             let observed = placement["observed"] as? [String: String] ?? [:]
             for part in ["tee", "Old_VM"] { #expect(observed[part] == oldSet, "\(policy): \(part) on \(observed[part] ?? "?"), expected \(oldSet)") }
+            // During the pre-copy, Old_VM's migration thread and New_VM (receiving)
+            // ran on the pre-copy set, away from the set the guest computed on.
+            let precopy = placement["precopy"] as? String ?? "?"
+            let guestSet = placement["oldInstance"] as? String ?? "?"
+            for part in ["migration", "precopy:New_VM"] {
+                #expect(observed[part] == precopy, "\(policy): \(part) on \(observed[part] ?? "?") during the pre-copy, expected \(precopy)")
+            }
             if available.cpus.count >= 2 && policy != "shared" {
                 #expect(newSet != oldSet, "\(policy): checkpointing is kept off the VM's CPUs")
+                #expect(precopy != guestSet, "\(policy): the pre-copy is kept off the guest's CPUs")
+                #expect(observed["precopy:Old_VM"]?.contains(guestSet) == true, "\(policy): Old_VM computed on \(guestSet)")
             }
             let timings = manifest["timings"] as? [String: Any] ?? [:]
             let migration = manifest["migration"] as? [String: Any] ?? [:]

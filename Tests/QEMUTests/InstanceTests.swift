@@ -92,6 +92,26 @@ struct InstanceTests {
         }
     }
 
+    /// QEMU opens its QMP socket before it loads the kernel: a kernel it
+    /// cannot load breaks the QMP session, and the error must still be
+    /// QEMU's own words, not "the QMP connection is closed".
+    @Test func aKernelQEMUCannotLoadIsReportedInItsWords() async throws {
+        let dir = try scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var broken = config(dir)
+        broken.boot = .kernel(kernel: dir, initrd: nil, append: "")  // a directory
+        do {
+            _ = try await QEMUInstance.launch(broken, stderrLog: "\(dir)/stderr", console: { _ in })
+            Issue.record("QEMU started with a directory as its kernel")
+        } catch let error as QEMUError {
+            guard case .exitedAtStart(_, let stderr) = error else {
+                Issue.record("unexpected \(error)")
+                return
+            }
+            #expect(stderr.contains("could not load kernel"), "\(stderr)")
+        }
+    }
+
     @Test func missingBinaryIsNamed() async throws {
         do {
             _ = try await QEMUInstance.launch(config("/tmp"), binary: "qemu-system-nonexistent", stderrLog: "/dev/null", console: { _ in })

@@ -33,6 +33,25 @@ import Testing
         #expect(fromPinned.newInstance == CPUSet([1]) && fromPinned.oldSide == CPUSet([0]))
     }
 
+    /// During the pre-copy the guest computes on one set and the migration's
+    /// work runs on the other; `shared` keeps both on the VM's set.
+    @Test func thePrecopyRunsAwayFromTheGuest() throws {
+        for policy in [AffinityPolicy.dedicated, .alternate] {
+            var current: CPUSet? = nil
+            for _ in 0..<3 {
+                let p = try Placement.choose(policy: policy, cpus: nil, checkpointCPUs: nil, vmCPUs: nil, current: current, available: two)
+                #expect(Set(p.precopy.cpus).isDisjoint(with: p.oldInstance.cpus), "\(policy): \(p)")
+                // The guest runs on: on the set it computes on now (alternate), or stays on the VM's set (dedicated).
+                #expect(p.oldInstance == (policy == .alternate ? p.oldSide : p.newInstance))
+                // After the switch-over, New_VM and the old side are disjoint as well.
+                #expect(Set(p.newInstance.cpus).isDisjoint(with: p.oldSide.cpus))
+                current = p.newInstance
+            }
+        }
+        let shared = try Placement.choose(policy: .shared, cpus: nil, checkpointCPUs: nil, vmCPUs: CPUSet([2, 3]), current: nil, available: eight)
+        #expect(shared.precopy == CPUSet([2, 3]) && shared.oldInstance == CPUSet([2, 3]))
+    }
+
     @Test func impossibleSetsAreRefusedWithTheReason() {
         #expect(throws: Placement.PlacementError.empty(option: "--checkpoint-cpus")) {
             try Placement.choose(policy: .dedicated, cpus: CPUSet([0, 1]), checkpointCPUs: nil, vmCPUs: nil, current: nil, available: two)
