@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSystemShims
 
 /// Small file-system operations with the durability cevm needs.
 public enum Files {
@@ -68,6 +69,14 @@ public enum Files {
             }
             offset += n
         }
+    }
+
+    /// Starts write-back of every dirty page of `fd` without waiting
+    /// (sync_file_range(2) with SYNC_FILE_RANGE_WRITE); a later fsync(2)
+    /// then waits for less. Best effort: false when the call failed.
+    @discardableResult
+    public static func startWriteback(_ fd: Int32) -> Bool {
+        cevm_start_writeback(fd) == 0
     }
 
     /// fsync(2) of a path (a file or a directory).

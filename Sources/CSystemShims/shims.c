@@ -1,6 +1,7 @@
 #define _GNU_SOURCE
 #include "CSystemShims.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -36,4 +37,8 @@ int cevm_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
 
 pid_t cevm_gettid(void) {
     return (pid_t)syscall(SYS_gettid);
+}
+
+int cevm_start_writeback(int fd) {
+    return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }

@@ -96,10 +96,9 @@ extension Supervisor {
             observed["precopy:New_VM"] = Set(((try? Affinity.allowedLists(of: instance.pid)) ?? [:]).values).sorted()
                 .joined(separator: " | ")
             inject(.migrating)
-            let info: JSONValue
             let forced: RecordManifest.MigrationInfo.ForcedSwitchOver?
             do {
-                (info, forced) = try await watchPrecopy(
+                forced = try await watchPrecopy(
                     sourceWatch, tee: sink, limit: streamLimit, action: limitAction, memoryMiB: spec.memoryMiB,
                     started: migrateStarted)
             } catch let error as StreamLimitReached {
@@ -112,20 +111,24 @@ extension Supervisor {
             let pausedAt = Timestamp.now()
             let pausedWall = Timestamp.wallSeconds()
             mark("sourceCompleted")
-            _ = try await incomingWatch.completion()
+            try await incomingWatch.end()
             mark("destinationCompleted")
 
             // 4. Switch over: cut the disk, move New_VM to its set, let it run.
             if let diskService, let ready = prepared {
                 cut = try diskService.vmDisk.cut(ready)
             }
+            mark("diskCut")
             try instance.pin(to: placement.newInstance)
+            mark("newPinned")
             try await instance.resume()
             switchedOver = true
             let resumedAt = Timestamp.now()
             let resumedWall = Timestamp.wallSeconds()
             mark("switchOver")
             inject(.switchedOver)
+            // The figures, asked for once the guest runs again.
+            let info = try await sourceWatch.info()
             let vcpus = (try? await instance.vcpuThreads()) ?? []
             inner.withLock { $0.instance = instance }
             update {
@@ -219,12 +222,12 @@ extension Supervisor {
     func watchPrecopy(
         _ watch: MigrationWatch, tee: MigrationSink, limit: Int64, action: StreamLimitAction, memoryMiB: Int, started: Double,
         timeout: Duration = .seconds(600)
-    ) async throws -> (JSONValue, RecordManifest.MigrationInfo.ForcedSwitchOver?) {
+    ) async throws -> RecordManifest.MigrationInfo.ForcedSwitchOver? {
         let qmp = watch.qmp
         let (backstop, overflow) = limit.addingReportingOverflow((Int64(memoryMiB) + 512) << 20)
         let giveUpAt = overflow ? Int64.max : backstop
         enum Outcome: Sendable {
-            case completed(JSONValue)
+            case completed
             case forced(RecordManifest.MigrationInfo.ForcedSwitchOver)
         }
         /// Returns once the stream passed `bytes` (checked every 20 ms).
@@ -234,7 +237,10 @@ extension Supervisor {
             return (tee.bytesReceived, (Timestamp.monotonic() - started) * 1000, remaining)
         }
         return try await withThrowingTaskGroup(of: Outcome.self) { group in
-            group.addTask { .completed(try await watch.completion(timeout: timeout)) }
+            group.addTask {
+                try await watch.end(timeout: timeout)
+                return .completed
+            }
             group.addTask { [self] in
                 let (bytes, elapsed, remaining) = try await streamPasses(limit)
                 switch action {
@@ -254,8 +260,8 @@ extension Supervisor {
             var forced: RecordManifest.MigrationInfo.ForcedSwitchOver?
             while let outcome = try await group.next() {
                 switch outcome {
-                case .completed(let info):
-                    return (info, forced)
+                case .completed:
+                    return forced
                 case .forced(let switchOver):
                     forced = switchOver
                     group.addTask {

@@ -52,7 +52,8 @@ final class MigrationSink: Sendable {
                     close(listener)
                     unlink(socketPath)
                 }
-                let spool = try StreamSpool(path: spoolPath)
+                // A tee hashes the spool after the stream, on the old side's CPU.
+                let spool = try StreamSpool(path: spoolPath, hashing: forwardTo == nil ? .whileWriting : .atFinish)
                 guard let connection = try UnixSocket.accept(listener, timeoutMilliseconds: acceptTimeoutMilliseconds) else {
                     throw SupervisorError.checkpointFailed("QEMU did not connect to the migration sink")
                 }

@@ -35,28 +35,44 @@ struct MigrationWatch: Sendable {
     /// answer then; throws when it fails or is cancelled instead, or after
     /// `timeout`.
     func completion(timeout: Duration = .seconds(600), backupPoll: Duration = .seconds(1)) async throws -> JSONValue {
+        try await end(timeout: timeout, backupPoll: backupPoll)
+        return try await info()
+    }
+
+    /// Waits until the migration completes, without asking QEMU anything
+    /// once the event came (a switch-over waits on this: every QMP round
+    /// trip there is guest pause); throws when it fails or is cancelled
+    /// instead, or after `timeout`.
+    func end(timeout: Duration = .seconds(600), backupPoll: Duration = .seconds(1)) async throws {
         let qmp = self.qmp
         let events = self.events
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        let status = try await withThrowingTaskGroup(of: String?.self) { group in
             group.addTask {
                 for await event in events where event.name == "MIGRATION" {
-                    if let status = event.data["status"]?.stringValue, Self.terminal.contains(status) { return }
+                    if let status = event.data["status"]?.stringValue, Self.terminal.contains(status) { return status }
                 }
-                // The stream ended: the connection closed (query-migrate below says so).
+                return nil  // the stream ended: the connection closed (query-migrate below says so)
             }
             group.addTask {
                 let deadline = ContinuousClock.now + timeout
                 while ContinuousClock.now < deadline {
                     try await Task.sleep(for: backupPoll)
                     if let status = try await qmp.execute("query-migrate")["status"]?.stringValue, Self.terminal.contains(status) {
-                        return
+                        return status
                     }
                 }
                 throw SupervisorError.checkpointFailed("migration not done after \(timeout)")
             }
             defer { group.cancelAll() }
-            try await group.next()
+            return try await group.next() ?? nil
         }
+        if status == "completed" { return }
+        _ = try await info()  // names the failure
+    }
+
+    /// `query-migrate`'s answer when the migration completed; throws with
+    /// QEMU's reason otherwise.
+    func info() async throws -> JSONValue {
         let info = try await qmp.execute("query-migrate")
         switch info["status"]?.stringValue {
         case "completed": return info

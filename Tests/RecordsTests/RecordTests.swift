@@ -52,6 +52,26 @@ struct RecordFixture: ~Copyable {
 }
 
 @Suite struct RecordTests {
+    /// A tee's spool is hashed from the file after the stream; the digest is
+    /// the same as hashing while writing, and as hashing the file later.
+    @Test func bothHashingModesGiveTheFilesDigest() throws {
+        let fixture = try RecordFixture()
+        let root = fixture.root
+        try Files.makeDirectory("\(root)/spools")
+        let chunks = (0..<5).map { index in (0..<(300_000 + index * 7919)).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index) } }
+        var digests: [String] = []
+        for (name, hashing) in [("inline", StreamSpool.Hashing.whileWriting), ("after", .atFinish)] {
+            let path = "\(root)/spools/\(name).mig"
+            let spool = try StreamSpool(path: path, hashing: hashing)
+            for chunk in chunks { try chunk.withUnsafeBytes { try spool.write($0) } }
+            let entry = try spool.finish(role: .memory)
+            #expect(entry.size == Int64(chunks.reduce(0) { $0 + $1.count }))
+            #expect(entry.sha256 == (try FileDigest.sha256(of: path)))
+            digests.append(entry.sha256)
+        }
+        #expect(digests[0] == digests[1])
+    }
+
     @Test func manifestRoundTrips() throws {
         let fixture = try RecordFixture()
         let record = try fixture.make()

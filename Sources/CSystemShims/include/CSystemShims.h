@@ -21,4 +21,8 @@ int cevm_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
 /// gettid(2): the calling thread's id (for pinning it from another thread).
 pid_t cevm_gettid(void);
 
+/// sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): starts write-back of
+/// every dirty page of the file without waiting for it.
+int cevm_start_writeback(int fd);
+
 #endif
