@@ -17,6 +17,13 @@ public enum Timestamp {
         return Double(ts.tv_sec) + Double(ts.tv_nsec / 1000) / 1e6
     }
 
+    /// `format` of a wall-clock time in seconds since 1970 (as QMP event
+    /// stamps and `wallSeconds` give it).
+    public static func format(wallSeconds: Double) -> String {
+        let whole = wallSeconds.rounded(.down)
+        return format(seconds: Int(whole), microseconds: min(999_999, Int(((wallSeconds - whole) * 1_000_000).rounded())))
+    }
+
     public static func format(seconds: Int, microseconds: Int) -> String {
         var time = time_t(seconds)
         var parts = tm()

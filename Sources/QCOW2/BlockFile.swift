@@ -46,6 +46,35 @@ final class BlockFile: Sendable {
         }
     }
 
+    /// preadv2(2) with RWF_NOWAIT into all of `buffer`: true when the page
+    /// cache served it at once, false when the kernel would have had to wait
+    /// for the disk (EAGAIN), or gave less (the caller then reads it the
+    /// blocking way, which also handles the end of the file).
+    func readWithoutWaiting(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) -> Bool {
+        guard let preadv2 = Self.preadv2 else { return false }
+        while true {
+            var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+            let n = preadv2(fd, &vector, 1, off_t(offset), Self.rwfNoWait)
+            if n >= 0 { return n == buffer.count }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN, EOPNOTSUPP, ENOSYS: return false
+            default: throw .io(call: "preadv2", errno: errno, path: path, offset: offset)
+            }
+        }
+    }
+
+    /// glibc's preadv2(2), looked up at run time: Swift's Glibc module does
+    /// not declare it (it is a _GNU_SOURCE function). Nil without it (then
+    /// every read waits its turn on the I/O thread).
+    typealias Preadv2 = @convention(c) (Int32, UnsafePointer<iovec>?, Int32, off_t, Int32) -> Int
+    static let preadv2: Preadv2? = {
+        guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "preadv2") else { return nil }
+        return unsafeBitCast(symbol, to: Preadv2.self)
+    }()
+    /// RWF_NOWAIT from <linux/fs.h>: fail with EAGAIN rather than wait for I/O.
+    static let rwfNoWait: Int32 = 0x0000_0008
+
     func read(at offset: UInt64, count: Int) throws(QCOW2Error) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: count)
         var failure: QCOW2Error?
@@ -94,6 +123,12 @@ public protocol BlockReader: AnyObject, Sendable {
     /// Fills `buffer` with the guest bytes at `offset` (through the whole
     /// chain below this layer); bytes past `virtualSize` read as zero.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error)
+    /// The same read, only if it needs neither a wait for the disk nor for
+    /// another caller of this layer: false (with `buffer` partly written)
+    /// when it would have had to wait. For a caller that must not block,
+    /// such as an event loop, which then hands the read to a thread that
+    /// may.
+    func readWithoutWaiting(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) -> Bool
 }
 
 extension BlockReader {
@@ -122,10 +157,26 @@ public final class RawImage: BlockReader {
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) {
+        _ = try read(into: buffer, at: offset, waiting: true)
+    }
+
+    public func readWithoutWaiting(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) -> Bool {
+        try read(into: buffer, at: offset, waiting: false)
+    }
+
+    private func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, waiting: Bool) throws(QCOW2Error) -> Bool {
         let inside = offset >= virtualSize ? 0 : Int(min(UInt64(buffer.count), virtualSize - offset))
-        if inside > 0 { try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<inside]), at: offset) }
+        if inside > 0 {
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<inside])
+            if waiting {
+                try file.read(into: piece, at: offset)
+            } else if try !file.readWithoutWaiting(into: piece, at: offset) {
+                return false
+            }
+        }
         if inside < buffer.count {
             UnsafeMutableRawBufferPointer(rebasing: buffer[inside...]).initializeMemory(as: UInt8.self, repeating: 0)
         }
+        return true
     }
 }

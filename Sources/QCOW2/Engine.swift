@@ -167,6 +167,19 @@ final class Engine: @unchecked Sendable {
     /// What this layer holds for guest cluster `g`.
     func mapping(_ g: UInt64) throws(QCOW2Error) -> QCOW2Entries.L2Entry {
         guard let table = try existingL2(for: g) else { return .unallocated }
+        return try mapping(g, in: table)
+    }
+
+    /// What this layer holds for `g`, from the cache alone: nil when its L2
+    /// table would have to be read from the file first.
+    func cachedMapping(_ g: UInt64) throws(QCOW2Error) -> QCOW2Entries.L2Entry? {
+        let offset = l2TableOffsetFor(g)
+        if offset == 0 { return try mapping(g) }  // validates the L1 entry; reads nothing
+        guard let table = l2Cache[offset] else { return nil }
+        return try mapping(g, in: table)
+    }
+
+    private func mapping(_ g: UInt64, in table: L2Table) throws(QCOW2Error) -> QCOW2Entries.L2Entry {
         let index = Int(g & (header.l2Entries - 1))
         let raw = table.entries[index]
         if raw == 0 { return .unallocated }
@@ -207,7 +220,11 @@ final class Engine: @unchecked Sendable {
         }
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) {
+    /// Reads guest bytes through the chain. Without `waiting` it gives up
+    /// (returns false) rather than wait: for an L2 table not in the cache,
+    /// for a data read the page cache cannot serve at once, or for a
+    /// backing layer that would.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, waiting: Bool) throws(QCOW2Error) -> Bool {
         var done = 0
         // Past the virtual size: zeros (this image may be a shorter backing file).
         let inside = offset >= header.size ? 0 : Int(min(UInt64(buffer.count), header.size - offset))
@@ -219,24 +236,33 @@ final class Engine: @unchecked Sendable {
             let g = position >> clusterBits
             let within = position & (clusterSize - 1)
             var count = min(Int(clusterSize - within), inside - done)
-            let entry = try mapping(g)
+            guard let entry = waiting ? try mapping(g) : try cachedMapping(g) else { return false }
             switch entry {
             case .data(let host):
                 // Coalesce runs of clusters contiguous on the host.
                 var next = g + 1
                 var expected = host + clusterSize
-                while done + count < inside, case .data(let h) = try mapping(next), h == expected {
+                while done + count < inside, case .data(let h)? = waiting ? try mapping(next) : try cachedMapping(next), h == expected {
                     count = min(count + Int(clusterSize), inside - done)
                     next += 1
                     expected += clusterSize
                 }
-                try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)]), at: host + within)
+                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)])
+                if waiting {
+                    try file.read(into: piece, at: host + within)
+                } else if try !file.readWithoutWaiting(into: piece, at: host + within) {
+                    return false
+                }
             case .zero:
                 UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)]).initializeMemory(as: UInt8.self, repeating: 0)
             case .unallocated:
                 let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)])
                 if let backing {
-                    try backing.read(into: piece, at: position)
+                    if waiting {
+                        try backing.read(into: piece, at: position)
+                    } else if try !backing.readWithoutWaiting(into: piece, at: position) {
+                        return false
+                    }
                 } else {
                     piece.initializeMemory(as: UInt8.self, repeating: 0)
                 }
@@ -245,6 +271,7 @@ final class Engine: @unchecked Sendable {
             }
             done += count
         }
+        return true
     }
 
     // MARK: Writes

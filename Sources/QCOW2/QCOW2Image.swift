@@ -137,7 +137,14 @@ public final class QCOW2Image: BlockReader {
     // MARK: Reads
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) {
-        try engine.withLock { engine throws(QCOW2Error) in try engine.read(into: buffer, at: offset) }
+        try engine.withLock { engine throws(QCOW2Error) in _ = try engine.read(into: buffer, at: offset, waiting: true) }
+    }
+
+    /// `read`, unless it would wait: for the image's lock (another caller
+    /// is in it, maybe flushing), for an L2 table not in the cache, or for
+    /// the disk (the page cache did not hold the data; preadv2 RWF_NOWAIT).
+    public func readWithoutWaiting(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) -> Bool {
+        try engine.withLockIfAvailable { engine throws(QCOW2Error) in try engine.read(into: buffer, at: offset, waiting: false) } ?? false
     }
 
     /// What this layer holds for one guest cluster (index = offset / cluster size).

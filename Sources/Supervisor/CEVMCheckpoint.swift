@@ -85,6 +85,7 @@ extension Supervisor {
             inject(.prepared)
 
             // 3. Migrate Old_VM → tee → New_VM.
+            let oldRunState = RunStateTimes(old.qmp)
             _ = try await old.qmp.execute("migrate", arguments: ["uri": .string("unix:\(sink.socketPath)")])
             let migrateStarted = Timestamp.monotonic()
             var observed: [String: String] = [:]
@@ -106,31 +107,48 @@ extension Supervisor {
             } catch {
                 throw await sink.failure() ?? error
             }
-            // Old_VM stopped and flushed its disk at the end of the migration:
-            // T is the disk at the switch-over.
-            let pausedAt = Timestamp.now()
-            let pausedWall = Timestamp.wallSeconds()
+            // The source's stream has ended and the tee passed all of it on.
+            // Old_VM stopped, and flushed its disk through the manager,
+            // before it sent its last bytes: T is the disk at the switch-over.
             mark("sourceCompleted")
-            try await incomingWatch.end()
-            mark("destinationCompleted")
 
-            // 4. Switch over: cut the disk, move New_VM to its set, let it run.
+            // 4. Switch over: cut the disk, move New_VM to its set, let it
+            // run. `cont` while New_VM still loads the stream's tail starts it
+            // the moment it has all of it (QEMU's autostart), with no QMP round
+            // trip in between; the cut comes first, so none of its writes
+            // precedes the cut.
             if let diskService, let ready = prepared {
                 cut = try diskService.vmDisk.cut(ready)
             }
             mark("diskCut")
             try instance.pin(to: placement.newInstance)
             mark("newPinned")
+            let newRunState = RunStateTimes(instance.qmp)
             try await instance.resume()
+            mark("contSent")
+            try await incomingWatch.end()
             switchedOver = true
-            let resumedAt = Timestamp.now()
-            let resumedWall = Timestamp.wallSeconds()
-            mark("switchOver")
-            inject(.switchedOver)
-            // The figures, asked for once the guest runs again.
-            let info = try await sourceWatch.info()
-            let vcpus = (try? await instance.vcpuThreads()) ?? []
+            // New_VM is the VM's instance from here on, whatever else fails.
             inner.withLock { $0.instance = instance }
+            mark("switchOver")
+            let resumedWall = Timestamp.wallSeconds()
+            inject(.switchedOver)
+            // The figures, asked for once the guest runs again. New_VM has the
+            // whole stream, so the switch-over stands even if Old_VM is gone
+            // before it answers: the record then lacks QEMU's own figures.
+            let info: JSONValue
+            do { info = try await sourceWatch.finalInfo() } catch {
+                log("checkpoint \(id): no migration figures from Old_VM after the switch-over: \(error)")
+                info = .object([:])
+            }
+            // The pause as QEMU stamped it: Old_VM's vCPUs stopped, New_VM's started.
+            let stopped = await oldRunState.time(of: "STOP", within: .milliseconds(500))
+            let started = await newRunState.time(of: "RESUME", within: .seconds(2))
+            let pausedWall = stopped ?? resumedWall - (info["downtime"]?.doubleValue ?? 0) / 1000
+            let resumedQEMU = started ?? resumedWall
+            let pausedAt = Timestamp.format(wallSeconds: pausedWall)
+            let resumedAt = Timestamp.format(wallSeconds: resumedQEMU)
+            let vcpus = (try? await instance.vcpuThreads()) ?? []
             update {
                 $0.qemuPID = instance.pid
                 $0.cpuset = placement.newInstance.description
@@ -163,14 +181,17 @@ extension Supervisor {
             mark("diskDurable")
             let durable = Timestamp.monotonic()
             let downtime = info["downtime"]?.doubleValue
+            // Without QEMU's STOP and RESUME stamps: its downtime plus the
+            // supervisor's view of the rest.
+            let pauseMs = stopped != nil && started != nil ? (resumedQEMU - pausedWall) * 1000
+                : downtime.map { $0 + ((phases["switchOver"] ?? 0) - (phases["sourceCompleted"] ?? 0)) } ?? 0
             var timings = RecordManifest.Timings(
-                requestToPauseMs: phases["sourceCompleted"] ?? 0,
-                guestPauseMs: downtime.map { $0 + ((phases["switchOver"] ?? 0) - (phases["sourceCompleted"] ?? 0)) } ?? 0,
+                requestToPauseMs: phases["sourceCompleted"] ?? 0, guestPauseMs: pauseMs,
                 requestToDurableMs: 0, pausedAt: pausedAt, resumedAt: resumedAt)
             timings.overlapMs = (durable - requested) * 1000 - (phases["switchOver"] ?? 0)
             timings.phases = phases
             timings.consoleGapMs = await console.longestGap(
-                from: pausedWall - (downtime ?? 0) / 1000, to: resumedWall, waiting: .seconds(2)).map { $0 * 1000 }
+                from: pausedWall, to: max(resumedQEMU, pausedWall), waiting: .seconds(2)).map { $0 * 1000 }
             var migration = RecordManifest.MigrationInfo(
                 parameters: parameters, capabilities: ["auto-converge": options.autoConverge],
                 totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: downtime, streamBytes: memory.size)
@@ -210,7 +231,8 @@ extension Supervisor {
     }
 
     /// Waits for the source's migration to complete (its `MIGRATION`
-    /// events), watching the stream's size meanwhile from the tee's count,
+    /// events, or the tee passing on the stream's end, whichever comes
+    /// first), watching the stream's size meanwhile from the tee's count,
     /// without a QMP command while the guest computes. DESIGN.md step 3 has
     /// no bound of its own: a guest that dirties memory faster than it is
     /// streamed never converges, and the tee would spool every round. Past
@@ -239,6 +261,13 @@ extension Supervisor {
         return try await withThrowingTaskGroup(of: Outcome.self) { group in
             group.addTask {
                 try await watch.end(timeout: timeout)
+                return .completed
+            }
+            // The tee sees the end first: the source's event still has to
+            // leave its main loop and cross QMP.
+            group.addTask {
+                await tee.streamForwarded()
+                if let failure = tee.failedNow { throw failure }
                 return .completed
             }
             group.addTask { [self] in

@@ -19,6 +19,9 @@ final class MigrationSink: Sendable {
     let socketPath: String
     private let result = Mutex<Result<RecordManifest.FileEntry, any Error>?>(nil)
     private let done = AsyncSignal()
+    /// Tee mode: the source's stream ended and every byte of it was passed
+    /// on to the destination (whose socket was then shut down for writing).
+    private let forwarded = AsyncSignal()
     /// Tee mode: the CPU set the pump moved itself to once the source's
     /// stream ended (the switch-over), as the kernel reported it after.
     let oldSideAffinity = Mutex<CPUSet?>(nil)
@@ -73,7 +76,10 @@ final class MigrationSink: Sendable {
                     if destination >= 0 { try Files.writeAll(destination, buffer[0..<n], subject: "New_VM's incoming socket") }
                     try buffer.withUnsafeBytes { try spool.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 }
-                if destination >= 0 { shutdown(destination, Int32(SHUT_WR)) }
+                if destination >= 0 {
+                    shutdown(destination, Int32(SHUT_WR))
+                    forwarded.fire()
+                }
                 if let oldSide {
                     try? Affinity.set(thread: 0, to: oldSide)
                     oldSideAffinity.withLock { $0 = try? Affinity.get(thread: 0) }
@@ -84,6 +90,22 @@ final class MigrationSink: Sendable {
             self.done.fire()
         }
         thread.start()
+    }
+
+    /// Returns once the source's stream has ended and the tee has passed
+    /// all of it on (or the tee has ended, having failed).
+    func streamForwarded() async {
+        let waits: [@Sendable () async -> Void] = [
+            { [forwarded] in await forwarded.wait() },
+            { [done] in await done.wait() },
+        ]
+        await race(waits)
+    }
+
+    /// The sink's error if it has already failed; nil while it runs or once it succeeded.
+    var failedNow: (any Error)? {
+        guard case .failure(let error) = result.withLock({ $0 }) else { return nil }
+        return error
     }
 
     /// The sink's own error, when it has already failed (or fails within

@@ -11,7 +11,9 @@ import Synchronization
 /// events up, in case one was lost.
 ///
 /// Subscribe with `start` before issuing `migrate` / `migrate-incoming`:
-/// events that arrive before the subscription are not kept.
+/// events that arrive before the subscription are not kept. `end` (or
+/// `completion`) consumes the subscription: call it once per watch; after
+/// it, `finalInfo` and `info` ask QEMU directly.
 struct MigrationWatch: Sendable {
     let qmp: QMPClient
     private let events: AsyncStream<QMPEvent>
@@ -70,6 +72,21 @@ struct MigrationWatch: Sendable {
         _ = try await info()  // names the failure
     }
 
+    /// `query-migrate`'s answer once the migration has ended, polled every
+    /// few milliseconds: for after a switch-over, when the guest no longer
+    /// runs on this instance and the source may not have said `completed`
+    /// yet (the tee saw the stream's end first). Throws with QEMU's reason
+    /// unless it completed.
+    func finalInfo(timeout: Duration = .seconds(30)) async throws -> JSONValue {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let status = try await qmp.execute("query-migrate")["status"]?.stringValue ?? ""
+            if Self.terminal.contains(status) { break }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        return try await info()
+    }
+
     /// `query-migrate`'s answer when the migration completed; throws with
     /// QEMU's reason otherwise.
     func info() async throws -> JSONValue {
@@ -79,6 +96,42 @@ struct MigrationWatch: Sendable {
         case let status:
             throw SupervisorError.checkpointFailed(
                 "migration \(status ?? "in an unknown state"): \(info["error-desc"]?.stringValue ?? "no reason given")")
+        }
+    }
+}
+
+/// The instants an instance's vCPUs stopped and started again, as QEMU
+/// stamps its `STOP` and `RESUME` events (host wall-clock time, µs): the
+/// guest pause of a switch-over is Old_VM's STOP to New_VM's RESUME, read
+/// off QEMU's own clock rather than the supervisor's view of it. Subscribe
+/// before the command that stops or resumes the guest.
+final class RunStateTimes: Sendable {
+    private final class Store: Sendable {
+        let times = Mutex<[String: Double]>([:])
+    }
+    private let store = Store()
+    private let watcher: Task<Void, Never>
+
+    init(_ qmp: QMPClient) {
+        let events = qmp.events()
+        let store = self.store
+        watcher = Task {
+            for await event in events where event.name == "STOP" || event.name == "RESUME" {
+                store.times.withLock { if $0[event.name] == nil { $0[event.name] = event.timestamp.secondsSince1970 } }
+            }
+        }
+    }
+
+    deinit { watcher.cancel() }
+
+    /// The first `event` ("STOP" or "RESUME") seen, in seconds since 1970;
+    /// waits up to `within` for it.
+    func time(of event: String, within: Duration = .seconds(2)) async -> Double? {
+        let deadline = ContinuousClock.now + within
+        while true {
+            if let time = store.times.withLock({ $0[event] }) { return time }
+            if ContinuousClock.now > deadline { return nil }
+            try? await Task.sleep(for: .milliseconds(2))
         }
     }
 }

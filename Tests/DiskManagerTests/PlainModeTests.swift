@@ -76,6 +76,9 @@ import Testing
         if let integration {
             _ = try await integration.wait()
             f.disk.settle()
+        } else {
+            // Reads of data the page cache held were served on the caller's thread.
+            #expect(f.disk.readsServedInline > 0)
         }
         try await export.flush()
         try f.expectImage(f.disk.top.path, equals: f.model, "top")
