@@ -16,6 +16,7 @@ import VMStore
 extension Supervisor {
     func cevmCheckpoint(_ old: QEMUInstance, _ options: CheckpointOptions) async throws -> Record {
         let requested = Timestamp.monotonic()
+        let requestedWall = Timestamp.wallSeconds()
         var phases: [String: Double] = [:]
         func mark(_ phase: String) { phases[phase] = (Timestamp.monotonic() - requested) * 1000 }
         let spec = try paths.readSpec()
@@ -185,8 +186,10 @@ extension Supervisor {
             // supervisor's view of the rest.
             let pauseMs = stopped != nil && started != nil ? (resumedQEMU - pausedWall) * 1000
                 : downtime.map { $0 + ((phases["switchOver"] ?? 0) - (phases["sourceCompleted"] ?? 0)) } ?? 0
+            // To the pause's start on the same clock as `pausedAt`.
+            let toPause = stopped.map { max(0, ($0 - requestedWall) * 1000) } ?? phases["sourceCompleted"] ?? 0
             var timings = RecordManifest.Timings(
-                requestToPauseMs: phases["sourceCompleted"] ?? 0, guestPauseMs: pauseMs,
+                requestToPauseMs: toPause, guestPauseMs: pauseMs,
                 requestToDurableMs: 0, pausedAt: pausedAt, resumedAt: resumedAt)
             timings.overlapMs = (durable - requested) * 1000 - (phases["switchOver"] ?? 0)
             timings.phases = phases
