@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import CEVMSystem
 import Foundation
+import QEMU
 import Records
 import Supervisor
 import Synchronization
@@ -64,6 +65,11 @@ struct BenchCheckpoint: AsyncParsableCommand {
     @Option(name: .customLong("downtime-limit"), help: "CEVM's downtime limit in ms (passed to cevm checkpoint; default: cevm's).")
     var downtimeLimit: Int?
 
+    @Flag(
+        name: .customLong("control"), inversion: .prefixedNo,
+        help: "Also migrate the same guest with QEMU alone (no cevm), placed as the dedicated policy: the peer of the CEVM rows.")
+    var control = true
+
     @Flag(help: "Keep the temporary CEVM_HOME (its VMs are stopped anyway).")
     var keep = false
 
@@ -103,7 +109,8 @@ struct BenchCheckpoint: AsyncParsableCommand {
             defer { sources.forEach { $0.cancel() } }
             let runner = CheckpointBenchRunner(
                 home: home, sizes: sizes, mechanisms: order, policy: policy, workingSet: fixedSet, pages: pages, verify: verify,
-                tick: tick, baseline: baseline, attempts: attempts, repeats: `repeat`, downtimeLimit: downtimeLimit, withDisk: withDisk,
+                tick: tick, baseline: baseline, attempts: attempts, repeats: `repeat`, downtimeLimit: downtimeLimit, control: control,
+                withDisk: withDisk,
                 guest: guest, defaultAppend: defaults, stop: stop)
             try await runner.measureAndReport(keep: keep, json: common.json) { try await runner.run() }
         }
@@ -164,6 +171,8 @@ struct CheckpointBenchReport: BenchReport {
     var downtimeLimitMs: Int?
     var repeats: Int
     var rows: [Row]
+    /// CEVM against QEMU's own live migration of the same guests (medians).
+    var references: [String] = []
     var targets: [Target]
 
     func text() -> String {
@@ -194,6 +203,15 @@ struct CheckpointBenchReport: BenchReport {
             ])
         }
         out.append(table(grid))
+        if rows.contains(where: { $0.mechanism == CheckpointBenchRunner.liveMigrationLabel }) {
+            out.append(
+                "(\(CheckpointBenchRunner.liveMigrationLabel): its window runs from `migrate` to the destination's RESUME; no record is written)")
+        }
+        if !references.isEmpty {
+            out.append("")
+            out.append("CEVM against QEMU's own live migration (medians)")
+            out += references.map { "  " + $0 }
+        }
         let failed = rows.filter { $0.guestLost || !$0.earlierFailures.isEmpty }
         if !failed.isEmpty {
             out.append("")
@@ -224,6 +242,9 @@ final class CheckpointBenchRunner: BenchDriver {
     let attempts: Int
     let repeats: Int
     let downtimeLimit: Int?
+    let control: Bool
+    /// QEMU instances the control started directly (no cevm VM of theirs).
+    let bare = Mutex<[QEMUInstance]>([])
     /// The bundled guest as `cevm run` makes it (with its disk), or its
     /// kernel and initrd alone (no disk).
     let withDisk: Bool
@@ -238,9 +259,10 @@ final class CheckpointBenchRunner: BenchDriver {
 
     init(
         home: String, sizes: [Int], mechanisms: [Mechanism], policy: AffinityPolicy, workingSet: Int?, pages: Int, verify: Int, tick: Int,
-        baseline: Double, attempts: Int, repeats: Int, downtimeLimit: Int?, withDisk: Bool, guest: BundledGuest, defaultAppend: String,
-        stop: AsyncSignal
+        baseline: Double, attempts: Int, repeats: Int, downtimeLimit: Int?, control: Bool, withDisk: Bool, guest: BundledGuest,
+        defaultAppend: String, stop: AsyncSignal
     ) {
+        self.control = control
         self.repeats = repeats
         self.downtimeLimit = downtimeLimit
         self.home = home
@@ -338,12 +360,14 @@ final class CheckpointBenchRunner: BenchDriver {
                 Output.progress("\(mib) MiB: \(mechanism.rawValue): stopping…")
                 await retire(guest)
             }
+            if control { rows += try await measureLiveMigrations(mib: mib) }
         }
         return CheckpointBenchReport(
             cpus: ProcessInfo.processInfo.activeProcessorCount, qemu: qemu,
             guest: (withDisk ? "bundled with its disk" : "bundled kernel and initrd, no disk") + ", job mode: "
                 + append(forRAM: 0).replacingOccurrences(of: "cevm.mem=16", with: "cevm.mem=RAM/2-64"),
-            policy: policy.rawValue, downtimeLimitMs: downtimeLimit, repeats: repeats, rows: rows, targets: targets(rows))
+            policy: policy.rawValue, downtimeLimitMs: downtimeLimit, repeats: repeats, rows: rows,
+            references: references(rows), targets: targets(rows))
     }
 
     /// Stops every VM this run started (best effort).
@@ -352,6 +376,9 @@ final class CheckpointBenchRunner: BenchDriver {
             _ = try? await cevm(["stop", name], timeout: .seconds(120))
         }
         started.withLock { $0 = [] }
+        for instance in bare.withLock({ list in defer { list.removeAll() }; return list }) {
+            await instance.stop(grace: .seconds(2))
+        }
     }
 
     /// Waits for the job's first lines, then for a few seconds of steady progress.
@@ -509,15 +536,35 @@ final class CheckpointBenchRunner: BenchDriver {
     // MARK: Targets
 
     /// The targets, evaluated on the rows (never asserted).
+    static func median(_ values: [Double]) -> Double? {
+        let sorted = values.sorted()
+        guard !sorted.isEmpty else { return nil }
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+
+    /// Per RAM size: CEVM's progress before its pause and over its whole
+    /// window, against the control's over the migration alone, and the pauses.
+    func references(_ rows: [CheckpointBenchReport.Row]) -> [String] {
+        func percent(_ value: Double?) -> String { value.map { String(format: "%.1f %%", $0 * 100) } ?? "-" }
+        func ms(_ value: Double?) -> String { value.map { String(format: "%.0f ms", $0) } ?? "-" }
+        return sizes.compactMap { mib in
+            let cevm = rows.filter { $0.memoryMiB == mib && $0.mechanism == Mechanism.cevm.rawValue && !$0.guestLost }
+            let alone = rows.filter { $0.memoryMiB == mib && $0.mechanism == Self.liveMigrationLabel && !$0.guestLost }
+            guard !cevm.isEmpty, !alone.isEmpty else { return nil }
+            return "\(mib) MiB: pre-copy progress CEVM \(percent(Self.median(cevm.compactMap(\.progressBeforePause)))), "
+                + "QEMU alone \(percent(Self.median(alone.compactMap(\.progressBeforePause)))); "
+                + "whole window CEVM \(percent(Self.median(cevm.compactMap(\.progress)))) (to durable), "
+                + "QEMU alone \(percent(Self.median(alone.compactMap(\.progress)))) (to resume); "
+                + "pause CEVM \(ms(Self.median(cevm.map(\.guestPauseMs)))), QEMU alone \(ms(Self.median(alone.map(\.guestPauseMs)))); "
+                + "migration CEVM \(ms(Self.median(cevm.compactMap(\.migrationTotalMs)))), QEMU alone \(ms(Self.median(alone.compactMap(\.migrationTotalMs))))"
+        }
+    }
+
     func targets(_ rows: [CheckpointBenchReport.Row]) -> [CheckpointBenchReport.Target] {
         var targets: [CheckpointBenchReport.Target] = []
         let cevmRows = rows.filter { $0.mechanism == Mechanism.cevm.rawValue }
         let many = repeats > 1
-        func median(_ values: [Double]) -> Double {
-            let sorted = values.sorted()
-            guard !sorted.isEmpty else { return 0 }
-            return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-        }
+        func median(_ values: [Double]) -> Double { Self.median(values) ?? 0 }
         func percent(_ value: Double) -> String { String(format: "%.1f %%", value * 100) }
         var pauses: [(mib: Int, pause: Double)] = []
         for mib in sizes {

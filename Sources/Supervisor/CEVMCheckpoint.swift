@@ -65,7 +65,7 @@ extension Supervisor {
             let instance = try await QEMUInstance.launch(
                 config, binary: self.options.qemuBinary,
                 stderrLog: "\(paths.runDirectory)/qemu\(index).stderr", cpuset: placement.precopy,
-                console: console.sink(instance: index))
+                console: console.sink(instance: index, continuing: index - 1))
             new = instance
             let incomingWatch = try await MigrationWatch.start(instance.qmp)
             _ = try await instance.qmp.execute("migrate-incoming", arguments: ["uri": .string("unix:\(incoming)")])
@@ -167,8 +167,8 @@ extension Supervisor {
             _ = try? old.pin(to: placement.oldSide)
             observed["Old_VM"] = Set(((try? Affinity.allowedLists(of: old.pid)) ?? [:]).values).sorted().joined(separator: " | ")
             observed["New_VM"] = Set(((try? Affinity.allowedLists(of: instance.pid)) ?? [:]).values).sorted().joined(separator: " | ")
-            // 5. Old_VM is needed no more (the tee has every byte).
-            console.finish(instance: index - 1)
+            // 5. Old_VM is needed no more (the tee has every byte). Its
+            // unfinished console line, if any, New_VM finishes.
             _ = await old.stop(grace: .seconds(2))
             mark("oldEnded")
             let memory = try await sink.finish()

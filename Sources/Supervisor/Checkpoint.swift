@@ -13,16 +13,16 @@ import VMStore
 /// 128 MiB/s bandwidth cap is lifted, and `downtime-limit` is always set (a
 /// forced switch-over raises it on a source that may, if the migration then
 /// fails, run on and be migrated again).
-enum MigrationSettings {
-    static let maxBandwidth: Int64 = 1 << 40  // bytes/s
+public enum MigrationSettings {
+    public static let maxBandwidth: Int64 = 1 << 40  // bytes/s
     /// QEMU's own default `downtime-limit`.
-    static let defaultDowntimeLimitMs: Int64 = 300
+    public static let defaultDowntimeLimitMs: Int64 = 300
     /// The largest `downtime-limit` QEMU 7.2 accepts (2000 s): with it the
     /// next pre-copy round is the last, whatever is left to send.
     static let forcingDowntimeLimitMs: Int64 = 2_000_000
 
     /// Sets the parameters and returns them as set.
-    static func apply(to qmp: QMPClient, downtimeLimitMs: Int64? = nil) async throws -> [String: Int64] {
+    public static func apply(to qmp: QMPClient, downtimeLimitMs: Int64? = nil) async throws -> [String: Int64] {
         let parameters: [String: Int64] = [
             "max-bandwidth": maxBandwidth, "downtime-limit": downtimeLimitMs ?? defaultDowntimeLimitMs,
         ]

@@ -46,13 +46,23 @@ public final class ConsoleLog: Sendable {
 
     deinit { close(fd) }
 
-    /// A sink for one instance's console bytes.
-    public func sink(instance: Int) -> @Sendable ([UInt8]) -> Void {
-        { [self] bytes in self.append(bytes, instance: instance) }
+    /// A sink for one instance's console bytes. With `continuing`, the
+    /// instance carries on the guest of that one (a live migration's
+    /// destination): the line the previous instance left unfinished when it
+    /// stopped (its serial port had sent half of it; the rest was in the
+    /// migrated UART or the guest's tty buffer) is finished by this
+    /// instance's first bytes, not logged as two broken halves.
+    public func sink(instance: Int, continuing previous: Int? = nil) -> @Sendable ([UInt8]) -> Void {
+        { [self] bytes in self.append(bytes, instance: instance, continuing: previous) }
     }
 
-    func append(_ bytes: [UInt8], instance: Int) {
+    func append(_ bytes: [UInt8], instance: Int, continuing previous: Int? = nil) {
         partial.withLock { partial in
+            // The first bytes of a continuing instance take over the line
+            // the previous one left unfinished.
+            if let previous, partial[instance] == nil {
+                partial[instance] = partial.removeValue(forKey: previous) ?? []
+            }
             var pending = partial[instance] ?? []
             var out: [UInt8] = []
             let now = Timestamp.wallSeconds()
@@ -111,7 +121,8 @@ public final class ConsoleLog: Sendable {
         return longestGap(from: from, to: to)
     }
 
-    /// Writes out an unfinished last line of `instance`.
+    /// Writes out an unfinished last line of `instance` (one whose guest no
+    /// instance continues).
     public func finish(instance: Int) {
         partial.withLock { partial in
             guard let pending = partial.removeValue(forKey: instance), !pending.isEmpty else { return }

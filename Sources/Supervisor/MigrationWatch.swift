@@ -14,15 +14,15 @@ import Synchronization
 /// events that arrive before the subscription are not kept. `end` (or
 /// `completion`) consumes the subscription: call it once per watch; after
 /// it, `finalInfo` and `info` ask QEMU directly.
-struct MigrationWatch: Sendable {
-    let qmp: QMPClient
+public struct MigrationWatch: Sendable {
+    public let qmp: QMPClient
     private let events: AsyncStream<QMPEvent>
 
     /// Statuses after which a migration does not go on.
-    static let terminal: Set<String> = ["completed", "failed", "cancelled"]
+    public static let terminal: Set<String> = ["completed", "failed", "cancelled"]
 
     /// Subscribes to `qmp`'s events and turns the `events` capability on.
-    static func start(_ qmp: QMPClient) async throws -> MigrationWatch {
+    public static func start(_ qmp: QMPClient) async throws -> MigrationWatch {
         let watch = MigrationWatch(qmp: qmp, events: qmp.events())
         try await MigrationSettings.setCapability(qmp, "events", true)
         return watch
@@ -36,7 +36,7 @@ struct MigrationWatch: Sendable {
     /// Waits until the migration completes and returns `query-migrate`'s
     /// answer then; throws when it fails or is cancelled instead, or after
     /// `timeout`.
-    func completion(timeout: Duration = .seconds(600), backupPoll: Duration = .seconds(1)) async throws -> JSONValue {
+    public func completion(timeout: Duration = .seconds(600), backupPoll: Duration = .seconds(1)) async throws -> JSONValue {
         try await end(timeout: timeout, backupPoll: backupPoll)
         return try await info()
     }
@@ -45,7 +45,7 @@ struct MigrationWatch: Sendable {
     /// once the event came (a switch-over waits on this: every QMP round
     /// trip there is guest pause); throws when it fails or is cancelled
     /// instead, or after `timeout`.
-    func end(timeout: Duration = .seconds(600), backupPoll: Duration = .seconds(1)) async throws {
+    public func end(timeout: Duration = .seconds(600), backupPoll: Duration = .seconds(1)) async throws {
         let qmp = self.qmp
         let events = self.events
         let status = try await withThrowingTaskGroup(of: String?.self) { group in
@@ -77,7 +77,7 @@ struct MigrationWatch: Sendable {
     /// runs on this instance and the source may not have said `completed`
     /// yet (the tee saw the stream's end first). Throws with QEMU's reason
     /// unless it completed.
-    func finalInfo(timeout: Duration = .seconds(30)) async throws -> JSONValue {
+    public func finalInfo(timeout: Duration = .seconds(30)) async throws -> JSONValue {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             let status = try await qmp.execute("query-migrate")["status"]?.stringValue ?? ""
@@ -89,7 +89,7 @@ struct MigrationWatch: Sendable {
 
     /// `query-migrate`'s answer when the migration completed; throws with
     /// QEMU's reason otherwise.
-    func info() async throws -> JSONValue {
+    public func info() async throws -> JSONValue {
         let info = try await qmp.execute("query-migrate")
         switch info["status"]?.stringValue {
         case "completed": return info
@@ -105,14 +105,14 @@ struct MigrationWatch: Sendable {
 /// guest pause of a switch-over is Old_VM's STOP to New_VM's RESUME, read
 /// off QEMU's own clock rather than the supervisor's view of it. Subscribe
 /// before the command that stops or resumes the guest.
-final class RunStateTimes: Sendable {
+public final class RunStateTimes: Sendable {
     private final class Store: Sendable {
         let times = Mutex<[String: Double]>([:])
     }
     private let store = Store()
     private let watcher: Task<Void, Never>
 
-    init(_ qmp: QMPClient) {
+    public init(_ qmp: QMPClient) {
         let events = qmp.events()
         let store = self.store
         watcher = Task {
@@ -126,7 +126,7 @@ final class RunStateTimes: Sendable {
 
     /// The first `event` ("STOP" or "RESUME") seen, in seconds since 1970;
     /// waits up to `within` for it.
-    func time(of event: String, within: Duration = .seconds(2)) async -> Double? {
+    public func time(of event: String, within: Duration = .seconds(2)) async -> Double? {
         let deadline = ContinuousClock.now + within
         while true {
             if let time = store.times.withLock({ $0[event] }) { return time }
