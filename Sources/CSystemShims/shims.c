@@ -42,3 +42,17 @@ pid_t cevm_gettid(void) {
 int cevm_start_writeback(int fd) {
     return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 }
+
+long cevm_splice(int in, int out, unsigned long len) {
+    return (long)splice(in, NULL, out, NULL, len, SPLICE_F_MOVE);
+}
+
+long cevm_tee(int in, int out, unsigned long len) {
+    return (long)tee(in, out, len, 0);
+}
+
+int cevm_pipe(int fds[2], int capacity) {
+    if (pipe2(fds, O_CLOEXEC) != 0) return -1;
+    fcntl(fds[1], F_SETPIPE_SZ, capacity);
+    return fcntl(fds[1], F_GETPIPE_SZ);
+}

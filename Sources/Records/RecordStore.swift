@@ -219,6 +219,19 @@ public final class StreamSpool {
         bytes += Int64(chunk.count)
     }
 
+    /// Appends `count` bytes a pipe holds, moved into the file by the kernel
+    /// (splice(2)): only for `.atFinish`, since the bytes never pass through
+    /// this process to be hashed.
+    public func append(fromPipe pipe: Int32, count: Int) throws {
+        guard hashing == .atFinish else {
+            throw RecordError.writeFailed(path: path, reason: "a spool hashed while writing cannot take bytes it does not see")
+        }
+        do { try Splice.moveAll(from: pipe, to: fd, count: count, subject: path) } catch let error as SystemError {
+            throw RecordError.writeFailed(path: path, reason: String(cString: strerror(error.errno)))
+        }
+        bytes += Int64(count)
+    }
+
     /// fsync(2), then the file's entry for the manifest. With `.atFinish`,
     /// write-back of the whole file is started first (sync_file_range(2)),
     /// so the disk writes while the file is read back and hashed.

@@ -26,6 +26,11 @@ final class MigrationSink: Sendable {
     /// stream ended (the switch-over), as the kernel reported it after.
     let oldSideAffinity = Mutex<CPUSet?>(nil)
     private let received = Atomic<Int64>(0)
+    private let splicing = Atomic<Bool>(false)
+
+    /// Tee mode: the stream went through the kernel (splice/tee), not
+    /// through this process's buffers.
+    var spliced: Bool { splicing.load(ordering: .relaxed) }
 
     /// The bytes of the stream read from the source so far (forwarded and
     /// spooled): what the record's memory file holds once they are written.
@@ -68,14 +73,8 @@ final class MigrationSink: Sendable {
                         throw SupervisorError.checkpointFailed("the tee cannot reach New_VM's incoming socket \(forwardTo): \(error)")
                     }
                 }
-                var buffer = [UInt8](repeating: 0, count: 1 << 20)
-                while true {
-                    let n = try Files.readSome(connection, into: &buffer, subject: "migration stream")
-                    if n == 0 { break }
-                    received.add(Int64(n), ordering: .relaxed)
-                    if destination >= 0 { try Files.writeAll(destination, buffer[0..<n], subject: "New_VM's incoming socket") }
-                    try buffer.withUnsafeBytes { try spool.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-                }
+                let spliced = destination >= 0 ? try spliceTee(from: connection, to: destination, spool: spool) : false
+                if !spliced { try copy(from: connection, to: destination, spool: spool) }
                 if destination >= 0 {
                     shutdown(destination, Int32(SHUT_WR))
                     forwarded.fire()
@@ -90,6 +89,55 @@ final class MigrationSink: Sendable {
             self.done.fire()
         }
         thread.start()
+    }
+
+    /// The stream through user space: read a chunk, write it on (tee mode),
+    /// write it to the spool.
+    private func copy(from source: Int32, to destination: Int32, spool: StreamSpool) throws {
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = try Files.readSome(source, into: &buffer, subject: "migration stream")
+            if n == 0 { break }
+            received.add(Int64(n), ordering: .relaxed)
+            if destination >= 0 { try Files.writeAll(destination, buffer[0..<n], subject: "New_VM's incoming socket") }
+            try buffer.withUnsafeBytes { try spool.write(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+    }
+
+    /// The tee without copies through user space: splice(2) the source into
+    /// pipe A, tee(2) A into pipe B, splice A on to New_VM and B into the
+    /// spool. On two CPUs the tee shares the pre-copy CPU with New_VM's
+    /// receiving and QEMU's migration thread, so its cost bounds the
+    /// migration's bandwidth. False, having moved nothing, when the kernel
+    /// refuses to splice these descriptors (the caller then copies).
+    private func spliceTee(from source: Int32, to destination: Int32, spool: StreamSpool) throws -> Bool {
+        let a = try Splice.pipe(capacity: 1 << 20)
+        defer { close(a.read); close(a.write) }
+        let b = try Splice.pipe(capacity: a.capacity)
+        defer { close(b.read); close(b.write) }
+        let chunk = min(a.capacity, b.capacity)
+        var held = 0  // bytes in A not yet passed on
+        var first = true
+        while true {
+            if held == 0 {
+                let n: Int
+                do { n = try Splice.move(from: source, to: a.write, count: chunk, subject: "migration stream") } catch let error
+                    as SystemError where first && (error.errno == EINVAL || error.errno == ENOSYS)
+                {
+                    return false
+                }
+                if first { splicing.store(true, ordering: .relaxed) }
+                first = false
+                if n == 0 { return true }
+                received.add(Int64(n), ordering: .relaxed)
+                held = n
+            }
+            let k = try Splice.duplicate(from: a.read, to: b.write, count: held, subject: "the tee's pipe")
+            if k == 0 { throw SystemError("tee", errno: EPIPE, subject: "the tee's pipe") }
+            try Splice.moveAll(from: a.read, to: destination, count: k, subject: "New_VM's incoming socket")
+            try spool.append(fromPipe: b.read, count: k)
+            held -= k
+        }
     }
 
     /// Returns once the source's stream has ended and the tee has passed

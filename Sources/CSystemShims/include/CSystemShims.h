@@ -25,4 +25,16 @@ pid_t cevm_gettid(void);
 /// every dirty page of the file without waiting for it.
 int cevm_start_writeback(int fd);
 
+/// splice(2) of up to `len` bytes from `in` to `out` (one of them a pipe),
+/// without offsets, with SPLICE_F_MOVE.
+long cevm_splice(int in, int out, unsigned long len);
+
+/// tee(2): duplicates up to `len` bytes of pipe `in` into pipe `out`
+/// without consuming them.
+long cevm_tee(int in, int out, unsigned long len);
+
+/// pipe2(fds, O_CLOEXEC), then F_SETPIPE_SZ to `capacity` (best effort);
+/// returns the capacity the pipe has, or -1 with errno.
+int cevm_pipe(int fds[2], int capacity);
+
 #endif
