@@ -449,14 +449,7 @@ final class CheckpointBenchRunner: BenchDriver {
             end = start + timings.requestToDurableMs / 1000
         }
         let baselineEnd = min(requested, start)
-        // The window's end needs progress lines after it; none within
-        // `lostAfter` seconds means the guest died or hung after the checkpoint.
-        let deadline = ContinuousClock.now + .seconds(Self.lostAfter)
-        var ticks = ConsoleProgress.ticks(console)
-        while (ticks.last?.time ?? 0) < end + 0.5 && ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(100))
-            ticks = ConsoleProgress.ticks(console)
-        }
+        let ticks = try await ticks(in: console, through: end)
         guard let before = ConsoleProgress.rate(from: baselineStart, to: baselineEnd, in: ticks) else {
             throw CLIError("\(mib) MiB: no progress lines around the undisturbed window; see \(console)")
         }
@@ -487,6 +480,19 @@ final class CheckpointBenchRunner: BenchDriver {
             pauseOverDowntimeMs: mechanism == .cevm ? downtime.map { timings.guestPauseMs - $0 } : nil,
             recordBytes: manifest.files.reduce(0) { $0 + $1.size },
             memoryStreamBytes: manifest.migration.streamBytes, record: output.directory)
+    }
+
+    /// The progress lines of `console` once one has come after `end` (a
+    /// window's end needs lines after it), or after `lostAfter` seconds
+    /// without: the guest died or hung.
+    func ticks(in console: String, through end: Double) async throws -> [ConsoleProgress.Tick] {
+        let deadline = ContinuousClock.now + .seconds(Self.lostAfter)
+        var ticks = ConsoleProgress.ticks(console)
+        while (ticks.last?.time ?? 0) < end + 0.5 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(100))
+            ticks = ConsoleProgress.ticks(console)
+        }
+        return ticks
     }
 
     /// A row for a checkpoint that failed or lost its guest before a manifest.

@@ -76,13 +76,7 @@ extension CheckpointBenchRunner {
             await guest.stop(grace: .seconds(2))
             bare.withLock { $0.removeAll { $0 === guest } }
             guest = destination
-            // Progress lines after the window, for its end.
-            let deadline = ContinuousClock.now + .seconds(Self.lostAfter)
-            var ticks = ConsoleProgress.ticks(consolePath)
-            while (ticks.last?.time ?? 0) < resumed + 0.5 && ContinuousClock.now < deadline {
-                try await Task.sleep(for: .milliseconds(100))
-                ticks = ConsoleProgress.ticks(consolePath)
-            }
+            let ticks = try await ticks(in: consolePath, through: resumed)
             guard let before = ConsoleProgress.rate(from: baselineStart, to: requested, in: ticks) else {
                 throw CLIError("\(mib) MiB: no progress lines around the undisturbed window; see \(consolePath)")
             }

@@ -20,12 +20,7 @@ public enum Splice {
     /// splice(2) of up to `count` bytes, EINTR retried: the bytes moved, 0
     /// at the end of `from`.
     public static func move(from: Int32, to: Int32, count: Int, subject: String) throws -> Int {
-        while true {
-            let n = cevm_splice(from, to, UInt(count))
-            if n >= 0 { return n }
-            if errno == EINTR { continue }
-            throw SystemError("splice", errno: errno, subject: subject)
-        }
+        try retryingEINTR("splice", subject: subject) { cevm_splice(from, to, UInt(count)) }
     }
 
     /// Moves exactly `count` bytes (`from` must hold them: a pipe filled before).
@@ -41,11 +36,6 @@ public enum Splice {
     /// tee(2) of up to `count` bytes of pipe `from` into pipe `to`, EINTR
     /// retried: the bytes duplicated (they stay in `from` as well).
     public static func duplicate(from: Int32, to: Int32, count: Int, subject: String) throws -> Int {
-        while true {
-            let n = cevm_tee(from, to, UInt(count))
-            if n >= 0 { return n }
-            if errno == EINTR { continue }
-            throw SystemError("tee", errno: errno, subject: subject)
-        }
+        try retryingEINTR("tee", subject: subject) { cevm_tee(from, to, UInt(count)) }
     }
 }
