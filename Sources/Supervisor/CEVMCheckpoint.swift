@@ -93,10 +93,8 @@ extension Supervisor {
             let migrationThreads = await old.pinMigrationThreads(to: placement.precopy)
             observed["migration"] = Set(migrationThreads.compactMap { try? Affinity.get(thread: $0).description }).sorted()
                 .joined(separator: " | ")
-            observed["precopy:Old_VM"] = Set(((try? Affinity.allowedLists(of: old.pid)) ?? [:]).values).sorted()
-                .joined(separator: " | ")
-            observed["precopy:New_VM"] = Set(((try? Affinity.allowedLists(of: instance.pid)) ?? [:]).values).sorted()
-                .joined(separator: " | ")
+            observed["precopy:Old_VM"] = Self.observedSets(of: old.pid)
+            observed["precopy:New_VM"] = Self.observedSets(of: instance.pid)
             inject(.migrating)
             let forced: RecordManifest.MigrationInfo.ForcedSwitchOver?
             do {
@@ -165,8 +163,8 @@ extension Supervisor {
                 observed["integration"] = (try? Affinity.get(thread: tid))?.description
             }
             _ = try? old.pin(to: placement.oldSide)
-            observed["Old_VM"] = Set(((try? Affinity.allowedLists(of: old.pid)) ?? [:]).values).sorted().joined(separator: " | ")
-            observed["New_VM"] = Set(((try? Affinity.allowedLists(of: instance.pid)) ?? [:]).values).sorted().joined(separator: " | ")
+            observed["Old_VM"] = Self.observedSets(of: old.pid)
+            observed["New_VM"] = Self.observedSets(of: instance.pid)
             // 5. Old_VM is needed no more (the tee has every byte). Its
             // unfinished console line, if any, New_VM finishes.
             _ = await old.stop(grace: .seconds(2))
@@ -231,6 +229,13 @@ extension Supervisor {
             if let error = error as? SupervisorError { throw error }
             throw SupervisorError.checkpointFailed("\(error)")
         }
+    }
+
+    /// The distinct CPU lists the kernel reports for the threads of `pid`
+    /// (Cpus_allowed_list), as the manifest's `observed` keeps them: "0",
+    /// or "0 | 1" when its threads sit on different sets.
+    static func observedSets(of pid: pid_t) -> String {
+        Set(((try? Affinity.allowedLists(of: pid)) ?? [:]).values).sorted().joined(separator: " | ")
     }
 
     /// Waits for the source's migration to complete (its `MIGRATION`

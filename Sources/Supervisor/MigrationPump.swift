@@ -164,8 +164,7 @@ final class MigrationSink: Sendable {
             { try? await Task.sleep(for: grace) },
         ]
         await race(waits)
-        guard case .failure(let error) = result.withLock({ $0 }) else { return nil }
-        return error
+        return failedNow
     }
 
     /// Waits for the end of the stream; the file is durable when this returns.
