@@ -175,6 +175,29 @@ struct DiskBenchReport: Encodable {
         var met: Bool
     }
 
+    /// cevm's requests, and how many of them its disk served on the NBD
+    /// event loop rather than on its I/O thread (`ManagedDisk`).
+    struct InlineShare: Encodable {
+        var reads: UInt64 = 0
+        var readsInline: UInt64 = 0
+        var writes: UInt64 = 0
+        var writesInline: UInt64 = 0
+
+        mutating func add(_ other: InlineShare) {
+            reads += other.reads
+            readsInline += other.readsInline
+            writes += other.writes
+            writesInline += other.writesInline
+        }
+
+        func text() -> String {
+            func share(_ part: UInt64, _ whole: UInt64) -> String {
+                whole == 0 ? "none" : String(format: "%.1f %%", Double(part) * 100 / Double(whole))
+            }
+            return "\(share(readsInline, reads)) of \(reads) reads, \(share(writesInline, writes)) of \(writes) writes"
+        }
+    }
+
     var machine: Machine
     var nbd: [NBDCase]
     var guest: [GuestCase]
@@ -182,6 +205,9 @@ struct DiskBenchReport: Encodable {
     var checks: [String]
     var targets: [Target]
     var inGuest: String
+    /// Served on the event loop by cevm, in the qemu-img bench runs and in the guest runs.
+    var nbdInline: InlineShare
+    var guestInline: InlineShare
 
     func text() -> String {
         var out: [String] = []
@@ -197,6 +223,7 @@ struct DiskBenchReport: Encodable {
             rows.append([c.name, "\(c.count)", c.cevm.text(), c.qemuNBD.text(), String(format: "%.2f", c.ratio)])
         }
         out.append(table(rows))
+        out.append("cevm served on the event loop: \(nbdInline.text()) (all cases)")
         out.append("")
         out.append("Latency at depth 1 (µs per request = run time / requests; ratio = qemu-nbd / cevm)")
         rows = [["case", "requests", "cevm µs", "qemu-nbd µs", "ratio"]]
@@ -215,6 +242,7 @@ struct DiskBenchReport: Encodable {
                 rows.append([c.name, "\(c.bytes >> 20)", c.cevm.text(), c.qemuNBD.text(), String(format: "%.2f", c.ratio)])
             }
             out.append(table(rows))
+            out.append("cevm served on the event loop: \(guestInline.text()) (all cases)")
             out.append("")
         }
         out.append("Sweep of T's \(tMiB) MiB into a new top (MiB/s of T's data)")
@@ -315,8 +343,9 @@ final class DiskBenchRunner: Sendable {
         Output.progress("building the chain (\(size >> 20) MiB)…")
         let allocated = try await buildChain()
         var checks: [String] = []
-        let nbd = try await nbdCases(checks: &checks)
-        let (guest, inGuest) = try await guestCases(checks: &checks)
+        var nbdInline = DiskBenchReport.InlineShare(), guestInline = DiskBenchReport.InlineShare()
+        let nbd = try await nbdCases(checks: &checks, inline: &nbdInline)
+        let (guest, inGuest) = try await guestCases(checks: &checks, inline: &guestInline)
         let sweeps = try await sweepCases(checks: &checks)
         var targets: [DiskBenchReport.Target] = []
         for c in nbd where c.depth > 1 {
@@ -335,7 +364,8 @@ final class DiskBenchRunner: Sendable {
             machine: .init(
                 cpus: ProcessInfo.processInfo.activeProcessorCount, qemu: qemu, clusterSize: clusterSize, virtualSize: size,
                 tAllocatedClusters: allocated, repeats: repeats),
-            nbd: nbd, guest: guest, sweeps: sweeps, checks: checks, targets: targets, inGuest: inGuest)
+            nbd: nbd, guest: guest, sweeps: sweeps, checks: checks, targets: targets, inGuest: inGuest,
+            nbdInline: nbdInline, guestInline: guestInline)
     }
 
     // MARK: The chain
@@ -459,6 +489,13 @@ final class DiskBenchRunner: Sendable {
             }
         }
 
+        var inlineShare: DiskBenchReport.InlineShare {
+            let counts = server.statistics(name: BenchDisk.exportName) ?? NBDExportStatistics()
+            return .init(
+                reads: counts.reads, readsInline: UInt64(disk.readsServedInline),
+                writes: counts.writes, writesInline: UInt64(disk.writesServedInline))
+        }
+
         func stop() async throws {
             await server.shutdown()
             do { try await disk.flush() } catch { throw CLIError("flushing cevm's export: \(error)") }
@@ -490,7 +527,7 @@ final class DiskBenchRunner: Sendable {
         throw CLIError("qemu-nbd did not start serving \(socket): \(log)")
     }
 
-    func nbdCases(checks: inout [String]) async throws -> [DiskBenchReport.NBDCase] {
+    func nbdCases(checks: inout [String], inline: inout DiskBenchReport.InlineShare) async throws -> [DiskBenchReport.NBDCase] {
         let cases = self.cases
         var cevmSeconds = [[Double]](repeating: [], count: cases.count)
         var qemuSeconds = [[Double]](repeating: [], count: cases.count)
@@ -524,6 +561,7 @@ final class DiskBenchRunner: Sendable {
                 await qemu.terminate(grace: .seconds(5))
                 throw error
             }
+            inline.add(cevm.inlineShare)
             try await cevm.stop()
             let status = await qemu.terminate(grace: .seconds(30))
             if status != .signaled(SIGTERM) && !status.succeeded {
@@ -561,7 +599,7 @@ final class DiskBenchRunner: Sendable {
     /// drive on cevm's export of one fresh copy of T, then on qemu-nbd's of
     /// another (the order alternates run by run). Returns the cases and the
     /// line that describes them (or why they were not measured).
-    func guestCases(checks: inout [String]) async throws -> ([DiskBenchReport.GuestCase], String) {
+    func guestCases(checks: inout [String], inline: inout DiskBenchReport.InlineShare) async throws -> ([DiskBenchReport.GuestCase], String) {
         guard guestMiB > 0 else { return ([], "not measured (--guest-mib 0)") }
         let guest = BundledGuest.locate()
         guard Files.exists(guest.kernel), Files.exists(guest.initrd) else {
@@ -595,6 +633,7 @@ final class DiskBenchRunner: Sendable {
                 await qemu.terminate(grace: .seconds(5))
                 throw error
             }
+            inline.add(cevm.inlineShare)
             try await cevm.stop()
             let status = await qemu.terminate(grace: .seconds(30))
             if status != .signaled(SIGTERM) && !status.succeeded {

@@ -21,7 +21,7 @@ public struct DiskExport: NBDExport {
 
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator) async throws(NBDIOError) -> ByteBuffer {
         do {
-            return try await disk.read(offset: offset, length: length, allocator: allocator)
+            return try await disk.read(offset: offset, length: length, allocator: allocator, alone: Self.alone)
         } catch {
             throw Self.nbd(error)
         }
@@ -29,7 +29,7 @@ public struct DiskExport: NBDExport {
 
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(NBDIOError) {
         do {
-            try await disk.write(offset: offset, data: data, fua: fua)
+            try await disk.write(offset: offset, data: data, fua: fua, alone: Self.alone)
         } catch {
             throw Self.nbd(error)
         }
@@ -46,6 +46,9 @@ public struct DiskExport: NBDExport {
             throw Self.nbd(error)
         }
     }
+
+    /// The request is the only one its connection has in flight (depth 1).
+    static var alone: Bool { NBDRequestContext.requestsInFlight == 1 }
 
     static func nbd(_ error: DiskManagerError) -> NBDIOError {
         switch error {

@@ -27,11 +27,28 @@ public final class ManagedDisk: Sendable {
     /// thread of the disk's own, in submission order, never on the caller's.
     let io = IOThread(name: "cevm-disk-io")
     private let inlineReads = Atomic<Int>(0)
+    private let inlineWrites = Atomic<Int>(0)
+    /// No write is served on the caller's thread before this instant
+    /// (DispatchTime nanoseconds): one that took `slowInlineWrite` or more
+    /// stops them for `inlineWritePause`.
+    private let inlineWritesPausedUntil = Atomic<UInt64>(0)
+    let slowInlineWrite: Duration
+    let inlineWritePause: Duration
 
-    public init(top: QCOW2Image) {
+    public convenience init(top: QCOW2Image) {
+        self.init(top: top, slowInlineWrite: .milliseconds(1), inlineWritePause: .seconds(1))
+    }
+
+    /// `slowInlineWrite`, `inlineWritePause`: an inline write that took the
+    /// first stops inline writes for the second. The page cache was then
+    /// throttling writers or reclaiming, and likely goes on doing so for a
+    /// while; meanwhile writes wait on the I/O thread, not on the event loop.
+    init(top: QCOW2Image, slowInlineWrite: Duration, inlineWritePause: Duration) {
         virtualSize = top.virtualSize
         clusterSize = top.clusterSize
         mode = Mutex(.plain(top))
+        self.slowInlineWrite = slowInlineWrite
+        self.inlineWritePause = inlineWritePause
     }
 
     deinit {
@@ -69,9 +86,9 @@ public final class ManagedDisk: Sendable {
     /// holds is served at once on the caller's thread (the NBD connection's
     /// event loop) without the round trip through the I/O thread; any
     /// other goes there.
-    public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator) async throws(DiskManagerError) -> ByteBuffer {
+    public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, alone: Bool = false) async throws(DiskManagerError) -> ByteBuffer {
         try check(offset, UInt64(length))
-        if length <= Self.inlineReadLimit, let buffer = readWithoutWaiting(offset: offset, length: length, allocator: allocator) {
+        if length <= inlineLimit(alone: alone), let buffer = readWithoutWaiting(offset: offset, length: length, allocator: allocator) {
             return buffer
         }
         return try await perform(
@@ -110,11 +127,18 @@ public final class ManagedDisk: Sendable {
     }
 
     /// The same write from a buffer (the NBD request's payload): in plain
-    /// mode the image writes straight from it.
-    public func write(offset: UInt64, data: ByteBuffer, fua: Bool = false) async throws(DiskManagerError) {
+    /// mode the image writes straight from it. A small write over clusters T
+    /// already holds is done at once on the caller's thread (the NBD
+    /// connection's event loop), without the round trip through the I/O
+    /// thread; any other goes there.
+    public func write(offset: UInt64, data: ByteBuffer, fua: Bool = false, alone: Bool = false) async throws(DiskManagerError) {
         let count = UInt64(data.readableBytes)
         try check(offset, count)
         markDirty(offset, count)
+        if data.readableBytes <= inlineLimit(alone: alone), writeWithoutWaiting(offset: offset, data: data) {
+            if fua { try await flush() }
+            return
+        }
         try await perform(
             integrating: { .write(offset: Int(offset), bytes: Array(data.readableBytesView), $0) },
             fromIntegration: { _ in },
@@ -149,16 +173,28 @@ public final class ManagedDisk: Sendable {
             })
     }
 
-    /// The largest read served on the caller's thread. Larger ones go to the
-    /// I/O thread even when cached: their copy out of the page cache is long
-    /// enough that doing it there, beside the event loop, pays for the
-    /// hand-off (64 KiB reads at depth 16 ran at 0.4–1.5× qemu-nbd inline,
-    /// bimodal with where the scheduler put the loop and the client).
-    static let inlineReadLimit = 16 * 1024
+    /// The largest read or write served on the caller's thread. Larger ones
+    /// go to the I/O thread even when cached: their copy to or from the page
+    /// cache is long enough that doing it there, beside the event loop, pays
+    /// for the hand-off (64 KiB reads at depth 16 ran at 0.4–1.5× qemu-nbd
+    /// inline, bimodal with where the scheduler put the loop and the client).
+    static let inlineLimit = 16 * 1024
+
+    /// The largest served on the caller's thread when the caller says the
+    /// request is `alone`: its client has no other in flight (depth 1, as a
+    /// guest doing O_DIRECT I/O issues them; `NBDRequestContext`). Nothing
+    /// else waits for the loop then, and the hand-off would be two wake-ups
+    /// for the one request.
+    static let inlineLimitAlone = 256 * 1024
+
+    private func inlineLimit(alone: Bool) -> Int { alone ? Self.inlineLimitAlone : Self.inlineLimit }
 
     /// Reads served on the caller's thread (`readWithoutWaiting`), for
     /// statistics and tests.
     public var readsServedInline: Int { inlineReads.load(ordering: .relaxed) }
+
+    /// Writes served on the caller's thread (`writeWithoutWaiting`).
+    public var writesServedInline: Int { inlineWrites.load(ordering: .relaxed) }
 
     /// Plain mode only, under the mode lock (as a queued request would be,
     /// so a cut never overtakes it), and only if neither the image's lock,
@@ -178,6 +214,33 @@ public final class ManagedDisk: Sendable {
         }
         if buffer != nil { inlineReads.add(1, ordering: .relaxed) }
         return buffer
+    }
+
+    /// Plain mode only, under the mode lock (so a cut never overtakes it),
+    /// and only if the write changes no table of T (every cluster it
+    /// touches is data T holds, its L2 table cached) and T's lock is free.
+    /// pwrite into the page cache cannot be asked not to wait (ext4 refuses
+    /// RWF_NOWAIT on buffered writes), so a slow one pauses the inline path.
+    /// False: go the usual way (which also reports any error).
+    private func writeWithoutWaiting(offset: UInt64, data: ByteBuffer) -> Bool {
+        let start = DispatchTime.now().uptimeNanoseconds
+        guard start >= inlineWritesPausedUntil.load(ordering: .relaxed) else { return false }
+        let written = mode.withLock { mode in
+            guard case .plain(let image) = mode else { return false }
+            return data.withUnsafeReadableBytes { raw in (try? image.overwriteWithoutAllocating(raw, at: offset)) ?? false }
+        }
+        guard written else { return false }
+        inlineWrites.add(1, ordering: .relaxed)
+        let end = DispatchTime.now().uptimeNanoseconds
+        if end - start >= Self.nanoseconds(slowInlineWrite) {
+            inlineWritesPausedUntil.store(end + Self.nanoseconds(inlineWritePause), ordering: .relaxed)
+        }
+        return true
+    }
+
+    private static func nanoseconds(_ duration: Duration) -> UInt64 {
+        let (seconds, attoseconds) = duration.components
+        return UInt64(max(seconds, 0)) * 1_000_000_000 + UInt64(max(attoseconds, 0) / 1_000_000_000)
     }
 
     private func check(_ offset: UInt64, _ length: UInt64) throws(DiskManagerError) {

@@ -291,9 +291,11 @@ extension NBDServer {
                     // Checked after waiting for room: the stop may have come meanwhile.
                     if connection.isStopping { verdict = .reject(.shutdown, "the export is going away") }
                     group.addTask {
-                        await self.execute(
-                            request, verdict: verdict, payload: payload, ticket: ticket, window: window,
-                            entry: entry, connection: connection, replies: replies)
+                        await NBDRequestContext.$requestsInFlight.withValue(window.inFlight) {
+                            await self.execute(
+                                request, verdict: verdict, payload: payload, ticket: ticket, window: window,
+                                entry: entry, connection: connection, replies: replies)
+                        }
                         window.finish(ticket)
                     }
                 }

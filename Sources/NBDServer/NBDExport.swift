@@ -79,3 +79,13 @@ extension NBDExport {
         throw .notSupported("the export does not implement write zeroes")
     }
 }
+
+/// What an export's call may know of the request it serves.
+public enum NBDRequestContext {
+    /// While an export's call runs for a request: how many requests of that
+    /// connection were admitted and not yet answered when it started, itself
+    /// included (1: the client waits for this one alone, depth 1). 0 outside
+    /// a request. An export may use it to decide how to serve the call
+    /// (`ManagedDisk` does the I/O on the caller's thread at depth 1).
+    @TaskLocal public static var requestsInFlight = 0
+}

@@ -26,6 +26,9 @@ final class RequestWindow: Sendable {
         self.maximumBytes = max(1, maximumBytes)
     }
 
+    /// Requests admitted and not yet finished.
+    var inFlight: Int { state.withLock { $0.count } }
+
     /// A ticket for one admitted request.
     struct Ticket: Sendable {
         let sequence: UInt64

@@ -299,6 +299,29 @@ final class Engine: @unchecked Sendable {
         }
     }
 
+    /// `write`, if it changes no table: every cluster the range touches is
+    /// data this layer holds, its L2 table cached. Otherwise false, having
+    /// written nothing.
+    func overwriteInPlace(_ source: UnsafeRawBufferPointer, at offset: UInt64) throws(QCOW2Error) -> Bool {
+        try requireWritable()
+        try checkRange(offset, source.count)
+        guard source.count > 0 else { return true }
+        let first = offset >> clusterBits, last = (offset + UInt64(source.count) - 1) >> clusterBits
+        for g in first...last {
+            guard case .data? = try cachedMapping(g) else { return false }
+        }
+        var done = 0
+        while done < source.count {
+            let position = offset + UInt64(done)
+            let within = position & (clusterSize - 1)
+            let count = min(Int(clusterSize - within), source.count - done)
+            guard case .data(let host)? = try cachedMapping(position >> clusterBits) else { return false }
+            try hostWrite(UnsafeRawBufferPointer(rebasing: source[done..<(done + count)]), at: host + within)
+            done += count
+        }
+        return true
+    }
+
     func writeCluster(_ g: UInt64, within: UInt64, _ piece: UnsafeRawBufferPointer) throws(QCOW2Error) {
         let entry = try mapping(g)
         switch entry {

@@ -181,6 +181,13 @@ public final class QCOW2Image: BlockReader {
         try engine.withLock { engine throws(QCOW2Error) in try engine.write(buffer, at: offset) }
     }
 
+    /// `write`, unless it would wait for the image's lock or change a table
+    /// (allocate a cluster, read an L2 table): then false, nothing written.
+    /// The data still goes through the page cache, which may make it wait.
+    public func overwriteWithoutAllocating(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(QCOW2Error) -> Bool {
+        try engine.withLockIfAvailable { engine throws(QCOW2Error) in try engine.overwriteInPlace(buffer, at: offset) } ?? false
+    }
+
     public func write(_ bytes: [UInt8], at offset: UInt64) throws(QCOW2Error) {
         var failure: QCOW2Error?
         bytes.withUnsafeBytes { buf in

@@ -77,11 +77,55 @@ import Testing
             _ = try await integration.wait()
             f.disk.settle()
         } else {
-            // Reads of data the page cache held were served on the caller's thread.
+            // Reads of data the page cache held, and writes over clusters T
+            // held, were served on the caller's thread.
             #expect(f.disk.readsServedInline > 0)
+            #expect(f.disk.writesServedInline > 0)
         }
         try await export.flush()
         try f.expectImage(f.disk.top.path, equals: f.model, "top")
+    }
+
+    /// Writes over clusters T holds go inline; one that took too long sends
+    /// the following ones to the I/O thread for the pause. Either way the
+    /// image ends up as the model says.
+    @Test func aSlowInlineWritePausesInlineWrites() async throws {
+        let f = try IntegrationRunTests.Fixture(size: 1 << 20, seed: 44)
+        let cluster = 1 << f.clusterBits
+        for (slow, pause, inline) in [(Duration.seconds(3600), Duration.zero, 20), (.zero, .seconds(3600), 1)] {
+            let disk = ManagedDisk(top: f.disk.top, slowInlineWrite: slow, inlineWritePause: pause)
+            var model = f.model
+            // Larger than any inline write: it goes to the I/O thread, and
+            // makes T hold the clusters.
+            let first = pattern(cluster * 5, seed: 1)
+            try await disk.write(offset: UInt64(cluster * 5), data: ByteBuffer(bytes: first))
+            model.replaceSubrange(cluster * 5..<cluster * 10, with: first)
+            let before = disk.writesServedInline
+            for k in 0..<20 {
+                let bytes = pattern(512, seed: UInt8(k + 2))
+                let offset = cluster * 5 + 100 + k * 7
+                try await disk.write(offset: UInt64(offset), data: ByteBuffer(bytes: bytes))
+                model.replaceSubrange(offset..<offset + 512, with: bytes)
+            }
+            #expect(disk.writesServedInline - before == inline, "slow \(slow), pause \(pause)")
+            try await disk.flush()
+            #expect(Array(try await disk.read(offset: 0, length: f.size)) == model)
+        }
+    }
+
+    /// Alone (its client has nothing else in flight: depth 1) a cached read
+    /// of up to 256 KiB is served on the caller's thread; a larger one is
+    /// not, nor one of over 16 KiB when others are in flight.
+    @Test func aLoneCachedReadOfUpTo256KiBIsServedInline() async throws {
+        let f = try IntegrationRunTests.Fixture(size: 1 << 20, seed: 45)
+        let allocator = ByteBufferAllocator()
+        for (length, alone, inline) in [(64 << 10, true, true), (256 << 10, true, true), (512 << 10, true, false), (64 << 10, false, false), (16 << 10, false, true)] {
+            _ = try await f.disk.read(offset: 0, length: f.size, allocator: allocator)  // caches the tables and the data
+            let before = f.disk.readsServedInline
+            let got = try await f.disk.read(offset: 4096, length: length, allocator: allocator, alone: alone)
+            #expect(Array(got.readableBytesView) == Array(f.model[4096..<4096 + length]))
+            #expect((f.disk.readsServedInline - before == 1) == inline, "\(length) bytes, alone: \(alone)")
+        }
     }
 
     @Test func bufferCallsRefuseRangesOutsideTheDisk() async throws {

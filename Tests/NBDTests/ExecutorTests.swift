@@ -70,6 +70,38 @@ import Glibc
     }
 }
 
+/// `NBDRequestContext.requestsInFlight` tells the export how many of its
+/// connection's requests were in flight when the call started: 1 for a
+/// client that waits for each reply (depth 1), more for one that pipelines.
+@Suite struct RequestContextTests {
+    @Test func theExportSeesItsConnectionsRequestsInFlight() async throws {
+        let seen = Mutex<[Int]>([])
+        let export = MemoryExport(size: 1 << 20) { _, _ in
+            seen.withLock { $0.append(NBDRequestContext.requestsInFlight) }
+        }
+        let s = try await TestServer.start([("disk", export)])
+        let client = try await RawClient.connect(s.socket)
+        try await client.greet()
+        _ = try await client.option(.go(NBDInfoRequest(name: "disk", items: [])))
+        for cookie in UInt64(1)...3 {
+            #expect(try await client.roundTrip(NBDRequest(type: .read, cookie: cookie, offset: 0, length: 4096)).reply.error == nil)
+        }
+        #expect(seen.withLock { $0 } == [1, 1, 1], "one at a time: each alone")
+        // Eight reads in one send: the server reads them together, admits
+        // them all, then runs them.
+        let batch = (UInt64(10)..<18).flatMap { NBDRequest(type: .read, cookie: $0, offset: 0, length: 4096).encodedHeader() }
+        try await client.send(batch)
+        for _ in 0..<8 { #expect(try await client.reply(dataLength: 4096).reply.error == nil) }
+        let pipelined = seen.withLock { Array($0.dropFirst(3)) }
+        #expect(pipelined.count == 8)
+        #expect((pipelined.max() ?? 0) > 1, "pipelined requests are not alone: \(pipelined)")
+        #expect(NBDRequestContext.requestsInFlight == 0, "nothing outside a request")
+        try await client.request(NBDRequest(type: .disconnect, cookie: 99))
+        #expect(await client.closedByServer())
+        await s.server.shutdown()
+    }
+}
+
 /// Replies are written from the event loop and flushed once per turn of
 /// it (`ReplySender`); a client that sends requests and reads no reply
 /// must still stop being read once the window is full.
