@@ -82,10 +82,11 @@ public final class ManagedDisk: Sendable {
     }
 
     /// The same read into a buffer of `allocator` (the NBD reply's): in
-    /// plain mode the image reads straight into it. A read the page cache
-    /// holds is served at once on the caller's thread (the NBD connection's
-    /// event loop) without the round trip through the I/O thread; any
-    /// other goes there.
+    /// plain mode the image reads straight into it. A small read the page
+    /// cache holds (`inlineLimit`; `inlineLimitAlone` if the caller says
+    /// the request is `alone`, its client's only one in flight) is served at
+    /// once on the caller's thread (the NBD connection's event loop) without
+    /// the round trip through the I/O thread; any other goes there.
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, alone: Bool = false) async throws(DiskManagerError) -> ByteBuffer {
         try check(offset, UInt64(length))
         if length <= inlineLimit(alone: alone), let buffer = readWithoutWaiting(offset: offset, length: length, allocator: allocator) {
@@ -128,9 +129,9 @@ public final class ManagedDisk: Sendable {
 
     /// The same write from a buffer (the NBD request's payload): in plain
     /// mode the image writes straight from it. A small write over clusters T
-    /// already holds is done at once on the caller's thread (the NBD
-    /// connection's event loop), without the round trip through the I/O
-    /// thread; any other goes there.
+    /// already holds (the same limits as reads) is done at once on the
+    /// caller's thread (the NBD connection's event loop), without the round
+    /// trip through the I/O thread; any other goes there.
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool = false, alone: Bool = false) async throws(DiskManagerError) {
         let count = UInt64(data.readableBytes)
         try check(offset, count)
