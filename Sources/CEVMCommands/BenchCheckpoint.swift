@@ -541,12 +541,8 @@ final class CheckpointBenchRunner: BenchDriver {
 
     // MARK: Targets
 
-    /// The targets, evaluated on the rows (never asserted).
-    static func median(_ values: [Double]) -> Double? {
-        let sorted = values.sorted()
-        guard !sorted.isEmpty else { return nil }
-        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-    }
+    /// The median, nil for no values.
+    static func median(_ values: [Double]) -> Double? { values.isEmpty ? nil : Spread(values).median }
 
     /// Per RAM size: CEVM's progress before its pause and over its whole
     /// window, against the control's over the migration alone, and the pauses.
@@ -566,6 +562,7 @@ final class CheckpointBenchRunner: BenchDriver {
         }
     }
 
+    /// The targets, evaluated on the rows (never asserted).
     func targets(_ rows: [CheckpointBenchReport.Row]) -> [CheckpointBenchReport.Target] {
         var targets: [CheckpointBenchReport.Target] = []
         let cevmRows = rows.filter { $0.mechanism == Mechanism.cevm.rawValue }

@@ -32,8 +32,9 @@ public final class ManagedDisk: Sendable {
     /// (DispatchTime nanoseconds): one that took `slowInlineWrite` or more
     /// stops them for `inlineWritePause`.
     private let inlineWritesPausedUntil = Atomic<UInt64>(0)
-    let slowInlineWrite: Duration
-    let inlineWritePause: Duration
+    /// `slowInlineWrite` and `inlineWritePause` in nanoseconds.
+    private let slowInlineWriteNs: UInt64
+    private let inlineWritePauseNs: UInt64
 
     public convenience init(top: QCOW2Image) {
         self.init(top: top, slowInlineWrite: .milliseconds(1), inlineWritePause: .seconds(1))
@@ -47,8 +48,8 @@ public final class ManagedDisk: Sendable {
         virtualSize = top.virtualSize
         clusterSize = top.clusterSize
         mode = Mutex(.plain(top))
-        self.slowInlineWrite = slowInlineWrite
-        self.inlineWritePause = inlineWritePause
+        slowInlineWriteNs = Self.nanoseconds(slowInlineWrite)
+        inlineWritePauseNs = Self.nanoseconds(inlineWritePause)
     }
 
     deinit {
@@ -174,11 +175,12 @@ public final class ManagedDisk: Sendable {
             })
     }
 
-    /// The largest read or write served on the caller's thread. Larger ones
-    /// go to the I/O thread even when cached: their copy to or from the page
-    /// cache is long enough that doing it there, beside the event loop, pays
-    /// for the hand-off (64 KiB reads at depth 16 ran at 0.4–1.5× qemu-nbd
-    /// inline, bimodal with where the scheduler put the loop and the client).
+    /// The largest read or write served on the caller's thread while other
+    /// requests are in flight. Larger ones go to the I/O thread even when
+    /// cached: their copy to or from the page cache is long enough that
+    /// doing it there, beside the event loop, pays for the hand-off (64 KiB
+    /// reads at depth 16 ran at 0.4–1.5× qemu-nbd inline, bimodal with where
+    /// the scheduler put the loop and the client).
     static let inlineLimit = 16 * 1024
 
     /// The largest served on the caller's thread when the caller says the
@@ -233,8 +235,8 @@ public final class ManagedDisk: Sendable {
         guard written else { return false }
         inlineWrites.add(1, ordering: .relaxed)
         let end = DispatchTime.now().uptimeNanoseconds
-        if end - start >= Self.nanoseconds(slowInlineWrite) {
-            inlineWritesPausedUntil.store(end + Self.nanoseconds(inlineWritePause), ordering: .relaxed)
+        if end - start >= slowInlineWriteNs {
+            inlineWritesPausedUntil.store(end + inlineWritePauseNs, ordering: .relaxed)
         }
         return true
     }

@@ -307,15 +307,15 @@ final class Engine: @unchecked Sendable {
         try checkRange(offset, source.count)
         guard source.count > 0 else { return true }
         let first = offset >> clusterBits, last = (offset + UInt64(source.count) - 1) >> clusterBits
+        var hosts: [UInt64] = []
         for g in first...last {
-            guard case .data? = try cachedMapping(g) else { return false }
+            guard case .data(let host)? = try cachedMapping(g) else { return false }
+            hosts.append(host)
         }
         var done = 0
-        while done < source.count {
-            let position = offset + UInt64(done)
-            let within = position & (clusterSize - 1)
+        for host in hosts {
+            let within = (offset + UInt64(done)) & (clusterSize - 1)
             let count = min(Int(clusterSize - within), source.count - done)
-            guard case .data(let host)? = try cachedMapping(position >> clusterBits) else { return false }
             try hostWrite(UnsafeRawBufferPointer(rebasing: source[done..<(done + count)]), at: host + within)
             done += count
         }
