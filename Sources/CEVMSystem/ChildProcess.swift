@@ -47,12 +47,8 @@ public enum StandardIO: Sendable {
 public final class ChildProcess: Sendable {
     public let pid: pid_t
     public let executable: String
-    private let state: Mutex<State>
+    private let ending = Latch<ExitStatus>()
 
-    private struct State {
-        var status: ExitStatus?
-        var waiters: [CheckedContinuation<ExitStatus, Never>] = []
-    }
 
     public enum SpawnError: Error, Sendable, CustomStringConvertible {
         case notFound(String)
@@ -130,7 +126,6 @@ public final class ChildProcess: Sendable {
     private init(pid: pid_t, executable: String) {
         self.pid = pid
         self.executable = executable
-        self.state = Mutex(State())
     }
 
     private func startReaper() {
@@ -150,32 +145,23 @@ public final class ChildProcess: Sendable {
                 status = .exited(-1)  // ECHILD: reaped elsewhere; nothing more to learn
                 break
             }
-            let waiters = self.state.withLock { state in
-                state.status = status
-                defer { state.waiters = [] }
-                return state.waiters
-            }
-            for waiter in waiters { waiter.resume(returning: status) }
+            self.ending.set(status)
         }
         thread.start()
     }
 
     /// The exit status once the process has ended, else nil.
-    public var exitStatus: ExitStatus? { state.withLock { $0.status } }
+    public var exitStatus: ExitStatus? { ending.value }
 
     public var isRunning: Bool { exitStatus == nil }
 
-    /// Waits until the process has ended.
-    public func wait() async -> ExitStatus {
-        await withCheckedContinuation { continuation in
-            let done: ExitStatus? = state.withLock { state in
-                if let status = state.status { return status }
-                state.waiters.append(continuation)
-                return nil
-            }
-            if let done { continuation.resume(returning: done) }
-        }
-    }
+    /// Waits until the process has ended; nil when the calling task is
+    /// cancelled first.
+    public func exited() async -> ExitStatus? { await ending.wait() }
+
+    /// Waits until the process has ended, cancelled or not: for a process
+    /// that is being ended (`terminate` sends SIGKILL before it waits).
+    public func wait() async -> ExitStatus { await ending.waitIgnoringCancellation() }
 
     /// Waits at most `timeout`; nil when the process is still running then.
     public func wait(timeout: Duration) async -> ExitStatus? {

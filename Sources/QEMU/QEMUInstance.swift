@@ -235,6 +235,12 @@ public final class QEMUInstance: Sendable {
         }
     }
 
+    /// Waits until the process ends; nil when the calling task is cancelled first.
+    public func exited() async -> ExitReason? {
+        guard let status = await process.exited() else { return nil }
+        return reason(status)
+    }
+
     /// Waits until the process ends by itself.
     public func waitForExit() async -> ExitReason {
         let status = await process.wait()

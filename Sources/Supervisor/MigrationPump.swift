@@ -20,8 +20,13 @@ final class MigrationSink: Sendable {
     private let result = Mutex<Result<RecordManifest.FileEntry, any Error>?>(nil)
     private let done = AsyncSignal()
     /// Tee mode: the source's stream ended and every byte of it was passed
-    /// on to the destination (whose socket was then shut down for writing).
+    /// on to the destination (whose socket was then shut down for writing),
+    /// or the pump ended, having failed.
     private let forwarded = AsyncSignal()
+    /// The listening socket while open and the source's connection once
+    /// accepted (-1 when not open), so `abort` can wake the pump at once.
+    private let descriptors: Mutex<(listener: Int32, connection: Int32)>
+    private let aborted = Atomic<Bool>(false)
     /// Tee mode: the CPU set the pump moved itself to once the source's
     /// stream ended (the switch-over), as the kernel reported it after.
     let oldSideAffinity = Mutex<CPUSet?>(nil)
@@ -53,11 +58,15 @@ final class MigrationSink: Sendable {
     ) throws {
         self.socketPath = socketPath
         let listener = try UnixSocket.listen(path: socketPath)
+        self.descriptors = Mutex((listener, -1))
         let thread = Thread { [self] in
             if let precopy { try? Affinity.set(thread: 0, to: precopy) }
             let outcome: Result<RecordManifest.FileEntry, any Error> = Result {
                 defer {
-                    close(listener)
+                    descriptors.withLock {
+                        close(listener)
+                        $0.listener = -1
+                    }
                     unlink(socketPath)
                 }
                 // A tee hashes the spool after the stream, on the old side's CPU.
@@ -65,7 +74,14 @@ final class MigrationSink: Sendable {
                 guard let connection = try UnixSocket.accept(listener, timeoutMilliseconds: acceptTimeoutMilliseconds) else {
                     throw SupervisorError.checkpointFailed("QEMU did not connect to the migration sink")
                 }
-                defer { close(connection) }
+                descriptors.withLock { $0.connection = connection }
+                defer {
+                    descriptors.withLock {
+                        close(connection)
+                        $0.connection = -1
+                    }
+                }
+                if aborted.load(ordering: .relaxed) { throw SupervisorError.checkpointFailed("the migration stream was aborted") }
                 var destination: Int32 = -1
                 defer { if destination >= 0 { close(destination) } }
                 if let forwardTo {
@@ -79,6 +95,7 @@ final class MigrationSink: Sendable {
                     shutdown(destination, Int32(SHUT_WR))
                     forwarded.fire()
                 }
+                if aborted.load(ordering: .relaxed) { throw SupervisorError.checkpointFailed("the migration stream was aborted") }
                 if let oldSide {
                     try? Affinity.set(thread: 0, to: oldSide)
                     oldSideAffinity.withLock { $0 = try? Affinity.get(thread: 0) }
@@ -86,6 +103,7 @@ final class MigrationSink: Sendable {
                 return try spool.finish(role: .memory)
             }
             self.result.withLock { $0 = outcome }
+            self.forwarded.fire()
             self.done.fire()
         }
         thread.start()
@@ -141,13 +159,23 @@ final class MigrationSink: Sendable {
     }
 
     /// Returns once the source's stream has ended and the tee has passed
-    /// all of it on (or the tee has ended, having failed).
-    func streamForwarded() async {
-        let waits: [@Sendable () async -> Void] = [
-            { [forwarded] in await forwarded.wait() },
-            { [done] in await done.wait() },
-        ]
-        await race(waits)
+    /// all of it on (or the tee has ended, having failed), or when the
+    /// calling task is cancelled.
+    func streamForwarded() async { await forwarded.wait() }
+
+    /// The stream has ended (passed on, or the pump failed).
+    var streamEnded: Bool { forwarded.fired }
+
+    /// Ends the pump now, whatever the source still sends: its connection is
+    /// shut down, so the blocking read returns, and the pump fails without
+    /// hashing or keeping what it spooled (the caller discards the record).
+    func abort() {
+        aborted.store(true, ordering: .relaxed)
+        descriptors.withLock { open in
+            // A pump still waiting for QEMU to connect wakes up too.
+            if open.connection >= 0 { shutdown(open.connection, Int32(SHUT_RDWR)) }
+            if open.listener >= 0 { shutdown(open.listener, Int32(SHUT_RDWR)) }
+        }
     }
 
     /// The sink's error if it has already failed; nil while it runs or once it succeeded.
@@ -163,7 +191,7 @@ final class MigrationSink: Sendable {
             { [done] in await done.wait() },
             { try? await Task.sleep(for: grace) },
         ]
-        await race(waits)
+        await firstFinished(waits)
         return failedNow
     }
 

@@ -106,18 +106,21 @@ public struct MigrationWatch: Sendable {
 /// off QEMU's own clock rather than the supervisor's view of it. Subscribe
 /// before the command that stops or resumes the guest.
 public final class RunStateTimes: Sendable {
-    private final class Store: Sendable {
-        let times = Mutex<[String: Double]>([:])
-    }
-    private let store = Store()
+    private let stopped = Latch<Double>()
+    private let resumed = Latch<Double>()
     private let watcher: Task<Void, Never>
 
     public init(_ qmp: QMPClient) {
         let events = qmp.events()
-        let store = self.store
+        let (stopped, resumed) = (self.stopped, self.resumed)
+        // Ends with the QMP connection, or when this is released.
         watcher = Task {
-            for await event in events where event.name == "STOP" || event.name == "RESUME" {
-                store.times.withLock { if $0[event.name] == nil { $0[event.name] = event.timestamp.secondsSince1970 } }
+            for await event in events {
+                switch event.name {
+                case "STOP": stopped.set(event.timestamp.secondsSince1970)
+                case "RESUME": resumed.set(event.timestamp.secondsSince1970)
+                default: break
+                }
             }
         }
     }
@@ -127,11 +130,14 @@ public final class RunStateTimes: Sendable {
     /// The first `event` ("STOP" or "RESUME") seen, in seconds since 1970;
     /// waits up to `within` for it.
     public func time(of event: String, within: Duration = .seconds(2)) async -> Double? {
-        let deadline = ContinuousClock.now + within
-        while true {
-            if let time = store.times.withLock({ $0[event] }) { return time }
-            if ContinuousClock.now > deadline { return nil }
-            try? await Task.sleep(for: .milliseconds(2))
-        }
+        let latch = event == "STOP" ? stopped : resumed
+        if let time = latch.value { return time }
+        return await firstFinished([
+            { await latch.wait() },
+            {
+                try? await Task.sleep(for: within)
+                return nil
+            },
+        ]) ?? nil
     }
 }

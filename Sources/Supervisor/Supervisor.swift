@@ -242,10 +242,11 @@ public final class Supervisor: Sendable {
     }
 
     /// Waits for the instance to end, or for `duration` to pass (nil), or a
-    /// stop request (which stops the instance).
+    /// stop request (which stops the instance). The waits are children of
+    /// one task group: the first decides, the others are cancelled.
     private func firstOf(instance: QEMUInstance, within duration: Duration?, or signal: AsyncSignal? = nil) async -> ExitReason? {
         var contenders: [@Sendable () async -> ExitReason?] = [
-            { await instance.waitForExit() },
+            { await instance.exited() },
             { [stopSignal] in
                 await stopSignal.wait()
                 return nil
@@ -263,7 +264,7 @@ public final class Supervisor: Sendable {
                 return nil
             }
         }
-        let first = await race(contenders)
+        let first = await firstFinished(contenders) ?? nil
         if first == nil && stopSignal.fired { return await stopInstance(instance) }
         return first
     }
@@ -338,52 +339,21 @@ extension VMSpec.Boot {
     }
 }
 
-/// The result of whichever operation finishes first. The others are left to
-/// finish on their own (they must be harmless to leave running: waits that
-/// end with the process or the signal they wait for).
-func race<T: Sendable>(_ operations: [@Sendable () async -> T]) async -> T {
-    await withCheckedContinuation { continuation in
-        let resumed = AsyncSignal()
-        for operation in operations {
-            Task {
-                let value = await operation()
-                if resumed.fireFirst() { continuation.resume(returning: value) }
-            }
-        }
-    }
-}
-
-/// A one-shot signal many tasks can wait for.
+/// A one-shot signal many tasks can wait for; a wait ends at once when its
+/// task is cancelled.
 public final class AsyncSignal: Sendable {
+    private let latch = Latch<Bool>()
+
     public init() {}
 
-    private let state = Mutex<(fired: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+    public var fired: Bool { latch.value != nil }
 
-    public var fired: Bool { state.withLock { $0.fired } }
-
-    public func fire() { fireFirst() }
+    public func fire() { latch.set(true) }
 
     /// Fires; true for the one call that fired it.
     @discardableResult
-    public func fireFirst() -> Bool {
-        let (first, waiters) = state.withLock { state -> (Bool, [CheckedContinuation<Void, Never>]) in
-            if state.fired { return (false, []) }
-            state.fired = true
-            defer { state.waiters = [] }
-            return (true, state.waiters)
-        }
-        waiters.forEach { $0.resume() }
-        return first
-    }
+    public func fireFirst() -> Bool { latch.set(true) }
 
-    public func wait() async {
-        await withCheckedContinuation { continuation in
-            let done = state.withLock { state -> Bool in
-                if state.fired { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
-        }
-    }
+    /// Returns once fired, or when the calling task is cancelled.
+    public func wait() async { _ = await latch.wait() }
 }
