@@ -40,11 +40,13 @@ let package = Package(
             name: "Records",
             dependencies: ["CEVMSystem", "VMStore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
+        // The checkpoint mechanisms as pure phase machines (no dependencies).
+        .target(name: "CheckpointProtocol", exclude: ["README.md"], swiftSettings: strict),
         // The per-VM supervisor: owns the instance, console log, control socket.
         .target(
             name: "Supervisor",
             dependencies: [
-                "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "NBDServer", "QCOW2", "Turnaround",
+                "CheckpointProtocol", "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "NBDServer", "QCOW2", "Turnaround",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
@@ -109,6 +111,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),

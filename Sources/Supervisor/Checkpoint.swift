@@ -54,86 +54,11 @@ extension Supervisor {
         defer { inner.withLock { $0.busy = false } }
         switch options.mechanism {
         case .stopAndSave:
-            return try await stopAndSave(instance, full: options.full)
+            return try await snapshotCheckpoint(instance, kind: .stopAndSave, full: options.full)
         case .cevm:
             return try await cevmCheckpoint(instance, options)
         case .backgroundSnapshot:
-            return try await backgroundSnapshot(instance, full: options.full)
-        }
-    }
-
-    /// Stop-and-save (seed 001's T_cpt): pause, stream memory into the
-    /// record, cut the disk (the manager freezes S0), resume; the disk record
-    /// is written by the integration while the guest runs again. The guest
-    /// does not run while memory is written.
-    private func stopAndSave(_ instance: QEMUInstance, full: Bool) async throws -> Record {
-        let requested = Timestamp.monotonic()
-        let spec = try paths.readSpec()
-        let store = RecordStore(paths: paths)
-        let id = RecordStore.newID()
-        let directory = try store.newRecordDirectory(id: id)
-        let qmp = instance.qmp
-        let (diskService, previous) = inner.withLock { ($0.disk, $0.lastRecord) }
-        var paused = false
-        var prepared: VMDisk.PreparedCut?
-        var cut: VMDisk.Cut?
-        do {
-            let sink = try MigrationSink(socketPath: "\(paths.runDirectory)/sink.sock", spoolPath: "\(directory)/memory.mig")
-            log("checkpoint \(id): stop-and-save")
-            let parameters = try await MigrationSettings.apply(to: qmp)
-            let watch = try await MigrationWatch.start(qmp)
-            // U, the disk record and the journal, made while the guest still runs.
-            prepared = try diskService?.vmDisk.prepareCut(
-                recordPath: "\(directory)/\(Self.diskRecordName)", previousRecord: previous?.disk, full: full)
-            // `stop` drains and flushes every block device: the overlay on
-            // disk is the guest's disk at this instant.
-            _ = try await qmp.execute("stop")
-            paused = true
-            let pausedAt = Timestamp.now()
-            let pauseStart = Timestamp.monotonic()
-            log("checkpoint \(id): paused; migrating to \(sink.socketPath)")
-            _ = try await qmp.execute("migrate", arguments: ["uri": .string("unix:\(sink.socketPath)")])
-            let info: JSONValue
-            do { info = try await watch.completion() } catch {
-                _ = try? await qmp.execute("migrate_cancel")
-                throw await sink.failure() ?? error
-            }
-            log("checkpoint \(id): migration completed")
-            let memory = try await sink.finish()
-            var files = [memory]
-            // The disk cut: QEMU's `stop` flushed the guest's writes to the
-            // manager, so T now is the disk at the pause.
-            if let diskService, let ready = prepared {
-                cut = try diskService.vmDisk.cut(ready)
-            }
-            _ = try await qmp.execute("cont")
-            paused = false
-            let resumedAt = Timestamp.now()
-            let pauseEnd = Timestamp.monotonic()
-            let (diskFiles, diskRecord, parent) = try await finishDiskRecord(
-                cut, service: diskService, previous: previous, spec: spec, id: id, directory: directory)
-            files += diskFiles
-            let manifest = RecordManifest(
-                id: id, vm: name, createdAt: pausedAt, mechanism: .stopAndSave, parent: parent, spec: spec,
-                qemu: .init(version: qmp.greeting.versionString, package: qmp.greeting.package),
-                migration: .init(
-                    parameters: parameters, capabilities: [:], totalTimeMs: info["total-time"]?.doubleValue,
-                    downtimeMs: info["downtime"]?.doubleValue, streamBytes: memory.size),
-                timings: .init(
-                    requestToPauseMs: (pauseStart - requested) * 1000, guestPauseMs: (pauseEnd - pauseStart) * 1000,
-                    requestToDurableMs: 0, pausedAt: pausedAt, resumedAt: resumedAt),
-                files: files, disk: diskRecord)
-            var durable = manifest
-            durable.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
-            let record = try RecordStore.commit(durable, in: directory)
-            if let cut { inner.withLock { $0.lastRecord = (id, cut.recordPath ?? "") } }
-            return record
-        } catch {
-            log("checkpoint \(id) failed: \(error)")
-            if paused { _ = try? await qmp.execute("cont") }
-            await cleanUpFailedCheckpoint(diskService, prepared: prepared, cut: cut, directory: directory)
-            if let error = error as? SupervisorError { throw error }
-            throw SupervisorError.checkpointFailed("\(error)")
+            return try await snapshotCheckpoint(instance, kind: .backgroundSnapshot, full: options.full)
         }
     }
 
@@ -157,21 +82,18 @@ extension Supervisor {
         return ([entry], record, cut.incremental ? previous?.id : spec.disk?.record)
     }
 
-    /// After a failed checkpoint: the disk stays whole (a prepared cut never
+    /// After a failed checkpoint the disk stays whole: a prepared cut never
     /// made is abandoned, a cut made is finished and its record forgotten so
-    /// the next one is not built on it) and the partial record goes.
-    func cleanUpFailedCheckpoint(
-        _ service: DiskService?, prepared: VMDisk.PreparedCut?, cut: VMDisk.Cut?, directory: String
-    ) async {
-        if let service {
-            if cut == nil, let prepared { service.vmDisk.abandon(prepared) }
-            if let cut {
-                service.vmDisk.forgetLastRecord()
-                inner.withLock { $0.lastRecord = nil }
-                if !cut.integration.isFinished { _ = try? await service.vmDisk.finish(cut) }
-            }
+    /// the next one is not built on it.
+    func releaseDisk(_ service: DiskService?, prepared: VMDisk.PreparedCut?, cut: VMDisk.Cut?) async {
+        guard let service else { return }
+        if let cut {
+            service.vmDisk.forgetLastRecord()
+            inner.withLock { $0.lastRecord = nil }
+            if !cut.integration.isFinished { _ = try? await service.vmDisk.finish(cut) }
+        } else if let prepared {
+            service.vmDisk.abandon(prepared)
         }
-        RecordStore.discard(directory)
     }
 
     /// Feeds a record's memory stream into an instance started with

@@ -1,0 +1,300 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import CheckpointProtocol
+import DiskManager
+import Foundation
+import QEMU
+import QMP
+import Records
+import Synchronization
+import VMStore
+
+extension Supervisor {
+    /// Stop-and-save or background-snapshot: the VM is checkpointed in its
+    /// own instance; `SnapshotMachine` decides, `SnapshotRun` acts.
+    func snapshotCheckpoint(_ instance: QEMUInstance, kind: SnapshotMachine.Kind, full: Bool) async throws -> Record {
+        let run = try SnapshotRun(supervisor: self, instance: instance, kind: kind, full: full)
+        log("checkpoint \(run.id): \(kind.rawValue)")
+        var machine = SnapshotMachine(kind: kind)
+        await drive(&machine, run)
+        if let failure = machine.failure {
+            log("checkpoint \(run.id) (\(kind.rawValue)) failed: \(failure)")
+            throw SupervisorError.checkpointFailed("\(failure)")
+        }
+        guard let record = run.made.withLock({ $0.record }) else {
+            throw SupervisorError.checkpointFailed("the checkpoint ended while \(machine.phaseName)")
+        }
+        return record
+    }
+
+    static func setBackgroundSnapshot(_ qmp: QMPClient, _ on: Bool) async throws {
+        try await MigrationSettings.setCapability(qmp, "background-snapshot", on)
+    }
+}
+
+/// One stop-and-save or background-snapshot checkpoint: its resources and
+/// figures, and how each action of `SnapshotMachine` is carried out.
+final class SnapshotRun: CheckpointRun {
+    typealias Machine = SnapshotMachine
+
+    struct Made: Sendable {
+        var sink: MigrationSink?
+        var watch: MigrationWatch?
+        var parameters: [String: Int64] = [:]
+        var prepared: VMDisk.PreparedCut?
+        var cut: VMDisk.Cut?
+        var pausedAt = ""
+        var pausedWall: Double = 0
+        var pauseStart: Double = 0
+        var resumedAt = ""
+        var resumedWall: Double = 0
+        var pauseEnd: Double = 0
+        var info: JSONValue = .object([:])
+        var memory: RecordManifest.FileEntry?
+        var disk: (files: [RecordManifest.FileEntry], disk: RecordManifest.DiskRecord?, parent: String?)?
+        var phases: [String: Double] = [:]
+        var record: Record?
+    }
+
+    let supervisor: Supervisor
+    let instance: QEMUInstance
+    let kind: SnapshotMachine.Kind
+    let full: Bool
+    let spec: VMSpec
+    let id: String
+    let directory: String
+    let diskService: DiskService?
+    let previous: (id: String, disk: String)?
+    let console: ConsoleLog?
+    let requested = Timestamp.monotonic()
+    let made = Mutex(Made())
+
+    var qmp: QMPClient { instance.qmp }
+
+    init(supervisor: Supervisor, instance: QEMUInstance, kind: SnapshotMachine.Kind, full: Bool) throws {
+        self.supervisor = supervisor
+        self.instance = instance
+        self.kind = kind
+        self.full = full
+        spec = try supervisor.paths.readSpec()
+        (diskService, previous, console) = supervisor.inner.withLock { ($0.disk, $0.lastRecord, $0.console) }
+        id = RecordStore.newID()
+        directory = try RecordStore(paths: supervisor.paths).newRecordDirectory(id: id)
+    }
+
+    func mark(_ phase: String) {
+        let ms = (Timestamp.monotonic() - requested) * 1000
+        made.withLock { $0.phases[phase] = ms }
+    }
+
+    func observe(_ event: SnapshotMachine.Event) {}
+
+    /// The instance's end from the start; from the migration's start, the
+    /// migration's end, the sink's failure and the timer.
+    func watches(startedWith action: SnapshotMachine.Action?, report: @escaping @Sendable (SnapshotMachine.Event) -> Void)
+        -> [@Sendable () async -> Void]
+    {
+        let instance = self.instance
+        switch action {
+        case nil:
+            return [
+                Self.exitWatch(
+                    { await instance.exited() != nil && !(instance.exitReason?.requested ?? false) }, report: report,
+                    event: .exited(.instance))
+            ]
+        case .startMigration?:
+            let (watch, sink) = made.withLock { ($0.watch, $0.sink) }
+            var watches: [@Sendable () async -> Void] = [Self.timer(Supervisor.migrationTimeout, report: report, event: .timedOut)]
+            if let watch {
+                watches.append { [self] in
+                    do {
+                        let info = try await watch.completion(timeout: .seconds(86_400))
+                        self.made.withLock { $0.info = info }
+                        report(.sourceCompleted)
+                    } catch {
+                        if !Task.isCancelled { report(.failed(.migration, "\(error)")) }
+                    }
+                }
+            }
+            if let sink {
+                watches.append {
+                    await sink.streamForwarded()
+                    if !Task.isCancelled, let failure = sink.failedNow { report(.failed(.sink, "\(failure)")) }
+                }
+            }
+            return watches
+        default:
+            return []
+        }
+    }
+
+    func perform(_ action: SnapshotMachine.Action) async -> SnapshotMachine.Event? {
+        let part: SnapshotMachine.Part
+        switch action {
+        case .prepare, .startMigration, .awaitSetup, .cancelMigration, .resetCapabilities: part = .migration
+        case .pause, .resume, .resumeGuest: part = .instance
+        case .cutDisk, .finishDisk, .releaseDisk: part = .disk
+        case .finishMemory, .abortSink: part = .sink
+        case .commit, .discardRecord: part = .record
+        }
+        do {
+            switch action {
+            case .prepare:
+                try await prepare()
+                return .prepared
+            case .pause:
+                // `stop` drains and flushes every block device: the overlay
+                // on disk is the guest's disk at this instant.
+                _ = try await qmp.execute("stop")
+                made.withLock {
+                    $0.pausedAt = Timestamp.now()
+                    $0.pausedWall = Timestamp.wallSeconds()
+                    $0.pauseStart = Timestamp.monotonic()
+                }
+                return .paused
+            case .cutDisk:
+                if let diskService, let prepared = made.withLock({ $0.prepared }) {
+                    let cut = try diskService.vmDisk.cut(prepared)
+                    made.withLock { $0.cut = cut }
+                }
+                return .diskCut
+            case .startMigration:
+                guard let sink = made.withLock({ $0.sink }) else { return .failed(.sink, "no sink to migrate into") }
+                _ = try await qmp.execute("migrate", arguments: ["uri": .string("unix:\(sink.socketPath)")])
+                return .migrationStarted
+            case .awaitSetup:
+                try await awaitSetup()
+                return .setupDone
+            case .resume:
+                // A background snapshot's QEMU may have restarted the guest itself.
+                let running = kind == .backgroundSnapshot ? try await instance.runState() == "running" : false
+                if !running { _ = try await qmp.execute("cont") }
+                made.withLock {
+                    $0.resumedAt = Timestamp.now()
+                    $0.resumedWall = Timestamp.wallSeconds()
+                    $0.pauseEnd = Timestamp.monotonic()
+                }
+                mark("resumed")
+                return .resumed
+            case .finishMemory:
+                mark("snapshotCompleted")
+                // Later migrations (a CEVM checkpoint) must be ordinary ones.
+                if kind == .backgroundSnapshot { try await Supervisor.setBackgroundSnapshot(qmp, false) }
+                guard let sink = made.withLock({ $0.sink }) else { return .failed(.sink, "no sink") }
+                let memory = try await sink.finish()
+                mark("memoryDurable")
+                made.withLock { $0.memory = memory }
+                return .memoryDurable
+            case .finishDisk:
+                let cut = made.withLock { $0.cut }
+                let disk = try await supervisor.finishDiskRecord(
+                    cut, service: diskService, previous: previous, spec: spec, id: id, directory: directory)
+                mark("diskDurable")
+                made.withLock { $0.disk = disk }
+                return .diskDurable
+            case .commit:
+                try await commit()
+                return .committed
+            case .cancelMigration, .resumeGuest, .resetCapabilities, .abortSink, .releaseDisk, .discardRecord:
+                await undo(action)
+                return nil
+            }
+        } catch {
+            return .failed(part, "\(error)")
+        }
+    }
+
+    private func prepare() async throws {
+        let sink = try MigrationSink(
+            socketPath: "\(supervisor.paths.runDirectory)/sink.sock", spoolPath: "\(directory)/memory.mig")
+        made.withLock { $0.sink = sink }
+        let parameters = try await MigrationSettings.apply(to: qmp)
+        if kind == .backgroundSnapshot { try await Supervisor.setBackgroundSnapshot(qmp, true) }
+        let watch = try await MigrationWatch.start(qmp)
+        made.withLock {
+            $0.parameters = parameters
+            $0.watch = watch
+        }
+        // U, the disk record and the journal, made while the guest still runs.
+        let prepared = try diskService?.vmDisk.prepareCut(
+            recordPath: "\(directory)/\(Supervisor.diskRecordName)", previousRecord: previous?.disk, full: full)
+        made.withLock { $0.prepared = prepared }
+        mark("prepared")
+    }
+
+    /// The snapshot's setup (device state, write protection) is done once
+    /// RAM pages flow (or it already completed).
+    private func awaitSetup() async throws {
+        let deadline = ContinuousClock.now + .seconds(30)
+        while true {
+            let info = try await qmp.execute("query-migrate")
+            let status = info["status"]?.stringValue ?? ""
+            if status == "failed" || status == "cancelled" {
+                throw SupervisorError.checkpointFailed(
+                    "background snapshot \(status): \(info["error-desc"]?.stringValue ?? "no reason given")")
+            }
+            if status == "completed" || (info["ram"]?["transferred"]?.intValue ?? 0) > 0 { return }
+            if ContinuousClock.now > deadline { throw SupervisorError.checkpointFailed("background snapshot did not start within 30 s") }
+            try await Task.sleep(for: .milliseconds(1))
+        }
+    }
+
+    private func commit() async throws {
+        let state = made.withLock { $0 }
+        guard let memory = state.memory else { throw SupervisorError.checkpointFailed("no memory record to commit") }
+        var timings = RecordManifest.Timings(
+            requestToPauseMs: (state.pauseStart - requested) * 1000, guestPauseMs: (state.pauseEnd - state.pauseStart) * 1000,
+            requestToDurableMs: 0, pausedAt: state.pausedAt, resumedAt: state.resumedAt)
+        if kind == .backgroundSnapshot {
+            timings.overlapMs = (Timestamp.monotonic() - state.pauseEnd) * 1000
+            timings.phases = state.phases
+            timings.consoleGapMs = await console?.longestGap(from: state.pausedWall, to: state.resumedWall, waiting: .seconds(2))
+                .map { $0 * 1000 }
+        }
+        let info = state.info
+        var manifest = RecordManifest(
+            id: id, vm: supervisor.name, createdAt: state.pausedAt,
+            mechanism: kind == .stopAndSave ? .stopAndSave : .backgroundSnapshot,
+            parent: state.disk?.parent ?? spec.disk?.record, spec: spec,
+            qemu: .init(version: qmp.greeting.versionString, package: qmp.greeting.package),
+            migration: .init(
+                parameters: state.parameters, capabilities: kind == .backgroundSnapshot ? ["background-snapshot": true] : [:],
+                totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: info["downtime"]?.doubleValue, streamBytes: memory.size),
+            timings: timings, files: [memory] + (state.disk?.files ?? []), disk: state.disk?.disk)
+        manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
+        let record = try RecordStore.commit(manifest, in: directory)
+        if let cut = state.cut { supervisor.inner.withLock { $0.lastRecord = (id, cut.recordPath ?? "") } }
+        made.withLock { $0.record = record }
+    }
+
+    func undo(_ action: SnapshotMachine.Action) async {
+        let (sink, prepared, cut) = made.withLock { ($0.sink, $0.prepared, $0.cut) }
+        switch action {
+        case .cancelMigration:
+            _ = try? await qmp.execute("migrate_cancel")
+        case .resumeGuest:
+            if let state = try? await instance.runState(), state != "running" { _ = try? await qmp.execute("cont") }
+        case .resetCapabilities:
+            // QEMU refuses to change a capability while a migration is active.
+            for _ in 0..<200 {
+                let status = (try? await qmp.execute("query-migrate"))?["status"]?.stringValue ?? ""
+                if status != "active" && status != "setup" && status != "cancelling" { break }
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+            try? await Supervisor.setBackgroundSnapshot(qmp, false)
+        case .abortSink:
+            if let sink {
+                sink.abort()
+                _ = await sink.failure(grace: .seconds(2))
+            }
+        case .releaseDisk:
+            await supervisor.releaseDisk(diskService, prepared: prepared, cut: cut)
+        case .discardRecord:
+            RecordStore.discard(directory)
+        default:
+            break
+        }
+    }
+}
