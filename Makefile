@@ -18,13 +18,14 @@ build:
 	$(SWIFT) build
 
 # Every test: unit tests, end-to-end tests on the bundled guest under TCG,
-# and the spin models of the disk protocols. Tests run one at a time: the
+# and the spin models of the disk protocols. The build refuses a module that
+# imports a target it does not declare. Tests run one at a time: the
 # end-to-end ones boot TCG guests, and on two cores running them all at once
 # turns every timeout into a coin toss.
 test: setup
 	bash scripts/fuzz
 	bash scripts/fuzz-nbd
-	$(SWIFT) build --build-tests
+	$(SWIFT) build --build-tests --explicit-target-dependency-import-check error
 	CEVM_BIN="$(BIN_PATH)/cevm" $(SWIFT) test --skip-build --no-parallel
 	bash scripts/verify-protocols
 
