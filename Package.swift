@@ -80,11 +80,14 @@ let package = Package(
             swiftSettings: strict),
         // The turnaround model of seed 001: fits, predictions, intervals, plots (pure).
         .target(name: "Turnaround", exclude: ["README.md"], swiftSettings: strict),
+        // The turnaround report rendered: a terminal table and an SVG plot.
+        .target(name: "TurnaroundReport", dependencies: ["Turnaround"], swiftSettings: strict),
         // Command-line commands, one file per subcommand.
         .target(
             name: "CEVMCommands",
             dependencies: [
                 "Supervisor", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "Turnaround",
+                "TurnaroundReport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -112,7 +115,7 @@ let package = Package(
         .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
-        .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TurnaroundReport", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),
     ]

@@ -9,6 +9,7 @@ import Records
 import Supervisor
 import Synchronization
 import Turnaround
+import TurnaroundReport
 import VMStore
 
 /// `cevm bench turnaround`: seed 001's turnaround model checked against real

@@ -3,6 +3,7 @@ import CEVMSystem
 import Foundation
 import Records
 import Turnaround
+import TurnaroundReport
 import VMStore
 
 /// `cevm report`: seed 001's turnaround model fitted from measured records.

@@ -1,7 +1,7 @@
 /// Number formatting for prose, tables and the plot, without Foundation.
-enum Format {
+package enum Format {
     /// `x` with exactly `decimals` digits after the point ("0.420", "-3").
-    static func fixed(_ x: Double, _ decimals: Int) -> String {
+    package static func fixed(_ x: Double, _ decimals: Int) -> String {
         guard x.isFinite else { return x.isNaN ? "nan" : (x < 0 ? "-inf" : "inf") }
         let d = max(0, min(decimals, 12))
         var scale: Int64 = 1
@@ -21,7 +21,7 @@ enum Format {
     }
 
     /// `x` as "m.mme±k" with `significant` digits ("1.23e-5", "4.0e7").
-    static func scientific(_ x: Double, _ significant: Int) -> String {
+    package static func scientific(_ x: Double, _ significant: Int) -> String {
         guard x.isFinite else { return fixed(x, 0) }
         guard x != 0 else { return "0" }
         var exponent = Int(Elementary.log10(Swift.abs(x)).rounded(.down))
@@ -36,7 +36,7 @@ enum Format {
     }
 
     /// `x` to `significant` digits, plain between 1e-4 and 1e9.
-    static func significant(_ x: Double, _ significant: Int = 3) -> String {
+    package static func significant(_ x: Double, _ significant: Int = 3) -> String {
         guard x.isFinite else { return fixed(x, 0) }
         guard x != 0 else { return "0" }
         let magnitude = Int(Elementary.log10(Swift.abs(x)).rounded(.down))
@@ -45,14 +45,14 @@ enum Format {
     }
 
     /// A duration for prose: "4.20 ms" below 0.1 s, else "0.420 s", "12.3 s", "600 s".
-    static func seconds(_ x: Double) -> String {
+    package static func seconds(_ x: Double) -> String {
         if x != 0, x.isFinite, Swift.abs(x) < 0.1 { return significant(x * 1000) + " ms" }
         return significant(x) + " s"
     }
 
     /// A signed percentage: "+3.2%", "-0.4%", "+0.03%" (two decimals
     /// below 1%), "0.00%" for what rounds to zero.
-    static func percent(_ x: Double) -> String {
+    package static func percent(_ x: Double) -> String {
         let text = fixed(x, Swift.abs(x) < 1 ? 2 : 1)
         let zero = text.allSatisfy { $0 == "0" || $0 == "." || $0 == "-" }
         if zero { return text.filter { $0 != "-" } + "%" }
@@ -60,18 +60,18 @@ enum Format {
     }
 
     /// An unsigned percentage: two decimals below 1%, one above.
-    static func magnitudePercent(_ x: Double) -> String {
+    package static func magnitudePercent(_ x: Double) -> String {
         fixed(x, Swift.abs(x) < 1 ? 2 : 1) + "%"
     }
 
     /// Seconds in a table column: three decimals.
-    static func column(_ x: Double?) -> String {
+    package static func column(_ x: Double?) -> String {
         guard let x else { return "-" }
         return fixed(x, 3)
     }
 
     /// A list of counts: "1, 5, 10".
-    static func list(_ values: [Int]) -> String {
+    package static func list(_ values: [Int]) -> String {
         values.map(String.init).joined(separator: ", ")
     }
 }

@@ -61,7 +61,7 @@ extension Turnaround {
         /// True when the overlap was not free but its progress rate is unknown.
         var progressUnmeasured: Bool { overlap > 0 && progressDuringOverlap == nil }
 
-        func validate(_ path: String) throws(TurnaroundError) {
+        package func validate(_ path: String) throws(TurnaroundError) {
             try Check.seconds(guestPause, "\(path).guestPause")
             if let migrationDowntime { try Check.seconds(migrationDowntime, "\(path).migrationDowntime") }
             if let migrationTotal { try Check.seconds(migrationTotal, "\(path).migrationTotal") }
@@ -100,9 +100,9 @@ extension Turnaround {
         public var overhead: Double { turnaround - computeTime }
 
         /// The interval the plot places the run at.
-        var plottedInterval: Double { interval ?? computeTime / Double(checkpoints + 1) }
+        package var plottedInterval: Double { interval ?? computeTime / Double(checkpoints + 1) }
 
-        func validate(_ path: String) throws(TurnaroundError) {
+        package func validate(_ path: String) throws(TurnaroundError) {
             try Check.checkpoints(checkpoints, "\(path).checkpoints", minimum: 0)
             try Check.seconds(turnaround, "\(path).turnaround")
             try Check.positiveSeconds(computeTime, "\(path).computeTime")

@@ -10,13 +10,13 @@
 #endif
 
 /// e^x, e^x − 1 (exact for small x), log₁₀ x, 10^x.
-enum Elementary {
-    static func exp(_ x: Double) -> Double { cExp(x) }
-    static func expm1(_ x: Double) -> Double { cExpm1(x) }
-    static func log10(_ x: Double) -> Double { cLog10(x) }
-    static func exp10(_ x: Double) -> Double { cPow(10, x) }
+package enum Elementary {
+    package static func exp(_ x: Double) -> Double { cExp(x) }
+    package static func expm1(_ x: Double) -> Double { cExpm1(x) }
+    package static func log10(_ x: Double) -> Double { cLog10(x) }
+    package static func exp10(_ x: Double) -> Double { cPow(10, x) }
     /// ln(1 + x), exact for small x.
-    static func log1p(_ x: Double) -> Double { cLog1p(x) }
+    package static func log1p(_ x: Double) -> Double { cLog1p(x) }
 }
 
 private func cExp(_ x: Double) -> Double { exp(x) }

@@ -57,9 +57,9 @@ public enum TurnaroundError: Error, Sendable, Equatable, CustomStringConvertible
 }
 
 /// Input checks shared by every entry point.
-enum Check {
+package enum Check {
     /// A finite duration in `0...maximumSeconds`.
-    static func seconds(_ value: Double, _ field: String) throws(TurnaroundError) {
+    package static func seconds(_ value: Double, _ field: String) throws(TurnaroundError) {
         guard value.isFinite else { throw .notFinite(field: field, value: value) }
         guard value >= 0 else { throw .negative(field: field, value: value) }
         guard value <= Turnaround.maximumSeconds else {
@@ -68,19 +68,19 @@ enum Check {
     }
 
     /// A finite duration in `0 < value ≤ maximumSeconds`.
-    static func positiveSeconds(_ value: Double, _ field: String) throws(TurnaroundError) {
+    package static func positiveSeconds(_ value: Double, _ field: String) throws(TurnaroundError) {
         try seconds(value, field)
         guard value > 0 else { throw .notPositive(field: field, value: value) }
     }
 
     /// A rate in 0...1.
-    static func fraction(_ value: Double, _ field: String) throws(TurnaroundError) {
+    package static func fraction(_ value: Double, _ field: String) throws(TurnaroundError) {
         guard value.isFinite else { throw .notFinite(field: field, value: value) }
         guard (0...1).contains(value) else { throw .outOfRange(field: field, value: value, range: 0...1) }
     }
 
     /// A checkpoint count in `minimum...maximumCheckpoints`.
-    static func checkpoints(_ value: Int, _ field: String, minimum: Int) throws(TurnaroundError) {
+    package static func checkpoints(_ value: Int, _ field: String, minimum: Int) throws(TurnaroundError) {
         guard value >= minimum else {
             throw .invalidCheckpointCount(field: field, value: value, minimum: minimum)
         }

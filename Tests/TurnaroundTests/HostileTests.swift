@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Turnaround
+import TurnaroundReport
 
 @Suite("Hostile inputs throw errors that name the field and the value")
 struct HostileTests {

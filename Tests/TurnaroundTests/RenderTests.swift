@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import Turnaround
+import TurnaroundReport
 
 #if canImport(FoundationXML)
     import FoundationXML

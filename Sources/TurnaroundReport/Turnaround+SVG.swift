@@ -1,3 +1,5 @@
+import Turnaround
+
 extension Turnaround {
     /// What the plot shows and how large it is.
     public struct PlotOptions: Sendable, Hashable {

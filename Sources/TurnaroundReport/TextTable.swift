@@ -1,3 +1,5 @@
+import Turnaround
+
 /// A plain-text table: columns padded to their widest cell, two spaces
 /// apart, numbers right-aligned. Widths count Characters, which is right
 /// for the symbols the tables use (≤, ±, τ, δ).

@@ -1,3 +1,5 @@
+import Turnaround
+
 extension Turnaround {
     /// The report as aligned plain text for a terminal: terms with their
     /// spread, missing terms, run regressions, the inequality, validation
