@@ -490,7 +490,7 @@ final class CEVMRun: CheckpointRun {
         manifest.placement?.oldInstance = placement.oldInstance.description
         manifest.placement?.observed = state.observed
         manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
-        let record = try RecordStore.commit(manifest, in: directory)
+        let record = try await Blocking.run { [manifest, directory] in try RecordStore.commit(manifest, in: directory) }
         if let cut = state.cut { supervisor.inner.withLock { $0.lastRecord = (id, cut.recordPath ?? "") } }
         made.withLock { $0.record = record }
     }

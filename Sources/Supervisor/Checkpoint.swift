@@ -74,8 +74,9 @@ extension Supervisor {
         log("checkpoint \(id): disk integrated: \(stats.switchOverClusters) clusters at the cut, "
             + "\(stats.recordClusters) in the record, \(stats.guestRequests) guest requests meanwhile, \(String(format: "%.3f", stats.seconds)) s")
         let path = "\(directory)/\(Self.diskRecordName)"
-        let entry = RecordManifest.FileEntry(
-            name: Self.diskRecordName, role: .disk, size: try Files.size(path), sha256: try FileDigest.sha256(of: path))
+        let entry = try await Blocking.run {
+            RecordManifest.FileEntry(name: Self.diskRecordName, role: .disk, size: try Files.size(path), sha256: try FileDigest.sha256(of: path))
+        }
         let record = RecordManifest.DiskRecord(
             file: Self.diskRecordName, kind: cut.incremental || spec.disk?.record != nil ? .incremental : .full,
             backing: cut.backing, backingFormat: cut.backingFormat)

@@ -92,11 +92,13 @@ public enum Retention {
         let childDiskPath = "\(childDirectory)/\(childDisk.file)"
         // 1. The parent's clusters the child lacks, copied into the child.
         if childDisk.backing == parentDiskPath {
-            let top = try QCOW2Image.open(path: childDiskPath, writable: true)
-            let below = try QCOW2Image.open(path: parentDiskPath, writable: false)
-            // The parent's own layer (not its backing).
-            _ = try top.absorb(clustersOf: below)
-            try top.flush()
+            try await Blocking.run {
+                let top = try QCOW2Image.open(path: childDiskPath, writable: true)
+                let below = try QCOW2Image.open(path: parentDiskPath, writable: false)
+                // The parent's own layer (not its backing).
+                _ = try top.absorb(clustersOf: below)
+                try top.flush()
+            }
             // 2. Its backing becomes the parent's backing (header only).
             try await Tool.check("qemu-img", ["rebase", "-u", "-f", "qcow2", "-b", parentDisk.backing, "-F", parentDisk.backingFormat, childDiskPath])
             try Files.fsync(path: childDiskPath)
@@ -108,7 +110,7 @@ public enum Retention {
         manifest.disk?.kind = parentDisk.kind
         if let index = manifest.files.firstIndex(where: { $0.name == childDisk.file }) {
             manifest.files[index].size = try Files.size(childDiskPath)
-            manifest.files[index].sha256 = try FileDigest.sha256(of: childDiskPath)
+            manifest.files[index].sha256 = try await Blocking.run { try FileDigest.sha256(of: childDiskPath) }
         }
         _ = try RecordStore.commit(manifest, in: childDirectory)
         Files.remove("\(childDirectory)/\(journalName)")

@@ -264,7 +264,7 @@ final class SnapshotRun: CheckpointRun {
                 totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: info["downtime"]?.doubleValue, streamBytes: memory.size),
             timings: timings, files: [memory] + (state.disk?.files ?? []), disk: state.disk?.disk)
         manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
-        let record = try RecordStore.commit(manifest, in: directory)
+        let record = try await Blocking.run { [manifest, directory] in try RecordStore.commit(manifest, in: directory) }
         if let cut = state.cut { supervisor.inner.withLock { $0.lastRecord = (id, cut.recordPath ?? "") } }
         made.withLock { $0.record = record }
     }
