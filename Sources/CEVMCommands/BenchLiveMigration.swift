@@ -76,6 +76,8 @@ extension CheckpointBenchRunner {
             await guest.stop(grace: .seconds(2))
             bare.withLock { $0.removeAll { $0 === guest } }
             guest = destination
+            // Measured as a CEVM record measures it (ConsoleLog.interruption).
+            let gap = await console.interruption(paused: stopped, resumed: resumed)
             let ticks = try await ticks(in: consolePath, through: resumed)
             guard let before = ConsoleProgress.rate(from: baselineStart, to: requested, in: ticks) else {
                 throw CLIError("\(mib) MiB: no progress lines around the undisturbed window; see \(consolePath)")
@@ -93,7 +95,7 @@ extension CheckpointBenchRunner {
                 progressAfterResume: nil, guestLost: during == nil, guestsLostBefore: 0,
                 failure: during == nil ? "no progress line within \(Self.lostAfter) s after the migration" : nil,
                 guestPauseMs: (resumed - stopped) * 1000, requestToPauseMs: (stopped - requested) * 1000,
-                requestToDurableMs: (resumed - requested) * 1000, consoleGapMs: nil, overlapMs: nil,
+                requestToDurableMs: (resumed - requested) * 1000, consoleGapMs: gap.map { $0 * 1000 }, overlapMs: nil,
                 migrationDowntimeMs: downtime, migrationTotalMs: info["total-time"]?.doubleValue,
                 pauseOverDowntimeMs: downtime.map { (resumed - stopped) * 1000 - $0 }, recordBytes: 0,
                 memoryStreamBytes: transferred, record: ""))

@@ -471,8 +471,7 @@ final class CEVMRun: CheckpointRun {
             resumedAt: Timestamp.format(wallSeconds: resumedQEMU))
         timings.overlapMs = (durable - requested) * 1000 - (phases["switchOver"] ?? 0)
         timings.phases = phases
-        timings.consoleGapMs = await console.longestGap(
-            from: pausedWall, to: max(resumedQEMU, pausedWall), waiting: .seconds(2)).map { $0 * 1000 }
+        timings.consoleGapMs = await console.interruption(paused: pausedWall, resumed: resumedQEMU).map { $0 * 1000 }
         var migration = RecordManifest.MigrationInfo(
             parameters: state.parameters, capabilities: ["auto-converge": options.autoConverge],
             totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: downtime, streamBytes: memory.size)

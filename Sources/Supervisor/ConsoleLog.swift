@@ -121,6 +121,19 @@ public final class ConsoleLog: Sendable {
         return longestGap(from: from, to: to)
     }
 
+    /// How long past the resume a pause's host-observed interruption is
+    /// looked for: a guest that resumes on a cold instance (TCG translates
+    /// its code afresh) may stall again right after it runs.
+    public static let interruptionTail = 0.5
+
+    /// The interruption the host saw around a pause from `paused` to
+    /// `resumed` (wall-clock seconds): the longest gap between console lines
+    /// from the pause to `interruptionTail` after the resume; nil when the
+    /// guest printed nothing after that within `timeout`.
+    public func interruption(paused: Double, resumed: Double, waiting timeout: Duration = .seconds(3)) async -> Double? {
+        await longestGap(from: paused, to: max(resumed, paused) + Self.interruptionTail, waiting: timeout)
+    }
+
     /// Writes out an unfinished last line of `instance` (one whose guest no
     /// instance continues).
     public func finish(instance: Int) {

@@ -250,8 +250,7 @@ final class SnapshotRun: CheckpointRun {
         if kind == .backgroundSnapshot {
             timings.overlapMs = (Timestamp.monotonic() - state.pauseEnd) * 1000
             timings.phases = state.phases
-            timings.consoleGapMs = await console?.longestGap(from: state.pausedWall, to: state.resumedWall, waiting: .seconds(2))
-                .map { $0 * 1000 }
+            timings.consoleGapMs = await console?.interruption(paused: state.pausedWall, resumed: state.resumedWall).map { $0 * 1000 }
         }
         let info = state.info
         var manifest = RecordManifest(
