@@ -163,14 +163,20 @@ public final class ChildProcess: Sendable {
     /// that is being ended (`terminate` sends SIGKILL before it waits).
     public func wait() async -> ExitStatus { await ending.waitIgnoringCancellation() }
 
-    /// Waits at most `timeout`; nil when the process is still running then.
+    /// Waits at most `timeout`; nil when the process is still running then
+    /// (at once when the calling task is cancelled: `terminate` then goes
+    /// straight to SIGKILL).
     public func wait(timeout: Duration) async -> ExitStatus? {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if let status = exitStatus { return status }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return exitStatus
+        if let status = exitStatus { return status }
+        let ending = self.ending
+        let waits: [@Sendable () async -> ExitStatus?] = [
+            { await ending.wait() },
+            {
+                try? await Task.sleep(for: timeout)
+                return nil
+            },
+        ]
+        return await firstFinished(waits) ?? nil
     }
 
     /// kill(2), ignored once the process has been reaped.

@@ -212,7 +212,7 @@ public final class QEMUInstance: Sendable {
                 return threads.filter { (try? Affinity.set(thread: $0, to: cpuset)) != nil }
             }
             if ContinuousClock.now > deadline || process.exitStatus != nil { return [] }
-            try? await Task.sleep(for: .milliseconds(1))
+            do { try await Task.sleep(for: .milliseconds(1)) } catch { return [] }
         }
     }
 

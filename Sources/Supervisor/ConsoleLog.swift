@@ -116,7 +116,7 @@ public final class ConsoleLog: Sendable {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if let gap = longestGap(from: from, to: to) { return gap }
-            try? await Task.sleep(for: .milliseconds(20))
+            do { try await Task.sleep(for: .milliseconds(20)) } catch { break }
         }
         return longestGap(from: from, to: to)
     }
