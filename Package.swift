@@ -113,7 +113,7 @@ let package = Package(
             ],
             swiftSettings: strict),
         .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CheckpointProtocol", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TurnaroundReport", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
