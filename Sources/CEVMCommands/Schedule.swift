@@ -43,7 +43,6 @@ struct ScheduleCommand: AsyncParsableCommand {
                 request = nil
             } else {
                 guard (every == nil) != (mtbf == nil) else { throw CLIError("give --every DURATION or --mtbf DURATION (or --off)") }
-                if let keep, keep < 1 { throw CLIError("--keep must be at least 1") }
                 func set(_ text: String?, _ option: String) throws -> CPUSet? {
                     guard let text else { return nil }
                     do { return try CPUSet(parsing: text) } catch { throw CLIError("\(option) \(text): \(error)") }
@@ -54,10 +53,13 @@ struct ScheduleCommand: AsyncParsableCommand {
                 let checkpoint = CheckpointOptions(
                     mechanism: mechanism, policy: policy, cpus: try set(cpus, "--cpus"),
                     checkpointCPUs: try set(checkpointCPUs, "--checkpoint-cpus"))
-                request = ScheduleOptions(
+                let options = ScheduleOptions(
                     everySeconds: try every.map { try parseDuration($0, option: "--every") },
                     mtbfSeconds: try mtbf.map { try parseDuration($0, option: "--mtbf") },
                     checkpoint: checkpoint, keep: keep)
+                // The supervisor checks the same again when the request arrives.
+                try options.validate()
+                request = options
             }
             let response = try await ControlClient.send(.schedule(request), to: paths, name: name)
             guard response.ok else { throw CLIError(response.error ?? "the supervisor refused the schedule") }

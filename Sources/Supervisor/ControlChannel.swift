@@ -42,10 +42,16 @@ struct ControlServer {
         try await connection.executeThenClose { inbound, outbound in
             for try await line in inbound {
                 let response: ControlResponse
-                if let message = try? JSONDecoder().decode(ControlMessage.self, from: Data(line.readableBytesView)),
-                    let request = message.request
-                {
-                    response = await handle(request)
+                if let message = try? JSONDecoder().decode(ControlMessage.self, from: Data(line.readableBytesView)) {
+                    do {
+                        if let request = try message.validatedRequest() {
+                            response = await handle(request)
+                        } else {
+                            response = ControlResponse(ok: false, error: "malformed control request")
+                        }
+                    } catch {
+                        response = ControlResponse(ok: false, error: "invalid control request: \(error)")
+                    }
                 } else {
                     response = ControlResponse(ok: false, error: "malformed control request")
                 }
