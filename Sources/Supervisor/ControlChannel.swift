@@ -98,7 +98,12 @@ public enum ControlClient {
             data.append(0x0a)
             try await outbound.write(ByteBuffer(bytes: data))
             for try await line in inbound {
-                return try JSONDecoder().decode(ControlResponse.self, from: Data(line.readableBytesView))
+                let response = try JSONDecoder().decode(ControlResponse.self, from: Data(line.readableBytesView))
+                // Checked here too: the CLI prints and acts on the status it gets.
+                do { try response.status?.validate() } catch {
+                    throw SupervisorError.controlFailed(name, "invalid answer: \(error)")
+                }
+                return response
             }
             throw SupervisorError.controlFailed(name, "the supervisor closed the connection")
         }

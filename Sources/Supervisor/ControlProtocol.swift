@@ -48,6 +48,7 @@ public struct ScheduleOptions: Codable, Sendable, Equatable {
     }
 
     public static func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite, abs(seconds) < 1e15 else { return "\(seconds) s" }
         if seconds >= 3600, seconds.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(seconds / 3600)) h" }
         if seconds >= 60, seconds.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(seconds / 60)) min" }
         if seconds >= 100 { return "\(Int(seconds.rounded())) s" }

@@ -30,6 +30,15 @@ import VMStore
         #expect(throws: InvalidValue.self) { try schedule(every: 60, keep: -3).validate() }
     }
 
+    /// Formatting an interval never traps, whatever a status holds.
+    @Test func durationsFormatAnyNumber() {
+        #expect(ScheduleOptions.duration(7200) == "2 h")
+        #expect(ScheduleOptions.duration(2) == "2.0 s")
+        #expect(ScheduleOptions.duration(.infinity) == "inf s")
+        #expect(ScheduleOptions.duration(.nan) == "nan s")
+        #expect(ScheduleOptions.duration(1e300) == "1e+300 s")
+    }
+
     @Test func checkpointNumbersAreBounded() throws {
         try CheckpointOptions(mechanism: .cevm, downtimeLimitMs: 300, maxStreamBytes: 1 << 20).validate()
         for options in [
