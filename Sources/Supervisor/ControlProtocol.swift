@@ -234,8 +234,11 @@ public enum SupervisorError: Error, Sendable, CustomStringConvertible {
             return "VM '\(name)' is already running" + (pid.map { " (supervisor pid \($0))" } ?? "")
         case .lockHeld(let name, let holder):
             if case .supervisor(let pid) = holder { return SupervisorError.alreadyRunning(name, pid: pid).description }
-            return "VM '\(name)' is held by \(holder): cevm starts no instance of a VM while another process of it lives;"
-                + " end that process first (or wait for it to exit)"
+            if case .instance = holder {
+                return "VM '\(name)' is held by \(holder): cevm starts no second instance of a VM while a QEMU of it is alive;"
+                    + " `cevm stop \(name)` ends it"
+            }
+            return "VM '\(name)' is held by \(holder), which has its lock open: end that process first"
         case .unknownVM(let name): return "no VM named '\(name)' (see `cevm ps`)"
         case .notRunning(let name): return "VM '\(name)' is not running"
         case .controlFailed(let name, let reason): return "cannot reach the supervisor of '\(name)': \(reason)"

@@ -26,9 +26,21 @@ import Testing
     @Test func terminateEscalatesToSIGKILL() async throws {
         // A shell that ignores SIGTERM must still end, by SIGKILL.
         let child = try ChildProcess.spawn("/bin/sh", arguments: ["-c", "trap '' TERM; while :; do sleep 0.05; done"])
-        try await Task.sleep(for: .milliseconds(200))
+        // Once the shell ignores SIGTERM (bit 15 of SigIgn), not after a guess.
+        let deadline = ContinuousClock.now + .seconds(10)
+        while !Self.ignores(child.pid, SIGTERM) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(Self.ignores(child.pid, SIGTERM))
         let status = await child.terminate(grace: .milliseconds(300))
         #expect(status == .signaled(SIGKILL))
+    }
+
+    /// True when `/proc/PID/status` lists `signal` as ignored.
+    static func ignores(_ pid: pid_t, _ signal: Int32) -> Bool {
+        guard let status = try? Files.readString("/proc/\(pid)/status"),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigIgn:") }),
+            let mask = UInt64(line.dropFirst("SigIgn:".count).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return false }
+        return mask & (1 << UInt64(signal - 1)) != 0
     }
 
     @Test func terminateEndsWithSIGTERMWhenHeeded() async throws {
