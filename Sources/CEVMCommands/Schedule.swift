@@ -14,7 +14,8 @@ struct ScheduleCommand: AsyncParsableCommand {
             --every takes a checkpoint at that interval. --mtbf chooses the interval from the measured \
             cost of this VM's checkpoints of the mechanism and the mean time between failures, with \
             Young's formula when it is accurate enough and Daly's otherwise (`cevm status` says which \
-            and why); with no measured checkpoint yet, the first one is taken at once. --keep N removes \
+            and why); with no measured checkpoint yet, the first one is taken after 5 s to measure it. A failed \
+            checkpoint is retried after twice the interval, then four times, and so on up to an hour. --keep N removes \
             older records after each checkpoint, merging an incremental record's parent into it first \
             so that every kept record stays restorable. The schedule survives a restart of the VM. \
             Durations accept s, m, h and d suffixes.
