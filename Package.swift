@@ -50,7 +50,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
-            swiftSettings: strict),
+            // CEVM_FAULT (fault injection) exists in debug builds only.
+            swiftSettings: strict + [.define("CEVM_FAULT_INJECTION", .when(configuration: .debug))]),
         // qcow2 images read and written cluster by cluster (no dependencies).
         .target(name: "QCOW2", exclude: ["README.md"], swiftSettings: strict),
         // Independent readers used as oracles and by `cevm disk verify` / `cevm inspect`.

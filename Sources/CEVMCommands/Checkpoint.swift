@@ -61,19 +61,19 @@ struct Checkpoint: AsyncParsableCommand {
             throw CLIError(
                 "--policy, --cpus, --checkpoint-cpus, --downtime-limit, --max-stream, --on-max-stream and --auto-converge apply to --mechanism cevm")
         }
-        if let downtimeLimit, downtimeLimit < 1 || downtimeLimit > 2000 {
-            throw CLIError("--downtime-limit \(downtimeLimit): must be 1 to 2000 ms")
-        }
         let maxStreamBytes: Int64?
         if let maxStream {
             do { maxStreamBytes = try parseSize(maxStream, defaultUnit: 1 << 20) } catch { throw CLIError("--max-stream: \(error)") }
         } else {
             maxStreamBytes = nil
         }
-        return CheckpointOptions(
+        let options = CheckpointOptions(
             mechanism: mechanism, full: full, policy: policy, cpus: try set(cpus, "--cpus"),
             checkpointCPUs: try set(checkpointCPUs, "--checkpoint-cpus"), downtimeLimitMs: downtimeLimit,
             maxStreamBytes: maxStreamBytes, onMaxStream: onMaxStream, autoConverge: autoConverge)
+        // The supervisor checks the same again when the request arrives.
+        try options.validate()
+        return options
     }
 
     func run() async throws {

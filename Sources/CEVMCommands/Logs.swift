@@ -25,52 +25,32 @@ struct Logs: AsyncParsableCommand {
     func run() async throws {
         try await Output.reporting {
             let (_, paths) = try vm.existing(in: common.home)
-            var offset: Int64 = 0
-            var pending: [UInt8] = []
-            while true {
-                let alive = paths.supervisorAlive
-                let chunk = try readFrom(paths.consoleLog, offset: offset)
-                offset += Int64(chunk.count)
-                pending += chunk
-                if let lastNewline = pending.lastIndex(of: 0x0a) {
-                    let complete = pending[...lastNewline]
-                    pending.removeSubrange(...lastNewline)
-                    try emit(String(decoding: complete, as: UTF8.self))
+            // Constant memory: lines are printed as they are read, in
+            // batches of at most about 64 KiB.
+            var out = ""
+            let waitForMore: (() async -> Bool)? =
+                follow
+                ? {
+                    FileHandle.standardOutput.write(Data(out.utf8))
+                    out = ""
+                    guard paths.supervisorAlive else { return false }
+                    try? await Task.sleep(for: .milliseconds(100))
+                    return true
+                } : nil
+            try await ConsoleLogReader(path: paths.consoleLog).read(follow: waitForMore) { raw in
+                guard !raw.isEmpty else { return }
+                let line = ConsoleLog.parse(Substring(decoding: raw, as: UTF8.self))
+                if common.json {
+                    out += String(decoding: try JSONEncoder().encode(line), as: UTF8.self) + "\n"
+                } else {
+                    out += (noTimestamps || line.time.isEmpty ? line.text : "\(line.time) \(line.text)") + "\n"
                 }
-                if !follow || (!alive && chunk.isEmpty) { break }
-                if chunk.isEmpty { try await Task.sleep(for: .milliseconds(100)) }
+                if out.utf8.count >= 1 << 16 {
+                    FileHandle.standardOutput.write(Data(out.utf8))
+                    out = ""
+                }
             }
-            if !pending.isEmpty { try emit(String(decoding: pending, as: UTF8.self)) }
+            FileHandle.standardOutput.write(Data(out.utf8))
         }
-    }
-
-    private func emit(_ text: String) throws {
-        var out = ""
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) where !raw.isEmpty {
-            let line = ConsoleLog.parse(raw)
-            if common.json {
-                let data = try JSONEncoder().encode(line)
-                out += String(decoding: data, as: UTF8.self) + "\n"
-            } else {
-                out += (noTimestamps || line.time.isEmpty ? line.text : "\(line.time) \(line.text)") + "\n"
-            }
-        }
-        FileHandle.standardOutput.write(Data(out.utf8))
-    }
-
-    private func readFrom(_ path: String, offset: Int64) throws -> [UInt8] {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { return errno == ENOENT ? [] : try { throw SystemError("open", errno: errno, subject: path) }() }
-        defer { close(fd) }
-        var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        var position = off_t(offset)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, position) }
-            if n <= 0 { break }
-            out += buffer[0..<n]
-            position += off_t(n)
-        }
-        return out
     }
 }

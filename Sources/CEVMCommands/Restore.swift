@@ -38,8 +38,11 @@ struct Restore: AsyncParsableCommand {
             let target = try name.map(parseName) ?? record.manifest.vm
             let paths = home.vm(target)
             try paths.checkSocketPaths()
-            if paths.supervisorAlive {
-                throw CLIError("VM '\(target)' is running: stop it first, or restore under another name with --name")
+            if let holder = paths.lockHolder {
+                if case .supervisor = holder {
+                    throw CLIError("VM '\(target)' is running: stop it first, or restore under another name with --name")
+                }
+                throw SupervisorError.lockHeld(target, holder)
             }
             var spec = record.manifest.spec
             spec.name = target

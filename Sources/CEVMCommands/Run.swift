@@ -71,6 +71,7 @@ struct Run: AsyncParsableCommand {
     func run() async throws {
         try await Output.reporting {
             let name = try parseName(name)
+            _ = try Supervisor.Options.bootGrace(seconds: bootGrace)
             let home = common.home
             try home.prepare()
             let paths = home.vm(name)
@@ -78,9 +79,7 @@ struct Run: AsyncParsableCommand {
             for tool in [QEMUCommandLine.defaultBinary, "qemu-img"] where Executables.find(tool) == nil {
                 throw QEMUError.qemuMissing(binary: tool)
             }
-            if paths.supervisorAlive {
-                throw SupervisorError.alreadyRunning(name, pid: paths.readStatus()?.supervisorPID)
-            }
+            if let holder = paths.lockHolder { throw SupervisorError.lockHeld(name, holder) }
             if Files.exists(paths.spec) {
                 if specOptionsGiven {
                     throw CLIError(
@@ -88,6 +87,7 @@ struct Run: AsyncParsableCommand {
                 }
             } else {
                 let spec = try await makeSpec(name: name)
+                try spec.validate()
                 try Files.makeDirectory(paths.directory, mode: 0o700)
                 try paths.writeSpec(spec)
             }
@@ -106,9 +106,7 @@ struct Run: AsyncParsableCommand {
 
     private func makeSpec(name: VMName) async throws -> VMSpec {
         let memoryMiB = try memory.map { Int(try parseSize($0, defaultUnit: 1 << 20) >> 20) } ?? 128
-        guard memoryMiB >= 16 else { throw CLIError("--memory must be at least 16M") }
         let vcpus = cpus ?? 1
-        guard (1...64).contains(vcpus) else { throw CLIError("--cpus must be between 1 and 64") }
         var pinned: CPUSet?
         if let cpuset {
             do { pinned = try CPUSet(parsing: cpuset) } catch { throw CLIError("--cpuset: \(error)") }
@@ -168,14 +166,9 @@ struct Run: AsyncParsableCommand {
             ramPaddingKiB: QEMUCommandLine.ramPaddingKiB(for: try? await QEMUVersion.of()))
     }
 
-    private var supervisorOptions: Supervisor.Options {
-        var options = Supervisor.Options()
-        options.bootGrace = .milliseconds(Int(bootGrace * 1000))
-        return options
-    }
-
     private func runForeground(home: Home, name: VMName) async throws -> VMStatus {
-        var options = supervisorOptions
+        var options = Supervisor.Options()
+        options.bootGrace = try Supervisor.Options.bootGrace(seconds: bootGrace)
         options.onStatus = { status in
             if !common.json { Output.line("\(name): \(status.state.rawValue)\(status.message.map { ": \($0)" } ?? "")") }
         }
@@ -238,7 +231,7 @@ struct Supervise: AsyncParsableCommand {
         try await Output.reporting {
             let name = try parseName(name)
             var options = Supervisor.Options()
-            options.bootGrace = .milliseconds(Int(bootGrace * 1000))
+            options.bootGrace = try Supervisor.Options.bootGrace(seconds: bootGrace)
             options.restore = restore
             options.onStatus = { status in
                 FileHandle.standardError.write(Data("\(Timestamp.now()) \(status.state.rawValue)\(status.message.map { ": \($0)" } ?? "")\n".utf8))

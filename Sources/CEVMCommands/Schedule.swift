@@ -14,7 +14,8 @@ struct ScheduleCommand: AsyncParsableCommand {
             --every takes a checkpoint at that interval. --mtbf chooses the interval from the measured \
             cost of this VM's checkpoints of the mechanism and the mean time between failures, with \
             Young's formula when it is accurate enough and Daly's otherwise (`cevm status` says which \
-            and why); with no measured checkpoint yet, the first one is taken at once. --keep N removes \
+            and why); with no measured checkpoint yet, the first one is taken after 5 s to measure it. A failed \
+            checkpoint is retried after twice the interval, then four times, and so on up to an hour. --keep N removes \
             older records after each checkpoint, merging an incremental record's parent into it first \
             so that every kept record stays restorable. The schedule survives a restart of the VM. \
             Durations accept s, m, h and d suffixes.
@@ -43,7 +44,6 @@ struct ScheduleCommand: AsyncParsableCommand {
                 request = nil
             } else {
                 guard (every == nil) != (mtbf == nil) else { throw CLIError("give --every DURATION or --mtbf DURATION (or --off)") }
-                if let keep, keep < 1 { throw CLIError("--keep must be at least 1") }
                 func set(_ text: String?, _ option: String) throws -> CPUSet? {
                     guard let text else { return nil }
                     do { return try CPUSet(parsing: text) } catch { throw CLIError("\(option) \(text): \(error)") }
@@ -54,10 +54,13 @@ struct ScheduleCommand: AsyncParsableCommand {
                 let checkpoint = CheckpointOptions(
                     mechanism: mechanism, policy: policy, cpus: try set(cpus, "--cpus"),
                     checkpointCPUs: try set(checkpointCPUs, "--checkpoint-cpus"))
-                request = ScheduleOptions(
+                let options = ScheduleOptions(
                     everySeconds: try every.map { try parseDuration($0, option: "--every") },
                     mtbfSeconds: try mtbf.map { try parseDuration($0, option: "--mtbf") },
                     checkpoint: checkpoint, keep: keep)
+                // The supervisor checks the same again when the request arrives.
+                try options.validate()
+                request = options
             }
             let response = try await ControlClient.send(.schedule(request), to: paths, name: name)
             guard response.ok else { throw CLIError(response.error ?? "the supervisor refused the schedule") }

@@ -18,7 +18,11 @@ struct Stop: AsyncParsableCommand {
     func run() async throws {
         try await Output.reporting {
             let (name, paths) = try vm.existing(in: common.home)
-            if paths.supervisorAlive {
+            let holder = paths.lockHolder
+            if case .instance(let pid, _)? = holder, Self.isQEMU(pid: pid, of: paths) {
+                // A QEMU of the VM that outlived its supervisor holds its lock.
+                try await Self.end(orphan: pid, paths: paths, name: name)
+            } else if holder != nil {
                 Output.progress("\(name): stopping…")
                 _ = try await ControlClient.send(.stop, to: paths, name: name)
                 let deadline = ContinuousClock.now + .seconds(60)
@@ -43,6 +47,30 @@ struct Stop: AsyncParsableCommand {
             let status = paths.readStatus()
             if common.json { return try Output.json(status) }
             Output.line("\(name) stopped\(status?.exitReason.map { ": \($0)" } ?? "")")
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after 5 s, to a QEMU left without its
+    /// supervisor; returns once the VM's lock is free.
+    static func end(orphan pid: Int32, paths: VMPaths, name: VMName) async throws {
+        kill(pid, SIGTERM)
+        let started = ContinuousClock.now
+        var killed = false
+        while paths.supervisorAlive {
+            if !killed && ContinuousClock.now - started > .seconds(5) {
+                kill(pid, SIGKILL)
+                killed = true
+            }
+            if ContinuousClock.now - started > .seconds(30) {
+                throw SupervisorError.controlFailed(name, "QEMU pid \(pid) still holds the VM's lock 30 s after SIGKILL")
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        if var status = paths.readStatus() {
+            status.state = .stopped
+            status.exitReason = "QEMU pid \(pid) ended by `cevm stop` after its supervisor was lost"
+            status.qemuPID = nil
+            try paths.writeStatus(status)
         }
     }
 

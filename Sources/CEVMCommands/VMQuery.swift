@@ -13,13 +13,21 @@ struct VMReport: Encodable {
     var supervisorAlive: Bool
     var status: VMStatus?
     var spec: VMSpec?
+    /// The process holding the VM's lock when it is not the supervisor.
+    var heldBy: String?
 
     /// Reads the VM's files; asks a live supervisor over its control socket.
     static func load(home: Home, name: VMName) async throws -> VMReport {
         let paths = home.vm(name)
         guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
         let spec = try? paths.readSpec()
-        let alive = paths.supervisorAlive
+        let holder = paths.lockHolder
+        let alive = holder != nil
+        if let holder, !holder.isSupervisor {
+            // A process of the VM outlived its supervisor (nothing cevm
+            // starts should: its QEMU dies with it): say so, never "lost".
+            return VMReport(name: name, state: "orphaned", supervisorAlive: false, status: paths.readStatus(), spec: spec, heldBy: holder.description)
+        }
         var status = paths.readStatus()
         if alive, let live = try? await ControlClient.send(.status, to: paths, name: name, timeout: .seconds(5)).status {
             status = live

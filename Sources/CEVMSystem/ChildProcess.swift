@@ -2,8 +2,9 @@
 import Glibc
 #endif
 import CSystemShims
-import Synchronization
+import Dispatch
 import Foundation
+import Synchronization
 
 /// How a child process ended.
 public enum ExitStatus: Sendable, Equatable, Codable, CustomStringConvertible {
@@ -67,6 +68,13 @@ public final class ChildProcess: Sendable {
     /// `arguments` (argv[1...]). Every descriptor above 2 is closed in the
     /// child. `newSession` makes the child a session leader (setsid), detached
     /// from the caller's terminal and process group.
+    ///
+    /// `tiedToParent` spawns a child that cannot outlive this process: it is
+    /// forked by one dedicated thread that lives as long as the process (the
+    /// kernel's parent-death signal fires when the forking *thread* ends)
+    /// and sets PR_SET_PDEATHSIG(SIGKILL) before it execs. Such a child may
+    /// also `inherit` one descriptor, as its descriptor 3 (for instance a
+    /// flock(2) that must stay held while the child lives).
     public static func spawn(
         _ executable: String,
         arguments: [String],
@@ -74,9 +82,21 @@ public final class ChildProcess: Sendable {
         stdin: StandardIO = .null,
         stdout: StandardIO = .null,
         stderr: StandardIO = .null,
-        newSession: Bool = false
+        newSession: Bool = false,
+        tiedToParent: Bool = false,
+        inherit: Int32? = nil
     ) throws -> ChildProcess {
         guard let path = Executables.find(executable) else { throw SpawnError.notFound(executable) }
+        if tiedToParent {
+            let pid = try TiedSpawner.spawn(
+                path: path, argv: [path] + arguments,
+                environment: (environment ?? Executables.currentEnvironment()).map { "\($0.key)=\($0.value)" },
+                stdio: [stdin, stdout, stderr], inherit: inherit)
+            let child = ChildProcess(pid: pid, executable: path)
+            child.startReaper()
+            return child
+        }
+        precondition(inherit == nil, "a descriptor is inherited only by a child tied to its parent")
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -192,6 +212,74 @@ public final class ChildProcess: Sendable {
         if let status = await wait(timeout: grace) { return status }
         signal(SIGKILL)
         return await wait()
+    }
+}
+
+/// Forks children that die with this process (see `ChildProcess.spawn`'s
+/// `tiedToParent`) from one thread that never ends.
+enum TiedSpawner {
+    private final class Job: @unchecked Sendable {
+        // Written by the spawner thread before `done` is signalled, read by
+        // the caller after it: the semaphore orders the two.
+        let work: () -> (pid_t, Int32)
+        var result: (pid: pid_t, errno: Int32) = (-1, 0)
+        let done = DispatchSemaphore(value: 0)
+        init(_ work: @escaping () -> (pid_t, Int32)) { self.work = work }
+    }
+
+    private static let queue = Mutex<[Job]>([])
+    private static let pending = DispatchSemaphore(value: 0)
+    /// Started on first use; never ends.
+    private static let thread: Void = {
+        let thread = Thread {
+            while true {
+                pending.wait()
+                guard let job = queue.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { continue }
+                job.result = job.work()
+                job.done.signal()
+            }
+        }
+        thread.name = "cevm-spawner"
+        thread.start()
+    }()
+
+    static func spawn(path: String, argv: [String], environment: [String], stdio: [StandardIO], inherit: Int32?) throws -> pid_t {
+        // The child's standard streams, opened here (close-on-exec: the child dup2s them).
+        var opened: [Int32] = []
+        defer { opened.forEach { close($0) } }
+        var fds: [Int32] = []
+        for (index, io) in stdio.enumerated() {
+            switch io {
+            case .descriptor(let fd): fds.append(fd)
+            case .null:
+                let fd = open("/dev/null", (index == 0 ? O_RDONLY : O_WRONLY) | O_CLOEXEC)
+                if fd < 0 { throw SystemError("open", errno: errno, subject: "/dev/null") }
+                opened.append(fd)
+                fds.append(fd)
+            case .appendFile(let file), .truncateFile(let file):
+                var flags = O_WRONLY | O_CREAT | O_CLOEXEC
+                if case .appendFile = io { flags |= O_APPEND } else { flags |= O_TRUNC }
+                let fd = open(file, flags, 0o600)
+                if fd < 0 { throw SystemError("open", errno: errno, subject: file) }
+                opened.append(fd)
+                fds.append(fd)
+            }
+        }
+        let parent = getpid()
+        let stdioFDs = fds
+        let job = Job {
+            let cArgv = argv.map { strdup($0) } + [nil]
+            let cEnv = environment.map { strdup($0) } + [nil]
+            defer { for pointer in cArgv + cEnv { free(pointer) } }
+            let pid = cevm_spawn_dying_with_parent(path, cArgv, cEnv, stdioFDs, inherit ?? -1, parent)
+            return (pid, pid < 0 ? errno : 0)
+        }
+        _ = thread
+        queue.withLock { $0.append(job) }
+        pending.signal()
+        job.done.wait()
+        if job.result.pid < 0 { throw ChildProcess.SpawnError.failed(executable: path, errno: job.result.errno) }
+        return job.result.pid
     }
 }
 

@@ -2,20 +2,36 @@
 import Glibc
 #endif
 import CSystemShims
+import Synchronization
+
+/// Numbers the temporary files of `Files.writeAtomically` in this process.
+private let temporaryCounter = Atomic<UInt64>(0)
 
 /// Small file-system operations with the durability cevm needs.
 public enum Files {
-    /// mkdir(2) with `mode`, creating parents; an existing directory is
-    /// accepted and its mode set to `mode` (chmod(2)).
-    public static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws {
+    /// mkdir(2) with `mode`, creating parents. A directory made here gets
+    /// exactly `mode` (chmod(2) after mkdir, whatever the umask); an
+    /// existing one is accepted as it is: cevm never changes the mode of a
+    /// directory it did not create (`CEVM_HOME=$HOME` must not touch
+    /// `$HOME`). Returns true when the directory `path` was created.
+    @discardableResult
+    public static func makeDirectory(_ path: String, mode: mode_t = 0o700) throws -> Bool {
         var prefix = path.hasPrefix("/") ? "" : "."
+        var created = false
         for component in path.split(separator: "/") {
             prefix += "/" + component
-            if mkdir(prefix, mode) != 0 && errno != EEXIST {
+            if mkdir(prefix, mode) == 0 {
+                created = true
+                // Parents made here too: the umask may have narrowed them.
+                if chmod(prefix, mode) != 0 { throw SystemError("chmod", errno: errno, subject: prefix) }
+            } else if errno == EEXIST {
+                created = false
+                if !isDirectory(prefix) { throw SystemError("mkdir", errno: ENOTDIR, subject: prefix) }
+            } else {
                 throw SystemError("mkdir", errno: errno, subject: prefix)
             }
         }
-        if chmod(path, mode) != 0 { throw SystemError("chmod", errno: errno, subject: path) }
+        return created
     }
 
     public static func exists(_ path: String) -> Bool {
@@ -43,6 +59,23 @@ public enum Files {
             }
         }
         return out
+    }
+
+    /// The last `bytes` bytes of a file (all of a smaller one), as text.
+    public static func readTail(_ path: String, bytes: Int) throws -> String {
+        let fd = try retryingEINTR("open", subject: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        var st = stat()
+        if fstat(fd, &st) != 0 { throw SystemError("fstat", errno: errno, subject: path) }
+        if Int64(st.st_size) > Int64(bytes) { lseek(fd, off_t(Int64(st.st_size) - Int64(bytes)), SEEK_SET) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while out.count < bytes {
+            let n = try readSome(fd, into: &chunk, subject: path)
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<min(n, bytes - out.count)])
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     public static func readString(_ path: String, limit: Int = 64 << 20) throws -> String {
@@ -91,9 +124,11 @@ public enum Files {
     /// A crash leaves either the old content or the new, never a mix.
     public static func writeAtomically(_ bytes: some Collection<UInt8>, to path: String, mode: mode_t = 0o600) throws {
         let directory = parent(of: path)
-        let temporary = "\(path).tmp-\(getpid())"
+        // A name of this write alone: concurrent writers (threads of one
+        // process too) never share a temporary file.
+        let temporary = "\(path).tmp-\(getpid())-\(temporaryCounter.add(1, ordering: .relaxed).newValue)"
         let fd = try retryingEINTR("open", subject: temporary) {
-            open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+            open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         }
         do {
             try writeAll(fd, bytes, subject: temporary)

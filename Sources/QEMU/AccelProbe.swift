@@ -58,7 +58,7 @@ public enum AccelProbe {
                     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                     "-drive", "file=\(image),format=raw,if=ide",
                 ],
-                stdout: .null, stderr: .truncateFile(err))
+                stdout: .null, stderr: .truncateFile(err), tiedToParent: true)
         } catch { return (false, "\(error)") }
         let status = await child.wait(timeout: timeout)
         let printed = (try? Files.readString(out)) ?? ""

@@ -45,12 +45,19 @@ public struct InstanceConfig: Sendable, Equatable {
     public var cpuModel: String?
     /// KiB of RAM beyond `memoryMiB` (see `QEMUCommandLine.ramPaddingKiB`).
     public var ramPaddingKiB: Int
+    /// A descriptor the QEMU process inherits (as its descriptor 3) for its
+    /// whole life: the supervisor's flock on the VM's `lock`, so that the
+    /// lock stays held while any QEMU of the VM lives, even one that
+    /// outlived its supervisor. Not part of the command line. A copy of the
+    /// config (New_VM's, during a CEVM checkpoint) carries it on.
+    public var heldLock: Int32?
 
     public init(
         name: String, memoryMiB: Int, vcpus: Int, machine: String = QEMUCommandLine.defaultMachine,
         accel: Accelerator, boot: Boot, drive: Drive?, qmpSocket: String, incoming: Bool = false, cpuModel: String? = nil,
-        ramPaddingKiB: Int = 0
+        ramPaddingKiB: Int = 0, heldLock: Int32? = nil
     ) {
+        self.heldLock = heldLock
         self.cpuModel = cpuModel
         self.ramPaddingKiB = ramPaddingKiB
         self.name = name

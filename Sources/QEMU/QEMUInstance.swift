@@ -88,9 +88,13 @@ public final class QEMUInstance: Sendable {
         for fd in pipeFDs { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         let child: ChildProcess
         do {
+            // Tied to this process: QEMU gets SIGKILL when its owner dies, so
+            // no instance outlives a killed supervisor (and the VM's lock,
+            // which it may inherit, is released with it).
             child = try ChildProcess.spawn(
                 binary, arguments: QEMUCommandLine.arguments(for: config),
-                stdin: .null, stdout: .descriptor(pipeFDs[1]), stderr: .appendFile(stderrLog))
+                stdin: .null, stdout: .descriptor(pipeFDs[1]), stderr: .appendFile(stderrLog),
+                tiedToParent: true, inherit: config.heldLock)
         } catch {
             close(pipeFDs[0])
             close(pipeFDs[1])

@@ -8,10 +8,26 @@ import Synchronization
 /// instances. Each line is written as `<UTC timestamp> <text>` with the time
 /// the host received its last byte (the guest's own clock stops while it is
 /// paused, so only the host can see a pause).
+///
+/// The log is bounded: once writing a batch of lines would take it past
+/// `maximumBytes`, it is rotated first (`console.log` becomes
+/// `console.log.1`, replacing the previous one, and a new `console.log`
+/// starts), so at most two files of about `maximumBytes` each are kept.
+/// `ConsoleLogReader` reads both, in order, and follows a rotation.
 public final class ConsoleLog: Sendable {
     public let path: String
-    private let fd: Int32
-    private let partial: Mutex<[Int: [UInt8]]>
+    /// The size at which the log is rotated.
+    public let maximumBytes: Int64
+    /// The default rotation size: 16 MiB (a day of the bundled guest's ticks).
+    public static let defaultMaximumBytes: Int64 = 16 << 20
+
+    private struct State {
+        var fd: Int32
+        var size: Int64
+        var partial: [Int: [UInt8]] = [:]
+    }
+
+    private let state: Mutex<State>
     private let watches: Mutex<[(needle: [UInt8], signal: AsyncSignal)]>
     /// Host wall-clock times of the most recent complete lines (any instance).
     private let lineTimes = Mutex<[Double]>([])
@@ -20,11 +36,41 @@ public final class ConsoleLog: Sendable {
     /// Longest line kept whole; a longer one is split.
     public static let maximumLine = 64 * 1024
 
-    public init(path: String) throws {
+    /// The previous file, kept after a rotation.
+    public static func previous(of path: String) -> String { "\(path).1" }
+
+    public init(path: String, maximumBytes: Int64 = ConsoleLog.defaultMaximumBytes) throws {
         self.path = path
-        self.fd = try Files.openForAppend(path)
-        self.partial = Mutex([:])
+        self.maximumBytes = max(1, maximumBytes)
+        let fd = try Files.openForAppend(path)
+        var st = stat()
+        let size = fstat(fd, &st) == 0 ? Int64(st.st_size) : 0
+        self.state = Mutex(State(fd: fd, size: size))
         self.watches = Mutex([])
+    }
+
+    /// Appends `bytes` (whole lines), rotating first when they would take
+    /// the log past `maximumBytes` (never an empty file: a batch larger
+    /// than the limit goes into a file of its own).
+    private func write(_ bytes: [UInt8], _ state: inout State) {
+        if state.size > 0 && state.size + Int64(bytes.count) > maximumBytes {
+            rotate(&state)
+        }
+        do {
+            try Files.writeAll(state.fd, bytes, subject: path)
+            state.size += Int64(bytes.count)
+        } catch {
+            // The console must not stop the VM: a full disk loses lines.
+        }
+    }
+
+    /// console.log → console.log.1, then a new console.log. A reader that
+    /// has the old file open reads it to its end, then moves on.
+    private func rotate(_ state: inout State) {
+        guard Glibc.rename(path, Self.previous(of: path)) == 0, let fd = try? Files.openForAppend(path) else { return }
+        close(state.fd)
+        state.fd = fd
+        state.size = 0
     }
 
     /// A signal fired when a line containing `text` is logged from now on.
@@ -44,7 +90,7 @@ public final class ConsoleLog: Sendable {
         fired.forEach { $0.fire() }
     }
 
-    deinit { close(fd) }
+    deinit { state.withLock { _ = close($0.fd) } }
 
     /// A sink for one instance's console bytes. With `continuing`, the
     /// instance carries on the guest of that one (a live migration's
@@ -57,13 +103,13 @@ public final class ConsoleLog: Sendable {
     }
 
     func append(_ bytes: [UInt8], instance: Int, continuing previous: Int? = nil) {
-        partial.withLock { partial in
+        state.withLock { state in
             // The first bytes of a continuing instance take over the line
             // the previous one left unfinished.
-            if let previous, partial[instance] == nil {
-                partial[instance] = partial.removeValue(forKey: previous) ?? []
+            if let previous, state.partial[instance] == nil {
+                state.partial[instance] = state.partial.removeValue(forKey: previous) ?? []
             }
-            var pending = partial[instance] ?? []
+            var pending = state.partial[instance] ?? []
             var out: [UInt8] = []
             let now = Timestamp.wallSeconds()
             let stamp = Array(Timestamp.format(seconds: Int(now), microseconds: min(999_999, Int((now - now.rounded(.down)) * 1e6))).utf8) + [0x20]
@@ -84,8 +130,8 @@ public final class ConsoleLog: Sendable {
                     }
                 }
             }
-            partial[instance] = pending
-            if !out.isEmpty { try? Files.writeAll(fd, out, subject: path) }
+            state.partial[instance] = pending
+            if !out.isEmpty { write(out, &state) }
         }
     }
 
@@ -137,9 +183,9 @@ public final class ConsoleLog: Sendable {
     /// Writes out an unfinished last line of `instance` (one whose guest no
     /// instance continues).
     public func finish(instance: Int) {
-        partial.withLock { partial in
-            guard let pending = partial.removeValue(forKey: instance), !pending.isEmpty else { return }
-            try? Files.writeAll(fd, Array(Timestamp.now().utf8) + [0x20] + pending + [0x0a], subject: path)
+        state.withLock { state in
+            guard let pending = state.partial.removeValue(forKey: instance), !pending.isEmpty else { return }
+            write(Array(Timestamp.now().utf8) + [0x20] + pending + [0x0a], &state)
         }
     }
 

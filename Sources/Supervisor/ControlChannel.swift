@@ -42,10 +42,16 @@ struct ControlServer {
         try await connection.executeThenClose { inbound, outbound in
             for try await line in inbound {
                 let response: ControlResponse
-                if let message = try? JSONDecoder().decode(ControlMessage.self, from: Data(line.readableBytesView)),
-                    let request = message.request
-                {
-                    response = await handle(request)
+                if let message = try? JSONDecoder().decode(ControlMessage.self, from: Data(line.readableBytesView)) {
+                    do {
+                        if let request = try message.validatedRequest() {
+                            response = await handle(request)
+                        } else {
+                            response = ControlResponse(ok: false, error: "malformed control request")
+                        }
+                    } catch {
+                        response = ControlResponse(ok: false, error: "invalid control request: \(error)")
+                    }
                 } else {
                     response = ControlResponse(ok: false, error: "malformed control request")
                 }
@@ -92,7 +98,12 @@ public enum ControlClient {
             data.append(0x0a)
             try await outbound.write(ByteBuffer(bytes: data))
             for try await line in inbound {
-                return try JSONDecoder().decode(ControlResponse.self, from: Data(line.readableBytesView))
+                let response = try JSONDecoder().decode(ControlResponse.self, from: Data(line.readableBytesView))
+                // Checked here too: the CLI prints and acts on the status it gets.
+                do { try response.status?.validate() } catch {
+                    throw SupervisorError.controlFailed(name, "invalid answer: \(error)")
+                }
+                return response
             }
             throw SupervisorError.controlFailed(name, "the supervisor closed the connection")
         }

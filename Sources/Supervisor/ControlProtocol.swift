@@ -48,6 +48,7 @@ public struct ScheduleOptions: Codable, Sendable, Equatable {
     }
 
     public static func duration(_ seconds: Double) -> String {
+        guard seconds.isFinite, abs(seconds) < 1e15 else { return "\(seconds) s" }
         if seconds >= 3600, seconds.truncatingRemainder(dividingBy: 3600) == 0 { return "\(Int(seconds / 3600)) h" }
         if seconds >= 60, seconds.truncatingRemainder(dividingBy: 60) == 0 { return "\(Int(seconds / 60)) min" }
         if seconds >= 100 { return "\(Int(seconds.rounded())) s" }
@@ -123,6 +124,38 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
     }
 }
 
+extension CheckpointOptions: Validatable {
+    /// `downtime-limit` (ms) a checkpoint may ask for (QEMU takes up to
+    /// 2000 s; a longer pause is stop-and-save's business).
+    public static let downtimeLimitRangeMs: ClosedRange<Int64> = 1...2000
+    /// The stream cap: at least one byte, at most 1 PiB.
+    public static let maxStreamRange: ClosedRange<Int64> = 1...(Int64(1) << 50)
+
+    public func validate() throws(InvalidValue) {
+        try Validate.integer(downtimeLimitMs, "--downtime-limit (ms)", in: Self.downtimeLimitRangeMs)
+        try Validate.integer(maxStreamBytes, "--max-stream (bytes)", in: Self.maxStreamRange)
+    }
+}
+
+extension ScheduleOptions: Validatable {
+    /// The shortest and longest fixed interval (a 0 s interval would be a
+    /// hot loop of checkpoints).
+    public static let intervalRange: ClosedRange<Double> = 1...(366 * 86400)
+    public static let mtbfRange: ClosedRange<Double> = 1...(100 * 366 * 86400)
+    public static let keepRange = 1...100_000
+
+    public func validate() throws(InvalidValue) {
+        guard (everySeconds == nil) != (mtbfSeconds == nil) else {
+            throw InvalidValue(
+                what: "schedule", value: everySeconds == nil ? "with neither" : "with both", expected: "either an interval (--every) or an MTBF (--mtbf)")
+        }
+        try Validate.number(everySeconds, "--every", in: Self.intervalRange, unit: " s")
+        try Validate.number(mtbfSeconds, "--mtbf", in: Self.mtbfRange, unit: " s")
+        try Validate.integer(keep, "--keep", in: Self.keepRange)
+        try checkpoint.validate()
+    }
+}
+
 public struct ControlMessage: Codable, Sendable {
     public var op: String
     public var checkpoint: CheckpointOptions?
@@ -139,6 +172,18 @@ public struct ControlMessage: Codable, Sendable {
             op = options == nil ? "schedule-off" : "schedule"
             schedule = options
         }
+    }
+
+    /// The request, checked: every number in it is refused here, before
+    /// the supervisor acts on it, when out of range.
+    func validatedRequest() throws(InvalidValue) -> ControlRequest? {
+        guard let request else { return nil }
+        switch request {
+        case .status, .stop, .schedule(nil): break
+        case .checkpoint(let options): try options.validate()
+        case .schedule(let options?): try options.validate()
+        }
+        return request
     }
 
     var request: ControlRequest? {
@@ -171,6 +216,8 @@ public struct ControlResponse: Codable, Sendable {
 /// Errors of the supervisor and its control socket.
 public enum SupervisorError: Error, Sendable, CustomStringConvertible {
     case alreadyRunning(VMName, pid: Int32?)
+    /// The VM's lock is held, by its supervisor or a process that outlived it.
+    case lockHeld(VMName, LockHolder)
     case unknownVM(VMName)
     case notRunning(VMName)
     case controlFailed(VMName, String)
@@ -185,6 +232,13 @@ public enum SupervisorError: Error, Sendable, CustomStringConvertible {
         switch self {
         case .alreadyRunning(let name, let pid):
             return "VM '\(name)' is already running" + (pid.map { " (supervisor pid \($0))" } ?? "")
+        case .lockHeld(let name, let holder):
+            if case .supervisor(let pid) = holder { return SupervisorError.alreadyRunning(name, pid: pid).description }
+            if case .instance = holder {
+                return "VM '\(name)' is held by \(holder): cevm starts no second instance of a VM while a QEMU of it is alive;"
+                    + " `cevm stop \(name)` ends it"
+            }
+            return "VM '\(name)' is held by \(holder), which has its lock open: end that process first"
         case .unknownVM(let name): return "no VM named '\(name)' (see `cevm ps`)"
         case .notRunning(let name): return "VM '\(name)' is not running"
         case .controlFailed(let name, let reason): return "cannot reach the supervisor of '\(name)': \(reason)"

@@ -15,7 +15,8 @@ import Foundation
 /// runs), `memory-durable` (the memory record is fsynced, the disk still
 /// integrating). Actions: `kill-old`, `kill-new` (SIGKILL to that QEMU),
 /// `kill-supervisor` (SIGKILL to the supervisor, which also ends the tee and
-/// the integration: they are its threads).
+/// the integration: they are its threads, and its QEMU instances: they die
+/// with it). Compiled into debug builds only.
 struct FaultInjection: Sendable, Equatable {
     enum Step: String, Sendable, CaseIterable {
         case prepared, migrating
@@ -40,7 +41,14 @@ struct FaultInjection: Sendable, Equatable {
         return FaultInjection(step: step, action: action)
     }
 
+    #if CEVM_FAULT_INJECTION
+    /// Debug and test builds only (Package.swift defines
+    /// CEVM_FAULT_INJECTION for the debug configuration): a release binary
+    /// ignores CEVM_FAULT.
     static let fromEnvironment: FaultInjection? = ProcessInfo.processInfo.environment[variable].flatMap(parse)
+    #else
+    static let fromEnvironment: FaultInjection? = nil
+    #endif
 
     /// Carries out the action if this is its step.
     func trigger(at step: Step, old: pid_t?, new: pid_t?, log: (String) -> Void) {

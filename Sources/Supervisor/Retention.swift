@@ -59,7 +59,17 @@ public enum Retention {
         for name in names {
             let journalPath = "\(store.directory)/\(name)/\(journalName)"
             guard Files.exists(journalPath) else { continue }
-            let journal = try JSONDecoder().decode(Journal.self, from: Data(try Files.read(journalPath)))
+            let journal: Journal
+            do {
+                journal = try JSONDecoder().decode(Journal.self, from: Data(try Files.read(journalPath, limit: 1 << 20)))
+            } catch {
+                throw RecordError.corruptManifest(path: journalPath, reason: "unreadable merge journal: \(error)")
+            }
+            // It names a record, by its id and its directory, nothing else.
+            guard Record.isPlainID(journal.parent), journal.parentDirectory.split(separator: "/").last.map(String.init) == journal.parent else {
+                throw RecordError.corruptManifest(
+                    path: journalPath, reason: "the merge journal names no record ('\(journal.parent)' in '\(journal.parentDirectory)')")
+            }
             let parent = try Record.load(directory: journal.parentDirectory)
             try await finishMerge(parent: parent, childDirectory: "\(store.directory)/\(name)")
         }

@@ -11,10 +11,7 @@ extension Supervisor {
     /// Replaces the schedule (nil: off), persists it and (re)starts the loop.
     func setSchedule(_ options: ScheduleOptions?) throws {
         if let options {
-            guard (options.everySeconds == nil) != (options.mtbfSeconds == nil) else {
-                throw SupervisorError.badSpec("give either an interval (--every) or an MTBF (--mtbf)")
-            }
-            if let keep = options.keep, keep < 1 { throw SupervisorError.badSpec("--keep must be at least 1") }
+            do { try options.validate() } catch { throw SupervisorError.badSpec("\(error)") }
             try StoreCoding.write(options, to: paths.schedule)
         } else {
             Files.remove(paths.schedule)
@@ -38,59 +35,71 @@ extension Supervisor {
         inner.withLock { $0.scheduler = task }
     }
 
-    /// The persisted schedule, if any (read when the VM starts).
+    /// The persisted schedule, if any (read when the VM starts). One that
+    /// cannot be read or is out of range (`StoreCoding` validates it) is
+    /// reported in the supervisor log and the status, and ignored: the VM
+    /// runs unscheduled rather than failing at every start.
     func storedSchedule() -> ScheduleOptions? {
         guard Files.exists(paths.schedule) else { return nil }
         do { return try StoreCoding.decode(ScheduleOptions.self, from: paths.schedule) } catch {
-            log("schedule: \(paths.schedule) is unreadable (\(error)); no schedule")
+            log("schedule: ignored: \(error)")
+            update { $0.message = "the stored schedule was ignored: \(error); set it again with `cevm schedule`" }
             return nil
         }
     }
 
     private func runSchedule(_ options: ScheduleOptions) async {
-        while !Task.isCancelled {
-            let (interval, reason) = scheduleInterval(options)
-            let due = Timestamp.wallSeconds() + interval
-            update {
-                $0.schedule?.intervalSeconds = interval
-                $0.schedule?.intervalReason = reason
-                $0.schedule?.nextDueAt = Timestamp.format(seconds: Int(due), microseconds: 0)
-            }
-            do { try await Task.sleep(for: .milliseconds(Int(interval * 1000))) } catch { return }
-            guard status.state == .running else { continue }
-            var result: ScheduleState.Result
+        let loop = ScheduleLoop(
+            interval: { [self] in scheduleInterval(options) },
+            sleep: { seconds in try await Task.sleep(for: .microseconds(Int64((seconds * 1_000_000).rounded()))) },
+            attempt: { [self] in await scheduledCheckpoint(options) },
+            publish: { [self] interval, reason, delay in
+                let due = Timestamp.wallSeconds() + delay
+                update {
+                    $0.schedule?.intervalSeconds = interval
+                    $0.schedule?.intervalReason = reason
+                    $0.schedule?.nextDueAt = Timestamp.format(seconds: Int(due), microseconds: 0)
+                }
+            })
+        await loop.run()
+    }
+
+    /// One scheduled checkpoint, then retention; its result goes to the status.
+    private func scheduledCheckpoint(_ options: ScheduleOptions) async -> ScheduleLoop.Outcome {
+        guard status.state == .running else { return .skipped }
+        var result: ScheduleState.Result
+        do {
+            let record = try await checkpoint(options.checkpoint)
+            result = .init(
+                at: Timestamp.now(), ok: true, record: record.id, guestPauseMs: record.manifest.timings.guestPauseMs,
+                message: nil, removed: [])
+        } catch {
+            result = .init(at: Timestamp.now(), ok: false, record: nil, guestPauseMs: nil, message: "\(error)", removed: [])
+        }
+        if let keep = options.keep {
             do {
-                let record = try await checkpoint(options.checkpoint)
-                result = .init(
-                    at: Timestamp.now(), ok: true, record: record.id, guestPauseMs: record.manifest.timings.guestPauseMs,
-                    message: nil, removed: [])
+                result.removed = try await Retention.apply(keep: keep, store: RecordStore(paths: paths)).removed
             } catch {
-                result = .init(at: Timestamp.now(), ok: false, record: nil, guestPauseMs: nil, message: "\(error)", removed: [])
-            }
-            if let keep = options.keep {
-                do {
-                    result.removed = try await Retention.apply(keep: keep, store: RecordStore(paths: paths)).removed
-                } catch {
-                    result.message = (result.message.map { $0 + "; " } ?? "") + "retention failed: \(error)"
-                }
-            }
-            log("schedule: checkpoint \(result.ok ? "\(result.record ?? "") taken" : "failed: \(result.message ?? "")")"
-                + (result.removed.isEmpty ? "" : "; removed \(result.removed.joined(separator: " "))"))
-            update {
-                $0.schedule?.recent.append(result)
-                if let count = $0.schedule?.recent.count, count > ScheduleState.recentLimit {
-                    $0.schedule?.recent.removeFirst(count - ScheduleState.recentLimit)
-                }
+                result.message = (result.message.map { $0 + "; " } ?? "") + "retention failed: \(error)"
             }
         }
+        log("schedule: checkpoint \(result.ok ? "\(result.record ?? "") taken" : "failed: \(result.message ?? "")")"
+            + (result.removed.isEmpty ? "" : "; removed \(result.removed.joined(separator: " "))"))
+        update {
+            $0.schedule?.recent.append(result)
+            if let count = $0.schedule?.recent.count, count > ScheduleState.recentLimit {
+                $0.schedule?.recent.removeFirst(count - ScheduleState.recentLimit)
+            }
+        }
+        return result.ok ? .succeeded : .failed
     }
 
     /// The interval in force and why. With an MTBF, δ is the measured
     /// per-checkpoint cost of this VM's records of the mechanism; with no
     /// record yet the first checkpoint is taken at once to measure it.
-    func scheduleInterval(_ options: ScheduleOptions) -> (Double, String) {
-        if let every = options.everySeconds { return (every, "fixed interval (--every)") }
-        guard let mtbf = options.mtbfSeconds else { return (3600, "no interval given") }
+    func scheduleInterval(_ options: ScheduleOptions) -> ScheduleLoop.Interval {
+        if let every = options.everySeconds { return .init(seconds: every, reason: "fixed interval (--every)") }
+        guard let mtbf = options.mtbfSeconds else { return .init(seconds: 3600, reason: "no interval given") }
         let mechanism = options.checkpoint.mechanism
         let samples = RecordStore(paths: paths).list().compactMap { record -> Turnaround.CheckpointSample? in
             guard record.manifest.mechanism == mechanism, let m = Turnaround.Mechanism(rawValue: mechanism.rawValue) else { return nil }
@@ -103,10 +112,81 @@ extension Supervisor {
         guard !samples.isEmpty, let m = Turnaround.Mechanism(rawValue: mechanism.rawValue),
             let model = try? Turnaround.fit(samples: samples, runs: []),
             let delta = try? model.perCheckpointCost(m), delta > 0,
-            let choice = try? Turnaround.chooseInterval(checkpointCost: delta, mtbf: mtbf)
+            let choice = try? Turnaround.chooseInterval(checkpointCost: delta, mtbf: mtbf),
+            choice.interval.isFinite
         else {
-            return (0, "no measured \(mechanism.rawValue) checkpoint of this VM yet: one now, to measure its cost")
+            return .init(
+                seconds: ScheduleLoop.measuringDelay,
+                reason: "no measured \(mechanism.rawValue) checkpoint of this VM yet: one in \(Int(ScheduleLoop.measuringDelay)) s, to measure its cost",
+                measured: false)
         }
-        return (choice.interval, "\(choice.formula.rawValue) from δ = \(String(format: "%.3f", delta)) s measured over \(samples.count) record(s) and the MTBF: \(choice.reason)")
+        // Within the bounds of a fixed interval, whatever the records held.
+        let seconds = min(max(choice.interval, ScheduleOptions.intervalRange.lowerBound), ScheduleOptions.intervalRange.upperBound)
+        return .init(
+            seconds: seconds,
+            reason: "\(choice.formula.rawValue) from δ = \(String(format: "%.3f", delta)) s measured over \(samples.count) record(s) and the MTBF: \(choice.reason)")
+    }
+}
+
+/// The timing of scheduled checkpoints, apart from what a checkpoint does
+/// (so that a test can drive it with a fake clock): wait, attempt, repeat.
+/// The wait is the interval in force after a success; after consecutive
+/// failures it doubles per failure, from the interval up to
+/// `ScheduleBackoff.cap` (or the interval, when that is longer). With an
+/// MTBF and nothing measured yet, the first checkpoint comes after
+/// `measuringDelay`; a checkpoint that succeeded but still left nothing to
+/// measure counts as a failure, so it backs off too.
+struct ScheduleLoop: Sendable {
+    struct Interval: Sendable, Equatable {
+        var seconds: Double
+        var reason: String
+        /// False while the interval is a stand-in for a measured one.
+        var measured = true
+    }
+
+    enum Outcome: Sendable, Equatable { case succeeded, failed, skipped }
+
+    /// How soon an MTBF schedule with no measured checkpoint takes its first.
+    static let measuringDelay: Double = 5
+
+    var interval: @Sendable () -> Interval
+    var sleep: @Sendable (Double) async throws -> Void
+    var attempt: @Sendable () async -> Outcome
+    var publish: @Sendable (_ interval: Double, _ reason: String, _ delay: Double) -> Void
+
+    func run() async {
+        var backoff = ScheduleBackoff()
+        while !Task.isCancelled {
+            let current = interval()
+            let delay = backoff.delay(interval: current.seconds)
+            publish(current.seconds, backoff.failures == 0 ? current.reason : current.reason + "; \(backoff.failures) failed in a row: next in \(ScheduleOptions.duration(delay))", delay)
+            do { try await sleep(delay) } catch { return }
+            switch await attempt() {
+            case .skipped: break
+            case .failed: backoff.failed()
+            case .succeeded: if interval().measured { backoff.succeeded() } else { backoff.failed() }
+            }
+        }
+    }
+}
+
+/// Exponential backoff of failed scheduled checkpoints, capped.
+struct ScheduleBackoff: Sendable, Equatable {
+    /// The longest wait after failures (unless the interval is longer).
+    static let cap: Double = 3600
+
+    private(set) var failures = 0
+
+    mutating func succeeded() { failures = 0 }
+    mutating func failed() { failures += 1 }
+
+    /// Seconds until the next attempt for an interval of `interval` seconds
+    /// (never below the shortest interval a schedule may have).
+    func delay(interval: Double) -> Double {
+        let lowest = ScheduleOptions.intervalRange.lowerBound
+        let base = interval.isFinite ? max(interval, lowest) : lowest
+        guard failures > 0 else { return base }
+        let ceiling = max(Self.cap, base)
+        return min(base * Double(1 << min(failures, 30)), ceiling)
     }
 }

@@ -29,17 +29,30 @@ public final class Supervisor: Sendable {
         public var restore: String?
 
         public init() {}
+
+        /// `--boot-grace`, checked (0 to 3600 s) by the CLI and the supervisor alike.
+        public static func bootGrace(seconds: Double) throws(InvalidValue) -> Duration {
+            try Validate.duration(seconds: seconds, "--boot-grace", in: 0...3600)
+        }
     }
 
     public let home: Home
     public let name: VMName
     public let paths: VMPaths
     let options: Options
+    /// The descriptor of the VM's flock, inherited by every QEMU instance
+    /// (`InstanceConfig.heldLock`): a QEMU of the VM, even one that somehow
+    /// outlived this process, keeps a new supervisor from starting another.
+    let lock: Int32?
     let inner: Mutex<Inner>
+    /// The sequence number of the snapshot `status.json` holds.
+    let statusWriter = Mutex<UInt64>(0)
     let stopSignal = AsyncSignal()
 
     struct Inner {
         var status: VMStatus
+        /// Numbers the status snapshots in the order they were taken.
+        var statusSequence: UInt64 = 0
         var instance: QEMUInstance?
         /// Index of the next instance (0 boots; each CEVM checkpoint adds one).
         var nextInstance = 0
@@ -56,7 +69,8 @@ public final class Supervisor: Sendable {
         var busy = false
     }
 
-    init(home: Home, name: VMName, options: Options) {
+    init(home: Home, name: VMName, options: Options, lock: Int32? = nil) {
+        self.lock = lock
         self.home = home
         self.name = name
         self.paths = home.vm(name)
@@ -70,9 +84,9 @@ public final class Supervisor: Sendable {
         let paths = home.vm(name)
         guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
         guard let lock = try FileLock.tryAcquire(paths.lock) else {
-            throw SupervisorError.alreadyRunning(name, pid: paths.readStatus()?.supervisorPID)
+            throw SupervisorError.lockHeld(name, paths.lockHolder ?? .supervisor(pid: paths.readStatus()?.supervisorPID))
         }
-        let supervisor = Supervisor(home: home, name: name, options: options)
+        let supervisor = Supervisor(home: home, name: name, options: options, lock: lock.descriptor)
         let result = await supervisor.supervise()
         withExtendedLifetime(lock) {}
         return result
@@ -80,13 +94,22 @@ public final class Supervisor: Sendable {
 
     public var status: VMStatus { inner.withLock { $0.status } }
 
+    /// Changes the status and writes `status.json`. Snapshots are numbered
+    /// under the lock that takes them; the file is written by one writer at
+    /// a time, and a snapshot older than the one already written is dropped,
+    /// so the file never goes back, whichever thread gets there first.
     func update(_ change: (inout VMStatus) -> Void) {
-        let snapshot = inner.withLock { inner in
+        let (snapshot, sequence) = inner.withLock { inner in
             change(&inner.status)
             inner.status.updatedAt = Timestamp.now()
-            return inner.status
+            inner.statusSequence += 1
+            return (inner.status, inner.statusSequence)
         }
-        try? paths.writeStatus(snapshot)
+        statusWriter.withLock { written in
+            guard sequence > written else { return }
+            do { try paths.writeStatus(snapshot) } catch { log("cannot write \(paths.status): \(error)") }
+            written = sequence
+        }
         options.onStatus?(snapshot)
     }
 
@@ -187,7 +210,7 @@ public final class Supervisor: Sendable {
             accel: accel.accelerator, boot: spec.boot.instanceBoot, drive: drive,
             qmpSocket: paths.qmpSocket(instance: 0), incoming: options.restore != nil,
             cpuModel: spec.cpuModel.map { $0 == VMSpec.automaticCPUModel ? QEMUCommandLine.defaultCPUModel(for: accel.accelerator) : $0 },
-            ramPaddingKiB: spec.ramPaddingKiB ?? 0)
+            ramPaddingKiB: spec.ramPaddingKiB ?? 0, heldLock: lock)
         let instance = try await QEMUInstance.launch(
             config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
             cpuset: spec.cpuset, console: console.sink(instance: 0))
@@ -320,7 +343,8 @@ public final class Supervisor: Sendable {
     /// The console's last lines; a kernel panic's headline is kept in front
     /// when its stack trace pushed it out of the tail.
     static func consoleTail(_ path: String, lines: Int = 10) -> String {
-        guard let text = try? Files.readString(path) else { return "" }
+        // The last 256 KiB at most: the log may be large.
+        guard let text = try? Files.readTail(path, bytes: 256 << 10) else { return "" }
         let all = text.split(separator: "\n").map { ConsoleLog.parse($0).text }
         var tail = Array(all.suffix(lines))
         if let panic = all.last(where: { $0.contains("Kernel panic") }), !tail.contains(panic) {

@@ -15,6 +15,7 @@ import Foundation
 ///         lock               flock held by the running supervisor
 ///         control.sock       the supervisor's control socket (0600)
 ///         console.log        the guest's serial console, host-timestamped
+///         console.log.1      the previous console log (rotated at 16 MiB)
 ///         supervisor.log     the supervisor's own diagnostics
 ///         disk/              base.qcow2 (when cevm made it), overlay.qcow2
 ///         run/               0700: QMP sockets of the instances
@@ -102,17 +103,60 @@ public struct VMPaths: Sendable {
 
     /// True while a supervisor holds this VM's lock.
     public var supervisorAlive: Bool { FileLock.isHeld(lock) }
+
+    /// Who holds the VM's lock now: the supervisor takes it for its whole
+    /// life and every QEMU instance it starts inherits it, so the lock stays
+    /// held while any process of the VM lives.
+    public var lockHolder: LockHolder? {
+        guard FileLock.isHeld(lock) else { return nil }
+        let holders = FileLock.processesHolding(lock)
+        if let pid = readStatus()?.supervisorPID, holders.contains(pid) { return .supervisor(pid: pid) }
+        for pid in holders {
+            if let executable = FileLock.executableName(of: pid), executable.hasPrefix("qemu") {
+                return .instance(pid: pid, executable: executable)
+            }
+        }
+        if let pid = holders.first {
+            return .other(pid: pid, executable: FileLock.executableName(of: pid) ?? "?")
+        }
+        return .supervisor(pid: readStatus()?.supervisorPID)
+    }
+}
+
+/// The process holding a VM's lock (`VMPaths.lockHolder`).
+public enum LockHolder: Sendable, Equatable, CustomStringConvertible {
+    /// Its supervisor (pid unknown while it starts, or when /proc hides it).
+    case supervisor(pid: Int32?)
+    /// A QEMU instance of the VM that outlived its supervisor.
+    case instance(pid: Int32, executable: String)
+    /// Some other process that has the lock file open.
+    case other(pid: Int32, executable: String)
+
+    public var isSupervisor: Bool {
+        if case .supervisor = self { return true }
+        return false
+    }
+
+    public var description: String {
+        switch self {
+        case .supervisor(let pid): return "its supervisor" + (pid.map { " (pid \($0))" } ?? "")
+        case .instance(let pid, let executable): return "a QEMU process of the VM (\(executable), pid \(pid)) that outlived its supervisor"
+        case .other(let pid, let executable): return "process \(pid) (\(executable))"
+        }
+    }
 }
 
 public enum StoreError: Error, Sendable, CustomStringConvertible {
     case socketPathTooLong(String)
     case unreadable(path: String, reason: String)
+    case invalid(path: String, InvalidValue)
 
     public var description: String {
         switch self {
         case .socketPathTooLong(let path):
             return "socket path \(path) is longer than \(VMPaths.maximumSocketPath) bytes: set CEVM_HOME to a shorter directory"
         case .unreadable(let path, let reason): return "cannot read \(path): \(reason)"
+        case .invalid(let path, let error): return "refusing \(path): \(error)"
         }
     }
 }
@@ -136,8 +180,14 @@ public enum StoreCoding {
         do { bytes = try Files.read(path, limit: 16 << 20) } catch {
             throw StoreError.unreadable(path: path, reason: "\(error)")
         }
-        do { return try JSONDecoder().decode(T.self, from: Data(bytes)) } catch {
+        let value: T
+        do { value = try JSONDecoder().decode(T.self, from: Data(bytes)) } catch {
             throw StoreError.unreadable(path: path, reason: "not a valid \(T.self): \(error)")
         }
+        // Checked by the process that reads it, whoever wrote it.
+        if let checked = value as? any Validatable {
+            do { try checked.validate() } catch { throw StoreError.invalid(path: path, error) }
+        }
+        return value
     }
 }

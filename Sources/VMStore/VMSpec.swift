@@ -107,3 +107,30 @@ public struct VMSpec: Codable, Sendable, Equatable {
         self.createdAt = createdAt
     }
 }
+
+extension VMSpec: Validatable {
+    /// Bounds of a spec, checked by `cevm run` before it writes one and by
+    /// every reader of `spec.json`.
+    public static let memoryRangeMiB = 16...(4 << 20)
+    public static let vcpuRange = 1...64
+
+    /// A QEMU machine type: a name of letters, digits and `_ . -` (no `,`:
+    /// it would add options).
+    public static func isValidMachine(_ text: String) -> Bool {
+        !text.isEmpty && text.count <= 128
+            && text.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "_.-".unicodeScalars.contains($0)) }
+    }
+
+    public func validate() throws(InvalidValue) {
+        try Validate.integer(memoryMiB, "--memory (MiB)", in: Self.memoryRangeMiB)
+        try Validate.integer(vcpus, "--cpus", in: Self.vcpuRange)
+        try Validate.integer(ramPaddingKiB, "RAM padding (KiB)", in: 0...(1 << 20))
+        if let cpuModel, !Self.isValidCPUModel(cpuModel) {
+            throw InvalidValue(what: "--cpu-model", value: "'\(cpuModel)'", expected: "a QEMU CPU model (letters, digits, and options like qemu64,+ssse3)")
+        }
+        if !Self.isValidMachine(machine) {
+            throw InvalidValue(what: "--machine", value: "'\(machine)'", expected: "a QEMU machine type (letters, digits, '_', '.', '-')")
+        }
+        if let disk { try Validate.integer(disk.sizeBytes, "disk size (bytes)", in: 1...(Int64(1) << 56)) }
+    }
+}

@@ -83,3 +83,17 @@ public struct ScheduleState: Codable, Sendable, Equatable {
         self.recent = recent
     }
 }
+
+extension VMStatus: Validatable {
+    /// Every pid names one process (a reader may signal it) and every
+    /// number is finite.
+    public func validate() throws(InvalidValue) {
+        try Validate.pid(supervisorPID, "supervisorPID")
+        try Validate.pid(qemuPID, "qemuPID")
+        for thread in vcpuThreads { try Validate.pid(thread, "vcpuThreads") }
+        if let schedule {
+            try Validate.number(schedule.intervalSeconds, "schedule interval", in: 0...1e12, unit: " s")
+            for result in schedule.recent { try Validate.number(result.guestPauseMs, "guest pause", in: 0...1e15, unit: " ms") }
+        }
+    }
+}

@@ -2,6 +2,7 @@ import ArgumentParser
 import Testing
 
 @testable import CEVMCommands
+import Supervisor
 
 @Suite struct CommandTreeTests {
     static func walk(_ command: ParsableCommand.Type, path: [String] = []) -> [(ParsableCommand.Type, [String])] {
@@ -43,5 +44,18 @@ import Testing
     @Test(arguments: ["", "M", "-1", "1X", "0", "99999999999999G"])
     func badSizes(text: String) {
         #expect(throws: CLIError.self) { try parseSize(text, defaultUnit: 1 << 20) }
+    }
+}
+
+/// Numbers from the command line are checked where they enter, by the same
+/// functions the supervisor uses, and refused with an error (never a trap).
+@Suite struct InputValidationTests {
+    @Test(arguments: ["nan", "inf", "=-inf", "=-1", "1e300", "3601"])
+    func bootGraceMustBeAFiniteNumberOfSeconds(value: String) async throws {
+        let arguments = value.hasPrefix("=") ? ["run", "x", "--boot-grace\(value)"] : ["run", "x", "--boot-grace", value]
+        let run = try #require(try CEVM.parseAsRoot(arguments) as? Run)
+        await #expect(throws: ExitCode.self) { try await run.run() }
+        let supervise = try #require(try CEVM.parseAsRoot(arguments.map { $0 == "run" ? "supervise" : $0 }) as? Supervise)
+        await #expect(throws: ExitCode.self) { try await supervise.run() }
     }
 }

@@ -31,7 +31,8 @@ struct CEVMCheckpointTests {
         for key in ["qemuPID", "supervisorPID"] {
             if let pid = detail?[key] as? Int { kill(pid_t(pid), SIGKILL) }
         }
-        for _ in 0..<100 where (try? cevm.status(name)["supervisorAlive"] as? Bool) == true { usleep(50_000) }
+        #expect(try cevm.wait(timeout: 5) { (try cevm.status(name)["supervisorAlive"] as? Bool) == false }, "the supervisor did not end")
+        #expect(cevm.waitForQEMUCount(0, timeout: 5) == 0, "a QEMU of the VM outlived its supervisor")
     }
 
     /// Ticks the VM printed after `wall` (host time).
@@ -87,8 +88,11 @@ struct CEVMCheckpointTests {
             #expect((timings["consoleGapMs"] as? Double ?? 0) > 0, "the host saw the pause in the console")
             #expect(timings["overlapMs"] as? Double != nil)
             let resumedAt = Timestamp.parse(timings["resumedAt"] as? String ?? "") ?? 0
-            usleep(1_200_000)
-            let continued = try ticks(cevm, "mover", after: resumedAt)
+            var continued: [Tick] = []
+            _ = try cevm.wait(timeout: 20) {
+                continued = try ticks(cevm, "mover", after: resumedAt)
+                return continued.count >= 3
+            }
             #expect(continued.count >= 3 && continued.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(policy): \(continued)")
             taken.append((manifest, continued))
         }
@@ -107,9 +111,9 @@ struct CEVMCheckpointTests {
             let started = Date().timeIntervalSince1970
             #expect(try cevm.run(["restore", id, "--name", name]).ok)
             var restored: [Tick] = []
-            for _ in 0..<100 where restored.count < 3 {
-                usleep(200_000)
+            _ = try cevm.wait(timeout: 20) {
                 restored = try ticks(cevm, name, after: started)
+                return restored.count >= 3
             }
             #expect(restored.count >= 3)
             #expect(restored.allSatisfy { $0.mem == "ok" && $0.disk == "ok" })
@@ -127,7 +131,8 @@ struct CEVMCheckpointTests {
         var manifests: [[String: Any]] = []
         for mechanism in ["stop-and-save", "cevm", "background-snapshot"] {
             manifests.append(try checkpoint(cevm, "mix", ["--mechanism", mechanism]))
-            usleep(500_000)
+            // The guest runs on between checkpoints.
+            _ = try cevm.waitForTicks("mix", count: try cevm.consoleLines("mix").compactMap(Tick.init).count + 1, timeout: 20)
         }
         #expect(manifests.map { $0["mechanism"] as? String ?? "" } == ["stop-and-save", "cevm", "background-snapshot"])
         let background = manifests[2]
@@ -188,8 +193,11 @@ struct CEVMCheckpointTests {
         #expect(forced?["downtimeLimitMs"] as? Int == 2_000_000)
         #expect((migration["streamBytes"] as? Int ?? 0) >= forced?["streamBytes"] as? Int ?? Int.max)
         let resumedAt = Timestamp.parse((forcedManifest["timings"] as? [String: Any])?["resumedAt"] as? String ?? "") ?? 0
-        usleep(1_200_000)
-        let continued = try ticks(cevm, "cap", after: resumedAt)
+        var continued: [Tick] = []
+        _ = try cevm.wait(timeout: 20) {
+            continued = try ticks(cevm, "cap", after: resumedAt)
+            return continued.count >= 3
+        }
         #expect(continued.count >= 3 && continued.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(continued)")
 
         let plain = try checkpoint(cevm, "cap", ["--mechanism", "cevm"])
@@ -203,9 +211,9 @@ struct CEVMCheckpointTests {
         let started = Date().timeIntervalSince1970
         #expect(try cevm.run(["restore", forcedManifest["id"] as? String ?? "", "--name", "capback"]).ok)
         var restored: [Tick] = []
-        for _ in 0..<100 where restored.count < 3 {
-            usleep(200_000)
+        _ = try cevm.wait(timeout: 20) {
             restored = try ticks(cevm, "capback", after: started)
+            return restored.count >= 3
         }
         #expect(restored.count >= 3 && restored.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(restored)")
         #expect(restored.first?.counter == continued.first?.counter, "the restore continues where New_VM did")

@@ -24,7 +24,8 @@ struct CheckpointRestoreTests {
         for key in ["qemuPID", "supervisorPID"] {
             if let pid = detail?[key] as? Int { kill(pid_t(pid), SIGKILL) }
         }
-        for _ in 0..<100 where (try? cevm.status(name)["supervisorAlive"] as? Bool) == true { usleep(50_000) }
+        #expect(try cevm.wait(timeout: 5) { (try cevm.status(name)["supervisorAlive"] as? Bool) == false }, "the supervisor did not end")
+        #expect(cevm.waitForQEMUCount(0, timeout: 5) == 0, "a QEMU of the VM outlived its supervisor")
     }
 
     func qemuImgCheck(_ path: String) throws -> (ok: Bool, output: String) {
@@ -70,9 +71,9 @@ struct CheckpointRestoreTests {
 
         // Ticks the restored instance printed: they carry on from the checkpoint.
         var restored: [Tick] = []
-        for _ in 0..<200 where restored.count < 6 {
-            usleep(200_000)
+        _ = try cevm.wait(timeout: 40) {
             restored = try cevm.consoleLines("job").compactMap(Tick.init).filter { (Timestamp.parse($0.time) ?? 0) > restoreStarted }
+            return restored.count >= 6
         }
         #expect(restored.count >= 6)
         #expect(restored.first?.counter == lastBeforeCheckpoint + 1, "no gap and no repeat after the checkpoint")
@@ -178,8 +179,8 @@ struct CheckpointRestoreTests {
         #expect(failed?.stderr.contains("No space left on device") == true, "\(failed?.stderr ?? "every checkpoint fit")")
         #expect(try cevm.status("full")["state"] as? String == "running", "a failed checkpoint leaves the VM running")
         let ticksBefore = try cevm.consoleLines("full").compactMap(Tick.init).count
-        usleep(1_000_000)
-        #expect(try cevm.consoleLines("full").compactMap(Tick.init).count > ticksBefore, "and the guest keeps computing")
+        #expect(
+            try cevm.wait(timeout: 20) { try cevm.consoleLines("full").compactMap(Tick.init).count > ticksBefore }, "and the guest keeps computing")
         try Record.load(directory: first.directory).verify()
         let left = try Files.list(records).filter { $0 != first.id }
         let committed = left.filter { Files.exists("\(records)/\($0)/manifest.json") }

@@ -40,7 +40,8 @@ struct DiskManagerEndToEndTests {
             // Both ways the disk is cut: stop-and-save integrates after `cont`, CEVM after the switch-over.
             let mechanism = i % 2 == 0 ? ["--mechanism", "stop-and-save"] : []
             manifests.append(try checkpoint(cevm, "heavy", mechanism + (i == 3 ? ["--full"] : [])))
-            usleep(300_000)
+            // The guest writes on between checkpoints.
+            _ = try cevm.waitForTicks("heavy", count: try cevm.consoleLines("heavy").compactMap(Tick.init).count + 1, timeout: 20)
         }
         let kinds = manifests.map { ($0["disk"] as? [String: Any])?["kind"] as? String ?? "" }
         #expect(kinds == ["full", "incremental", "incremental", "full"], "\(kinds)")
@@ -100,7 +101,8 @@ struct DiskManagerEndToEndTests {
         second.waitUntilExit()
         #expect(second.terminationStatus != 0, "the interrupted checkpoint reports a failure")
         #expect(sawJournal, "the second checkpoint never reached its disk cut")
-        for _ in 0..<100 where (try? cevm.status("crash")["supervisorAlive"] as? Bool) == true { usleep(50_000) }
+        #expect(try cevm.wait(timeout: 5) { (try cevm.status("crash")["supervisorAlive"] as? Bool) == false }, "the supervisor did not end")
+        #expect(cevm.waitForQEMUCount(0, timeout: 5) == 0, "a QEMU of the VM outlived its supervisor")
 
         // The committed record is whole and restorable.
         try Record.load(directory: "\(cevm.home)/vms/crash/records/\(firstID)").verify()

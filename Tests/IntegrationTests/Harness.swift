@@ -72,6 +72,50 @@ struct CEVMHarness: ~Copyable {
         }
     }
 
+    /// The QEMU processes of this home: a `qemu-system-*` executable whose
+    /// command line names a path under it.
+    func qemuProcesses() -> [pid_t] {
+        guard let entries = try? Files.list("/proc") else { return [] }
+        return entries.compactMap { entry -> pid_t? in
+            guard let pid = pid_t(entry), let executable = FileLock.executableName(of: pid), executable.hasPrefix("qemu-system"),
+                let raw = try? Files.read("/proc/\(entry)/cmdline", limit: 1 << 16)
+            else { return nil }
+            return String(decoding: raw.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self).contains(home) ? pid : nil
+        }
+    }
+
+    /// Waits until `condition` holds, polling every 20 ms; false when it
+    /// still does not after `timeout` seconds.
+    func wait(timeout: Double, for condition: () throws -> Bool) rethrows -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if try condition() { return true }
+            if Date() > deadline { return false }
+            usleep(20_000)
+        }
+    }
+
+    /// Waits until this home has exactly `count` QEMU processes; returns the
+    /// last count seen.
+    @discardableResult
+    func waitForQEMUCount(_ count: Int, timeout: Double = 10) -> Int {
+        var seen = qemuProcesses().count
+        _ = wait(timeout: timeout) {
+            seen = qemuProcesses().count
+            return seen == count
+        }
+        return seen
+    }
+
+    /// The supervisor pid of a VM from its status file.
+    func supervisorPID(_ name: String) -> pid_t? {
+        guard let text = try? Files.readString("\(home)/vms/\(name)/status.json"),
+            let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+            let pid = object["supervisorPID"] as? Int
+        else { return nil }
+        return pid_t(pid)
+    }
+
     /// Starts cevm without waiting for it (its output is discarded).
     func spawn(_ arguments: [String]) throws -> Process {
         let process = Process()

@@ -40,7 +40,8 @@ struct ScheduleTests {
         let off = try cevm.run(["schedule", "sched", "--off"])
         #expect(off.ok && off.stdout.contains("schedule off"), "\(off.stdout) \(off.stderr)")
         let after = try records(cevm, "sched")
-        usleep(3_000_000)
+        // Longer than the old interval passes: 15 more ticks (about 3 s).
+        _ = try cevm.waitForTicks("sched", count: try cevm.consoleLines("sched").compactMap(Tick.init).count + 15, timeout: 30)
         #expect(try records(cevm, "sched") == after, "no checkpoint once the schedule is off")
         #expect(try cevm.run(["stop", "sched"]).ok)
 

@@ -45,8 +45,8 @@ struct VMLifecycleTests {
         let stop = try cevm.run(["stop", "life"])
         #expect(stop.ok, "\(stop.stderr)")
         #expect(try cevm.status("life")["state"] as? String == "stopped")
-        usleep(200_000)
-        #expect(kill(pid_t(qemuPID), 0) != 0, "QEMU should be gone")
+        #expect(cevm.wait(timeout: 5) { kill(pid_t(qemuPID), 0) != 0 }, "QEMU should be gone")
+        #expect(cevm.qemuProcesses().isEmpty)
         #expect(try cevm.run(["stop", "life"]).stderr.contains("not running"))
 
         // The console log outlives the VM.
@@ -84,15 +84,14 @@ struct VMLifecycleTests {
         let out = Pipe()
         follow.standardOutput = out
         try follow.run()
-        usleep(1_500_000)
+        // It keeps following while the guest prints three more ticks.
+        _ = try cevm.waitForTicks("pinned", count: try cevm.consoleLines("pinned").compactMap(Tick.init).count + 3, timeout: 30)
         #expect(follow.isRunning)
         #expect(try cevm.run(["stop", "pinned"]).ok)
-        let deadline = Date().addingTimeInterval(10)
-        while follow.isRunning && Date() < deadline { usleep(50_000) }
-        #expect(!follow.isRunning, "logs --follow did not end with the VM")
+        #expect(cevm.wait(timeout: 10) { !follow.isRunning }, "logs --follow did not end with the VM")
         if follow.isRunning { follow.terminate() }
         let followed = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(followed.split(separator: "\n").compactMap { Tick(String($0)) }.count >= 3)
+        #expect(followed.split(separator: "\n").compactMap { Tick(String($0)) }.count >= 6)
     }
 
     @Test func bootsABootableDiskAndNeverWritesTheBase() throws {
@@ -106,11 +105,7 @@ struct VMLifecycleTests {
         let before = try Files.read(base)
         let run = try cevm.run(["run", "disky", "--accel", "tcg", "--disk", base, "--boot-grace", "2"])
         #expect(run.ok, "\(run.stderr)")
-        var printed = false
-        for _ in 0..<100 where !printed {
-            printed = try cevm.consoleLines("disky").contains { $0.hasSuffix(" OK") }
-            usleep(100_000)
-        }
+        let printed = try cevm.wait(timeout: 10) { try cevm.consoleLines("disky").contains { $0.hasSuffix(" OK") } }
         #expect(printed, "the boot sector's output should reach the console log")
         #expect(try cevm.run(["stop", "disky"]).ok)
         #expect(try Files.read(base) == before, "the base image must never be written")
