@@ -67,6 +67,7 @@ final class Engine: @unchecked Sendable {
 
     var clusterBits: UInt64 { UInt64(header.clusterBits) }
     var clusterSize: UInt64 { header.clusterSize }
+    /// parse bounds the virtual size to 2^56: the sum cannot overflow.
     var guestClusters: UInt64 { (header.size + clusterSize - 1) >> clusterBits }
 
     init(file: BlockFile, header: QCOW2Header, writable: Bool, backing: (any BlockReader)?, fileSize: UInt64) throws(QCOW2Error) {
@@ -80,11 +81,12 @@ final class Engine: @unchecked Sendable {
         let rtCount = Int(UInt64(header.refcountTableClusters) * header.clusterSize / 8)
         let rtBytes = try file.read(at: header.refcountTableOffset, count: rtCount * 8)
         refTable = decodeBE64Table(rtBytes, count: rtCount)
-        endCluster = (fileSize + header.clusterSize - 1) >> UInt64(header.clusterBits)
+        // fstat sizes are below 2^63: the division form cannot overflow.
+        endCluster = fileSize / header.clusterSize + (fileSize % header.clusterSize == 0 ? 0 : 1)
         for (i, entry) in refTable.enumerated() where entry != 0 {
             let offset = try QCOW2Entries.refcountBlockOffset(entry, index: UInt64(i), tableOffset: header.refcountTableOffset)
             guard offset % header.clusterSize == 0, offset < QCOW2Header.Limits.maxHostOffset else {
-                throw .invalidTableEntry(table: "refcount table", index: UInt64(i), entry: entry, offset: header.refcountTableOffset + UInt64(i) * 8, reason: "refcount block offset not cluster-aligned")
+                throw .invalidTableEntry(table: "refcount table", index: UInt64(i), entry: entry, offset: entryAddress(header.refcountTableOffset, UInt64(i)), reason: "refcount block offset not cluster-aligned")
             }
             try checkMetadataPlacement(offset, what: "refcount block", table: "refcount table", index: UInt64(i), entry: entry, tableOffset: header.refcountTableOffset)
             metadataOffsets.insert(offset)
@@ -130,10 +132,10 @@ final class Engine: @unchecked Sendable {
             clash = "refcount table"
         }
         if let clash {
-            throw .overlap(first: "\(what) (\(table) entry \(index) = \(hex(entry)) at \(hex(tableOffset + index * 8)))", second: clash, offset: offset)
+            throw .overlap(first: "\(what) (\(table) entry \(index) = \(hex(entry)) at \(hex(entryAddress(tableOffset, index))))", second: clash, offset: offset)
         }
         if offset >> clusterBits >= endCluster {
-            throw .invalidTableEntry(table: table, index: index, entry: entry, offset: tableOffset + index * 8, reason: "\(what) lies past the end of the file")
+            throw .invalidTableEntry(table: table, index: index, entry: entry, offset: entryAddress(tableOffset, index), reason: "\(what) lies past the end of the file")
         }
     }
 
@@ -156,12 +158,18 @@ final class Engine: @unchecked Sendable {
     /// The L2 table holding guest cluster `g`, or nil if its L1 entry is empty.
     func existingL2(for g: UInt64) throws(QCOW2Error) -> L2Table? {
         let l1Index = Int(g >> UInt64(header.l2Bits))
+        // parse makes l1_size cover the virtual size and callers stay inside
+        // it; a guest cluster past the L1 table is still refused, not trapped.
+        guard l1Index < l1.count else {
+            throw .outOfBounds(offset: checkedShift(g, clusterBits) ?? UInt64.max, count: clusterSize, virtualSize: header.size)
+        }
         let offset = try QCOW2Entries.l2TableOffset(l1Entry: l1[l1Index], index: UInt64(l1Index), tableOffset: header.l1TableOffset, clusterSize: clusterSize)
         return offset == 0 ? nil : try l2Table(at: offset)
     }
 
     func l2TableOffsetFor(_ g: UInt64) -> UInt64 {
-        l1[Int(g >> UInt64(header.l2Bits))] & QCOW2Entries.offsetMask
+        let l1Index = Int(g >> UInt64(header.l2Bits))
+        return l1Index < l1.count ? l1[l1Index] & QCOW2Entries.offsetMask : 0
     }
 
     /// What this layer holds for guest cluster `g`.
@@ -213,6 +221,11 @@ final class Engine: @unchecked Sendable {
     }
 
     // MARK: Reads
+
+    // Arithmetic on guest offsets below: `checkRange` (or the virtual size,
+    // for reads) keeps offset + count <= virtual size <= 2^56; host offsets
+    // come from validated entries (< 2^56, cluster-aligned) plus an offset
+    // inside the cluster. None of these sums or shifts can wrap.
 
     func checkRange(_ offset: UInt64, _ count: Int) throws(QCOW2Error) {
         guard offset <= header.size, UInt64(count) <= header.size - offset else {
@@ -445,12 +458,12 @@ final class Engine: @unchecked Sendable {
         // A new block goes at the end of the file; its own refcount may live
         // in itself or in another block.
         let blockCluster = endCluster
+        let blockOffset = try hostOffset(ofCluster: blockCluster)
         endCluster += 1
-        try checkHostOffset(blockCluster << clusterBits)
         let block = RefcountBlock(counts: [UInt64](repeating: 0, count: Int(refBlockEntries)), dirty: true)
         refBlocks[tableIndex] = block
-        refTable[tableIndex] = blockCluster << clusterBits
-        metadataOffsets.insert(blockCluster << clusterBits)
+        refTable[tableIndex] = blockOffset
+        metadataOffsets.insert(blockOffset)
         dirtyRefTable.insert(tableIndex)
         try adjustRefcount(blockCluster, by: 1)
         return block
@@ -466,12 +479,12 @@ final class Engine: @unchecked Sendable {
         let tableIndex = Int(cluster / refBlockEntries)
         if tableIndex >= refTable.count { try growRefcountTable(toCover: tableIndex) }
         guard let block = try refcountBlock(tableIndex, create: true) else {
-            throw .imageTooLarge(hostOffset: cluster << clusterBits)
+            throw .imageTooLarge(hostOffset: checkedShift(cluster, clusterBits) ?? UInt64.max)
         }
         let index = Int(cluster % refBlockEntries)
         let old = block.counts[index]
         if delta > 0 {
-            guard old < header.refcountMax else { throw .refcountOverflow(hostOffset: cluster << clusterBits) }
+            guard old < header.refcountMax else { throw .refcountOverflow(hostOffset: checkedShift(cluster, clusterBits) ?? UInt64.max) }
             block.counts[index] = old + 1
         } else {
             guard old > 0 else {
@@ -489,24 +502,31 @@ final class Engine: @unchecked Sendable {
         let perCluster = clusterSize / 8
         let needed = (UInt64(tableIndex) + 1 + perCluster - 1) / perCluster
         let newClusters = max(UInt64(header.refcountTableClusters) * 2, needed)
-        guard newClusters * clusterSize <= QCOW2Header.Limits.maxRefcountTableBytes else {
-            throw .imageTooLarge(hostOffset: endCluster << clusterBits)
+        guard let newBytes = checkedProduct(newClusters, clusterSize), newBytes <= QCOW2Header.Limits.maxRefcountTableBytes else {
+            throw .imageTooLarge(hostOffset: checkedShift(endCluster, clusterBits) ?? UInt64.max)
         }
         let oldOffset = header.refcountTableOffset
         let oldClusters = UInt64(header.refcountTableClusters)
         let start = endCluster
+        // newClusters <= 8 MiB / 512; start < 2^56 >> cluster_bits once checked.
+        let startOffset = try hostOffset(ofCluster: start)
+        _ = try hostOffset(ofCluster: start + newClusters)
         endCluster += newClusters
-        try checkHostOffset(endCluster << clusterBits)
         refTable += [UInt64](repeating: 0, count: Int(newClusters * perCluster) - refTable.count)
-        header.refcountTableOffset = start << clusterBits
+        header.refcountTableOffset = startOffset
         header.refcountTableClusters = UInt32(newClusters)
         refTableRelocated = true
         for k in 0..<newClusters { try adjustRefcount(start + k, by: 1) }
         for k in 0..<oldClusters { pendingFree.append(oldOffset + k * clusterSize) }
     }
 
-    func checkHostOffset(_ offset: UInt64) throws(QCOW2Error) {
-        guard offset < QCOW2Header.Limits.maxHostOffset else { throw .imageTooLarge(hostOffset: offset) }
+    /// The host offset of cluster `c`, refused at 2^56 and above (an L2
+    /// entry cannot address it); checked before shifting, so nothing wraps.
+    func hostOffset(ofCluster c: UInt64) throws(QCOW2Error) -> UInt64 {
+        guard let offset = checkedShift(c, clusterBits), offset < QCOW2Header.Limits.maxHostOffset else {
+            throw .imageTooLarge(hostOffset: checkedShift(c, clusterBits) ?? UInt64.max)
+        }
+        return offset
     }
 
     /// Finds a free cluster (refcount zero, never one freed since the last
@@ -519,10 +539,9 @@ final class Engine: @unchecked Sendable {
         }
         if c >= endCluster {
             c = endCluster
-            endCluster += 1
         }
-        let offset = c << clusterBits
-        try checkHostOffset(offset)
+        let offset = try hostOffset(ofCluster: c)
+        if c == endCluster { endCluster += 1 }
         // A refcount of zero on metadata means the refcounts are corrupt:
         // refuse rather than overwrite it.
         let cs = clusterSize
