@@ -6,21 +6,133 @@ enum IOEvent: Sendable {
     case sync
 }
 
-final class L2Table {
+final class L2Table: CachedCluster {
     var entries: [UInt64]
     var dirty: Bool
+    var lastUse: UInt64 = 0
     init(entries: [UInt64], dirty: Bool) {
         self.entries = entries
         self.dirty = dirty
     }
 }
 
-final class RefcountBlock {
-    var counts: [UInt64]
+/// One refcount block, kept as the bytes of its cluster (entries of
+/// 2^order bits: packed from the least significant bit below 8 bits,
+/// big-endian from 8), so it costs one cluster of memory whatever the
+/// width — not 8 bytes per entry.
+final class RefcountBlock: CachedCluster {
+    private(set) var bytes: [UInt8]
+    let order: UInt32
     var dirty: Bool
-    init(counts: [UInt64], dirty: Bool) {
-        self.counts = counts
+    var lastUse: UInt64 = 0
+
+    /// `order` must be 0...6 (QCOW2Header.parse checks it).
+    init(bytes: [UInt8], order: UInt32, dirty: Bool) {
+        self.bytes = bytes
+        self.order = min(order, 6)
         self.dirty = dirty
+    }
+
+    /// How many refcounts the block holds.
+    var count: Int { (bytes.count * 8) >> Int(order) }
+
+    subscript(index: Int) -> UInt64 {
+        get {
+            let bits = 1 << Int(order)
+            if bits < 8 {
+                let perByte = 8 / bits
+                let mask = UInt8((1 << bits) - 1)
+                return UInt64((bytes[index / perByte] >> UInt8((index % perByte) * bits)) & mask)
+            }
+            let width = bits / 8
+            var value: UInt64 = 0
+            for b in 0..<width { value = value << 8 | UInt64(bytes[index * width + b]) }
+            return value
+        }
+        set {
+            let bits = 1 << Int(order)
+            if bits < 8 {
+                let perByte = 8 / bits
+                let shift = UInt8((index % perByte) * bits)
+                let mask = UInt8((1 << bits) - 1) << shift
+                let byte = index / perByte
+                bytes[byte] = bytes[byte] & ~mask | UInt8(truncatingIfNeeded: newValue << UInt64(shift)) & mask
+                return
+            }
+            let width = bits / 8
+            for b in 0..<width {
+                bytes[index * width + b] = UInt8(truncatingIfNeeded: newValue >> UInt64(8 * (width - 1 - b)))
+            }
+        }
+    }
+}
+
+/// Something a `MetadataCache` holds: one metadata cluster, dirty until
+/// `flush` writes it.
+protocol CachedCluster: AnyObject {
+    var dirty: Bool { get }
+    /// When it was last looked up (the cache's clock), for eviction.
+    var lastUse: UInt64 { get set }
+}
+
+/// Metadata clusters (L2 tables, refcount blocks) kept in memory, bounded by
+/// bytes. Past `budget`, the least recently used clean entries are dropped
+/// until three quarters of it are in use; they are read from the file again
+/// when needed. Dirty entries stay until `flush` writes them (they hold the
+/// only copy), so between two flushes the cache can exceed the budget by
+/// what was changed since the last one; `flush` trims it back.
+struct MetadataCache<Key: Hashable & Comparable, Value: CachedCluster> {
+    private(set) var entries: [Key: Value] = [:]
+    /// Bytes; at least one entry is always kept.
+    var budget: UInt64
+    /// Bytes one entry stands for (a cluster).
+    let entryBytes: UInt64
+    private var clock: UInt64 = 0
+
+    init(budget: UInt64, entryBytes: UInt64) {
+        self.budget = budget
+        self.entryBytes = max(entryBytes, 1)
+    }
+
+    var count: Int { entries.count }
+    var bytes: UInt64 { UInt64(entries.count) * entryBytes }
+
+    /// The entry for `key`, marked as just used.
+    mutating func get(_ key: Key) -> Value? {
+        guard let value = entries[key] else { return nil }
+        clock += 1
+        value.lastUse = clock
+        return value
+    }
+
+    /// The entry for `key` without marking it (a lookup that must not
+    /// change what would be evicted, or cannot mutate).
+    func peek(_ key: Key) -> Value? { entries[key] }
+
+    /// Adds `value` and evicts if the budget is exceeded; `value` itself is
+    /// never evicted by this call.
+    mutating func insert(_ value: Value, for key: Key) {
+        clock += 1
+        value.lastUse = clock
+        entries[key] = value
+        if bytes > budget { trim(keeping: key) }
+    }
+
+    /// Drops least recently used clean entries (never `keeping`) until at
+    /// most three quarters of the budget are used.
+    mutating func trim(keeping: Key? = nil) {
+        guard bytes > budget else { return }
+        let target = budget / 4 * 3
+        let clean = entries.filter { !$0.value.dirty && $0.key != keeping }.sorted { $0.value.lastUse < $1.value.lastUse }
+        for (key, _) in clean {
+            guard bytes > target, entries.count > 1 else { break }
+            entries[key] = nil
+        }
+    }
+
+    /// The dirty entries in key order (the order flush writes them).
+    var dirtyEntries: [(key: Key, value: Value)] {
+        entries.filter { $0.value.dirty }.sorted { $0.key < $1.key }.map { (key: $0.key, value: $0.value) }
     }
 }
 
@@ -46,11 +158,13 @@ final class Engine: @unchecked Sendable {
     let backing: (any BlockReader)?
     var l1: [UInt64]
     var dirtyL1: Set<Int> = []
-    var l2Cache: [UInt64: L2Table] = [:]
+    /// L2 tables by host offset.
+    var l2Cache: MetadataCache<UInt64, L2Table>
     var refTable: [UInt64]
     var dirtyRefTable: Set<Int> = []
     var refTableRelocated = false
-    var refBlocks: [Int: RefcountBlock] = [:]
+    /// Refcount blocks by refcount-table index.
+    var refBlocks: MetadataCache<Int, RefcountBlock>
     var pendingFree: [UInt64] = []
     /// First cluster index past every cluster the file holds or the engine
     /// has allocated.
@@ -62,8 +176,12 @@ final class Engine: @unchecked Sendable {
     var metadataOffsets: Set<UInt64> = []
     var observer: (@Sendable (IOEvent) -> Void)?
 
-    /// Clean L2 tables are dropped from the cache past this many bytes.
+    /// Clean L2 tables are dropped from the cache past this many bytes
+    /// (64 MiB map 512 GiB of guest disk with 64 KiB clusters).
     static let l2CacheBudget: UInt64 = 64 << 20
+    /// Clean refcount blocks are dropped past this many bytes (32 MiB of
+    /// 16-bit refcounts cover 1 TiB of host file with 64 KiB clusters).
+    static let refcountCacheBudget: UInt64 = 32 << 20
 
     var clusterBits: UInt64 { UInt64(header.clusterBits) }
     var clusterSize: UInt64 { header.clusterSize }
@@ -76,6 +194,8 @@ final class Engine: @unchecked Sendable {
         self.header = header
         self.writable = writable
         self.backing = backing
+        l2Cache = MetadataCache(budget: Self.l2CacheBudget, entryBytes: header.clusterSize)
+        refBlocks = MetadataCache(budget: Self.refcountCacheBudget, entryBytes: header.clusterSize)
         let l1Bytes = try file.read(at: header.l1TableOffset, count: Int(header.l1Size) * 8)
         l1 = decodeBE64Table(l1Bytes, count: Int(header.l1Size))
         let rtCount = Int(UInt64(header.refcountTableClusters) * header.clusterSize / 8)
@@ -142,16 +262,10 @@ final class Engine: @unchecked Sendable {
     // MARK: Mapping
 
     func l2Table(at offset: UInt64) throws(QCOW2Error) -> L2Table {
-        if let table = l2Cache[offset] { return table }
+        if let table = l2Cache.get(offset) { return table }
         let bytes = try file.read(at: offset, count: Int(clusterSize))
         let table = L2Table(entries: decodeBE64Table(bytes, count: Int(header.l2Entries)), dirty: false)
-        if UInt64(l2Cache.count + 1) * clusterSize > Self.l2CacheBudget {
-            for (key, cached) in l2Cache where !cached.dirty {
-                l2Cache[key] = nil
-                if UInt64(l2Cache.count + 1) * clusterSize <= Self.l2CacheBudget / 2 { break }
-            }
-        }
-        l2Cache[offset] = table
+        l2Cache.insert(table, for: offset)
         return table
     }
 
@@ -183,7 +297,7 @@ final class Engine: @unchecked Sendable {
     func cachedMapping(_ g: UInt64) throws(QCOW2Error) -> QCOW2Entries.L2Entry? {
         let offset = l2TableOffsetFor(g)
         if offset == 0 { return try mapping(g) }  // validates the L1 entry; reads nothing
-        guard let table = l2Cache[offset] else { return nil }
+        guard let table = l2Cache.get(offset) else { return nil }
         return try mapping(g, in: table)
     }
 
@@ -206,7 +320,7 @@ final class Engine: @unchecked Sendable {
         if let table = try existingL2(for: g) { return table }
         let offset = try allocateCluster()
         let table = L2Table(entries: [UInt64](repeating: 0, count: Int(header.l2Entries)), dirty: true)
-        l2Cache[offset] = table
+        l2Cache.insert(table, for: offset)
         metadataOffsets.insert(offset)
         let l1Index = Int(g >> UInt64(header.l2Bits))
         l1[l1Index] = offset | QCOW2Entries.copied
@@ -445,13 +559,13 @@ final class Engine: @unchecked Sendable {
     var refBlockEntries: UInt64 { header.refcountBlockEntries }
 
     func refcountBlock(_ tableIndex: Int, create: Bool) throws(QCOW2Error) -> RefcountBlock? {
-        if let block = refBlocks[tableIndex] { return block }
+        if let block = refBlocks.get(tableIndex) { return block }
         guard tableIndex < refTable.count else { return nil }
         let offset = refTable[tableIndex]
         if offset != 0 {
             let bytes = try file.read(at: offset, count: Int(clusterSize))
-            let block = RefcountBlock(counts: QCOW2Entries.decodeRefcounts(bytes, order: header.refcountOrder), dirty: false)
-            refBlocks[tableIndex] = block
+            let block = RefcountBlock(bytes: bytes, order: header.refcountOrder, dirty: false)
+            refBlocks.insert(block, for: tableIndex)
             return block
         }
         guard create else { return nil }
@@ -460,8 +574,8 @@ final class Engine: @unchecked Sendable {
         let blockCluster = endCluster
         let blockOffset = try hostOffset(ofCluster: blockCluster)
         endCluster += 1
-        let block = RefcountBlock(counts: [UInt64](repeating: 0, count: Int(refBlockEntries)), dirty: true)
-        refBlocks[tableIndex] = block
+        let block = RefcountBlock(bytes: [UInt8](repeating: 0, count: Int(clusterSize)), order: header.refcountOrder, dirty: true)
+        refBlocks.insert(block, for: tableIndex)
         refTable[tableIndex] = blockOffset
         metadataOffsets.insert(blockOffset)
         dirtyRefTable.insert(tableIndex)
@@ -472,7 +586,7 @@ final class Engine: @unchecked Sendable {
     func refcount(_ cluster: UInt64) throws(QCOW2Error) -> UInt64 {
         let tableIndex = Int(cluster / refBlockEntries)
         guard let block = try refcountBlock(tableIndex, create: false) else { return 0 }
-        return block.counts[Int(cluster % refBlockEntries)]
+        return block[Int(cluster % refBlockEntries)]
     }
 
     func adjustRefcount(_ cluster: UInt64, by delta: Int) throws(QCOW2Error) {
@@ -482,15 +596,15 @@ final class Engine: @unchecked Sendable {
             throw .imageTooLarge(hostOffset: checkedShift(cluster, clusterBits) ?? UInt64.max)
         }
         let index = Int(cluster % refBlockEntries)
-        let old = block.counts[index]
+        let old = block[index]
         if delta > 0 {
             guard old < header.refcountMax else { throw .refcountOverflow(hostOffset: checkedShift(cluster, clusterBits) ?? UInt64.max) }
-            block.counts[index] = old + 1
+            block[index] = old + 1
         } else {
             guard old > 0 else {
                 throw .invalidTableEntry(table: "refcount block", index: UInt64(index), entry: 0, offset: refTable[tableIndex] + UInt64(index) * header.refcountBits / 8, reason: "freeing a cluster whose refcount is already zero")
             }
-            block.counts[index] = old - 1
+            block[index] = old - 1
         }
         block.dirty = true
     }
@@ -560,8 +674,8 @@ final class Engine: @unchecked Sendable {
 
     func writeDirtyRefcountBlocks() throws(QCOW2Error) -> Bool {
         var wrote = false
-        for (tableIndex, block) in refBlocks.sorted(by: { $0.key < $1.key }) where block.dirty {
-            try hostWrite(QCOW2Entries.encodeRefcounts(block.counts, order: header.refcountOrder), at: refTable[tableIndex])
+        for (tableIndex, block) in refBlocks.dirtyEntries {
+            try hostWrite(block.bytes, at: refTable[tableIndex])
             block.dirty = false
             wrote = true
         }
@@ -592,7 +706,7 @@ final class Engine: @unchecked Sendable {
         }
         // Phase 2: L2 tables.
         var wroteL2 = false
-        for (offset, table) in l2Cache.sorted(by: { $0.key < $1.key }) where table.dirty {
+        for (offset, table) in l2Cache.dirtyEntries {
             try hostWrite(encodeBE64Table(table.entries), at: offset)
             table.dirty = false
             wroteL2 = true
@@ -616,6 +730,9 @@ final class Engine: @unchecked Sendable {
             }
             if try writeDirtyRefcountBlocks() { try hostSync() }
         }
+        // Everything is clean now: back within the budgets.
+        l2Cache.trim()
+        refBlocks.trim()
     }
 
     /// Clears autoclear bits this engine does not maintain, before anything
