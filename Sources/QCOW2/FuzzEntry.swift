@@ -144,16 +144,32 @@ extension QCOW2Fuzz {
 
     /// One structure-aware mutation chosen by `choice` (any number: the
     /// fuzzer's random bits): sets one field of `fields(of:)` to one of its
-    /// boundary values. Nil (bytes unchanged) when the input has no header.
+    /// boundary values. Half the time the value is one of the extremes
+    /// (0, 1, all ones, all ones - 1, the top bit, the file size ± 1), where
+    /// sums and shifts overflow, rather than any of the boundary values.
+    /// Nil (bytes unchanged) when the input has no header.
     @discardableResult
     public static func mutateField(_ bytes: inout [UInt8], choice: UInt64) -> (Field, UInt64)? {
         let candidates = fields(of: bytes)
         guard !candidates.isEmpty else { return nil }
-        let field = candidates[Int(choice % UInt64(candidates.count))]
-        let bits = bytes.count >= 24 ? readBE32(bytes, QCOW2Header.Field.clusterBits) : 16
-        let clusterSize = UInt64(1) << UInt64(min(bits, 63))
-        let values = boundaryValues(width: field.width, fileSize: UInt64(bytes.count), clusterSize: clusterSize)
-        let value = values[Int((choice / UInt64(candidates.count)) % UInt64(values.count))]
+        var rest = choice
+        func pick(_ count: Int) -> Int {
+            defer { rest /= UInt64(count) }
+            return Int(rest % UInt64(count))
+        }
+        let field = candidates[pick(candidates.count)]
+        let value: UInt64
+        let fileSize = UInt64(bytes.count)
+        if pick(2) == 0 {
+            let mask: UInt64 = field.width >= 8 ? UInt64.max : (1 << UInt64(8 * field.width)) - 1
+            let extremes = [0, 1, mask, mask - 1, mask / 2 + 1, fileSize &- 1, (fileSize &+ 1) & mask]
+            value = extremes[pick(extremes.count)]
+        } else {
+            let bits = bytes.count >= 24 ? readBE32(bytes, QCOW2Header.Field.clusterBits) : 16
+            let clusterSize = UInt64(1) << UInt64(min(bits, 63))
+            let values = boundaryValues(width: field.width, fileSize: fileSize, clusterSize: clusterSize)
+            value = values[pick(values.count)]
+        }
         set(field, to: value, in: &bytes)
         return (field, value)
     }
