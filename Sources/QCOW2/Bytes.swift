@@ -58,10 +58,11 @@ func encodeBE64Table(_ entries: [UInt64]) -> [UInt8] {
     return out
 }
 
-/// Do [a, a+alen) and [b, b+blen) share a byte?
+/// Do [a, a+alen) and [b, b+blen) share a byte? Exact for any inputs: it
+/// compares distances, never computes an end that could wrap.
 func rangesOverlap(_ a: UInt64, _ alen: UInt64, _ b: UInt64, _ blen: UInt64) -> Bool {
     guard alen > 0, blen > 0 else { return false }
-    return a < b &+ blen && b < a &+ alen
+    return a <= b ? b - a < alen : a - b < blen
 }
 
 // Overflow-checked arithmetic for values read from the file. Every sum,

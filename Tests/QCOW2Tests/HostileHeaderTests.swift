@@ -272,6 +272,17 @@ import Testing
         #expect(refused > cases / 4)
     }
 
+    /// Two ranges near 2^64 overlap even though their ends wrap; the check
+    /// compares distances instead of computing the ends.
+    @Test func overlapCheckDoesNotWrap() {
+        #expect(rangesOverlap(UInt64.max - 5, 20, UInt64.max - 3, 20))
+        #expect(!rangesOverlap(UInt64.max - 5, 2, UInt64.max - 3, 20))
+        #expect(rangesOverlap(0x10000, 0x10000, 0x1ffff, 1))
+        #expect(!rangesOverlap(0x10000, 0x10000, 0x20000, UInt64.max))
+        #expect(checkedSum(UInt64.max, 1) == nil && checkedProduct(1 << 62, 4) == nil)
+        #expect(checkedShift(1 << 8, 56) == nil && checkedShift(1 << 8, 54) == 1 << 62)
+    }
+
     @Test func writesOutsideTheDiskAreRefused() throws {
         let scratch = try Scratch()
         let image = try QCOW2Image.create(path: scratch.file("o.qcow2"), virtualSize: 1 << 20)
