@@ -20,6 +20,34 @@ import Testing
         (0x242f, 0x80, 1), (0x2435, 0x50, 1), (0x3427, 0x02, 4096),
     ])
 
+    /// Found by the structure-aware mutator run against the engine as it
+    /// was before the overflow checks (a trap in QCOW2Header.parse within
+    /// about 1100 inputs), minimized by libFuzzer: a v3 header with
+    /// backing_file_offset = 0xffff_ffff_ffff_fffe and backing_file_size =
+    /// 0x68, so offset + size overflowed.
+    static let backingFileOffsetNearAllOnes = runs(length: 1032, [
+        (0x0, 0x51, 1), (0x1, 0x46, 1), (0x2, 0x49, 1), (0x3, 0xfb, 1),
+        (0x7, 0x03, 1), (0x8, 0xff, 7), (0xf, 0xfe, 1), (0x13, 0x68, 1),
+        (0x17, 0x09, 1), (0x1e, 0x03, 1), (0x1f, 0xff, 1), (0x27, 0x01, 1),
+        (0x2e, 0x04, 1), (0x36, 0x02, 1), (0x3b, 0x01, 1), (0x57, 0x01, 1),
+        (0x5e, 0x07, 1), (0x5f, 0x01, 1), (0x63, 0x02, 1), (0x67, 0x70, 1),
+        (0x7f, 0x01, 905),
+    ])
+
+    @Test func backingFileOffsetNearAllOnesIsAnErrorNotATrap() throws {
+        let scratch = try Scratch()
+        let bytes = Self.backingFileOffsetNearAllOnes
+        QCOW2Fuzz.exercise(bytes, scratchPath: scratch.file("f.img"))
+        #expect {
+            _ = try QCOW2Header.parse(bytes, fileSize: UInt64(bytes.count))
+        } throws: { error in
+            guard let error = error as? QCOW2Error,
+                  case .invalidField("backing_file_offset", 0xffff_ffff_ffff_fffe, 8, let reason) = error
+            else { return false }
+            return reason.contains("overflows") && error.description.contains("0xfffffffffffffffe")
+        }
+    }
+
     @Test func v2RefcountsFreeTheHeaderIsRefusedNotFollowed() throws {
         let scratch = try Scratch()
         let path = scratch.file("f.img")
