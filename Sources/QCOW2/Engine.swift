@@ -115,8 +115,13 @@ struct MetadataCache<Key: Hashable & Comparable, Value: CachedCluster> {
         clock += 1
         value.lastUse = clock
         entries[key] = value
-        if bytes > budget { trim(keeping: key) }
+        if bytes > budget && entries.count >= nextTrimAt { trim(keeping: key) }
     }
+
+    /// When a trim could not get under the budget (too many dirty entries),
+    /// the next one waits for this many entries, so that inserts between two
+    /// flushes do not each scan the whole cache.
+    private var nextTrimAt = 0
 
     /// Drops least recently used clean entries (never `keeping`) until at
     /// most three quarters of the budget are used.
@@ -128,6 +133,7 @@ struct MetadataCache<Key: Hashable & Comparable, Value: CachedCluster> {
             guard bytes > target, entries.count > 1 else { break }
             entries[key] = nil
         }
+        nextTrimAt = bytes > budget ? entries.count + max(1, Int(budget / entryBytes / 4)) : 0
     }
 
     /// The dirty entries in key order (the order flush writes them).
