@@ -105,10 +105,6 @@ struct MetadataCache<Key: Hashable & Comparable, Value: CachedCluster> {
         return value
     }
 
-    /// The entry for `key` without marking it (a lookup that must not
-    /// change what would be evicted, or cannot mutate).
-    func peek(_ key: Key) -> Value? { entries[key] }
-
     /// Adds `value` and evicts if the budget is exceeded; `value` itself is
     /// never evicted by this call.
     mutating func insert(_ value: Value, for key: Key) {
