@@ -57,13 +57,14 @@ public enum DiskVerifier {
     /// `maxRun`: the most bytes read from cevm's engine per call (at least
     /// one piece); libqcow is always read one piece at a time.
     public static func verify(path: String, maxRun: UInt64 = 0) throws -> Report {
-        try verify(path: path, maxRun: maxRun, enginePath: path, libqcowPath: path)
+        try verify(path: path, maxRun: maxRun, enginePath: path, libqcowPath: path, qemuRangeLimit: 64)
     }
 
     /// The comparison, with each reader able to read its own copy of the
     /// image (the tests give one of them a copy with a corrupted cluster);
-    /// QEMU reads `path`.
-    static func verify(path: String, maxRun: UInt64, enginePath: String, libqcowPath: String) throws -> Report {
+    /// QEMU reads `path`, range by range up to `qemuRangeLimit` disputes,
+    /// then from one whole conversion.
+    static func verify(path: String, maxRun: UInt64, enginePath: String, libqcowPath: String, qemuRangeLimit: Int) throws -> Report {
         let image = try QCOW2Image.open(path: path)
         let engine = enginePath == path ? image : try QCOW2Image.open(path: enginePath)
         let chain = image.chain
@@ -93,7 +94,7 @@ public enum DiskVerifier {
             }
             return .compare
         }
-        let third = QEMUReader(path: path)
+        let third = QEMUReader(path: path, rangeLimit: qemuRangeLimit)
         let total = (image.virtualSize + piece - 1) / piece
         let perRun = max(1, maxRun / piece)
         var p: UInt64 = 0
@@ -152,17 +153,52 @@ public enum DiskVerifier {
 
 /// QEMU as the third reader: `qemu-img convert` of one guest range of the
 /// image (through its backing chain, shared lock) to a temporary raw file,
-/// using the raw driver's offset and size over the qcow2 node.
-struct QEMUReader {
+/// using the raw driver's offset and size over the qcow2 node. Past
+/// `rangeLimit` ranges (a reader wrong almost everywhere would otherwise
+/// cost one process per piece) it converts the whole image once, sparse,
+/// and reads the rest from that copy. Not thread-safe.
+final class QEMUReader {
     let path: String
+    let rangeLimit: Int
+    private var ranges = 0
+    private var whole: String?
+
+    init(path: String, rangeLimit: Int = 64) {
+        self.path = path
+        self.rangeLimit = rangeLimit
+    }
+
+    deinit {
+        if let whole { try? FileManager.default.removeItem(atPath: whole) }
+    }
 
     func read(at offset: UInt64, count: Int) throws(DiskToolsError) -> [UInt8] {
-        let out = NSTemporaryDirectory() + "cevm-verify-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).raw"
-        defer { try? FileManager.default.removeItem(atPath: out) }
-        // In --image-opts a comma inside a value is written twice.
-        let file = path.replacingOccurrences(of: ",", with: ",,")
-        let spec = "driver=raw,offset=\(offset),size=\(count),file.driver=qcow2,file.file.filename=\(file)"
-        let arguments = ["qemu-img", "convert", "-U", "--image-opts", spec, "-O", "raw", out]
+        if ranges < rangeLimit {
+            ranges += 1
+            let out = Self.temporaryPath()
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            // In --image-opts a comma inside a value is written twice.
+            let file = path.replacingOccurrences(of: ",", with: ",,")
+            let spec = "driver=raw,offset=\(offset),size=\(count),file.driver=qcow2,file.file.filename=\(file)"
+            try Self.run(["qemu-img", "convert", "-U", "--image-opts", spec, "-O", "raw", out])
+            return try Self.bytes(of: out, at: 0, count: count)
+        }
+        let copy: String
+        if let whole {
+            copy = whole
+        } else {
+            copy = Self.temporaryPath()
+            whole = copy
+            try Self.run(["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", path, copy])
+        }
+        return try Self.bytes(of: copy, at: offset, count: count)
+    }
+
+    static func temporaryPath() -> String {
+        NSTemporaryDirectory() + "cevm-verify-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).raw"
+    }
+
+    static func run(_ arguments: [String]) throws(DiskToolsError) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
@@ -176,12 +212,24 @@ struct QEMUReader {
         }
         let output = pipe.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        guard process.terminationStatus == 0, let data = FileManager.default.contents(atPath: out) else {
+        guard process.terminationStatus == 0 else {
             throw .tool(command: arguments.joined(separator: " "), status: process.terminationStatus, output: String(decoding: output, as: UTF8.self))
         }
-        var bytes = Array(data)
-        // A sparse tail the output file does not hold reads as zeros.
+    }
+
+    /// `count` bytes of a file at `offset`; past its end, zeros (a sparse
+    /// tail).
+    static func bytes(of file: String, at offset: UInt64, count: Int) throws(DiskToolsError) -> [UInt8] {
+        var bytes: [UInt8] = []
+        do {
+            let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: file))
+            defer { try? handle.close() }
+            try handle.seek(toOffset: offset)
+            bytes = Array(try handle.read(upToCount: count) ?? Data())
+        } catch {
+            throw .tool(command: "read \(file)", status: -1, output: "\(error)")
+        }
         if bytes.count < count { bytes += [UInt8](repeating: 0, count: count - bytes.count) }
-        return Array(bytes.prefix(count))
+        return bytes
     }
 }

@@ -35,17 +35,19 @@ import Testing
         return host + offset % image.clusterSize
     }
 
-    /// A copy of the chain whose `top.qcow2` has the bytes at `guest`
-    /// overwritten in the file (a corrupted data cluster).
-    func corruptedCopy(_ scratch: Scratch, top: String, guest: UInt64) throws -> String {
+    /// A copy of the chain whose `top.qcow2` has 100 bytes at each of
+    /// `guest` overwritten in the file (corrupted data clusters).
+    func corruptedCopy(_ scratch: Scratch, top: String, guest offsets: UInt64...) throws -> String {
         let copy = scratch.file("copy")
         try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: false)
         for name in ["base.qcow2", "mid.qcow2", "top.qcow2"] {
             try FileManager.default.copyItem(atPath: scratch.file(name), toPath: copy + "/" + name)
         }
-        let host = try hostOffset(top, guest: guest)
         var bytes = try readFile(copy + "/top.qcow2")
-        for i in 0..<100 { bytes[Int(host) + i] ^= 0x5a }
+        for guest in offsets {
+            let host = try hostOffset(top, guest: guest)
+            for i in 0..<100 { bytes[Int(host) + i] ^= 0x5a }
+        }
         try writeFile(copy + "/top.qcow2", bytes)
         return copy + "/top.qcow2"
     }
@@ -69,7 +71,7 @@ import Testing
         let scratch = try Scratch()
         let top = try mixedClusterChain(scratch)
         let corrupted = try corruptedCopy(scratch, top: top, guest: 192 << 10)
-        let report = try DiskVerifier.verify(path: top, maxRun: 0, enginePath: corrupted, libqcowPath: top)
+        let report = try DiskVerifier.verify(path: top, maxRun: 0, enginePath: corrupted, libqcowPath: top, qemuRangeLimit: 64)
         #expect(!report.identical)
         #expect(report.mismatches.first == 192 << 10)
         #expect(report.disagreements.first?.wrongReader == "cevm")
@@ -80,11 +82,23 @@ import Testing
         let scratch = try Scratch()
         let top = try mixedClusterChain(scratch)
         let corrupted = try corruptedCopy(scratch, top: top, guest: 1028 << 10)
-        let report = try DiskVerifier.verify(path: top, maxRun: 0, enginePath: top, libqcowPath: corrupted)
+        let report = try DiskVerifier.verify(path: top, maxRun: 0, enginePath: top, libqcowPath: corrupted, qemuRangeLimit: 64)
         #expect(report.identical, "\(report.mismatches)")
         #expect(report.disagreements.count == 1)
         #expect(report.disagreements.first?.wrongReader == "libqcow")
         #expect(report.disagreements.first?.offset == 1024 << 10)
     }
-}
 
+    /// Past the range limit QEMU converts the whole image once: three
+    /// disputes with a limit of one, all settled, the last two from the
+    /// whole copy.
+    @Test func manyDisputesAreSettledFromOneWholeConversion() throws {
+        let scratch = try Scratch()
+        let top = try mixedClusterChain(scratch)
+        let corrupted = try corruptedCopy(scratch, top: top, guest: 192 << 10, 224 << 10, 1028 << 10)
+        let report = try DiskVerifier.verify(path: top, maxRun: 0, enginePath: top, libqcowPath: corrupted, qemuRangeLimit: 1)
+        #expect(report.identical, "\(report.mismatches)")
+        #expect(report.disagreements.map(\.offset) == [192 << 10, 224 << 10, 1024 << 10])
+        #expect(report.disagreements.allSatisfy { $0.wrongReader == "libqcow" })
+    }
+}
