@@ -113,7 +113,7 @@ struct DiskCreateOverlay: AsyncParsableCommand {
 struct DiskVerify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
-        abstract: "Read an image through cevm's engine and through libqcow and compare every byte.")
+        abstract: "Read an image through cevm's engine and through libqcow and compare every byte; QEMU settles any disagreement.")
 
     @Argument(help: "A qcow2 image.") var image: String
 
@@ -125,9 +125,16 @@ struct DiskVerify: AsyncParsableCommand {
             if common.json {
                 try Output.json(report)
             } else {
-                var lines = ["compared \(report.bytesCompared) bytes of \(report.path) (\(report.layers.count) layer(s))"]
+                var lines = ["compared \(report.bytesCompared) bytes of \(report.path) (\(report.layers.count) layer(s), \(report.pieceSize)-byte pieces)"]
                 if report.zeroClustersSkipped > 0 || report.rawClustersSkipped > 0 {
-                    lines.append("not compared (libqcow cannot read them): \(report.zeroClustersSkipped) zero cluster(s), \(report.rawClustersSkipped) cluster(s) from a raw backing file")
+                    lines.append("not compared (libqcow cannot read them): \(report.zeroClustersSkipped) zero piece(s), \(report.rawClustersSkipped) piece(s) from a raw backing file")
+                }
+                for d in report.disagreements {
+                    let range = "0x\(String(d.offset, radix: 16))+0x\(String(d.length, radix: 16))"
+                    switch d.wrongReader {
+                    case "undecided": lines.append("libqcow and cevm disagree at \(range), undecided: \(d.note ?? "")")
+                    default: lines.append("libqcow and cevm disagree at \(range); QEMU reads as the other: \(d.wrongReader) is wrong")
+                    }
                 }
                 if report.identical {
                     lines.append("identical")

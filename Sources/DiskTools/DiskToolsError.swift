@@ -9,6 +9,9 @@ public enum DiskToolsError: Error, Sendable, Equatable, CustomStringConvertible 
     case notAnImage(path: String)
     /// A guest path that is neither a directory nor a regular file.
     case notFileOrDirectory(guestPath: String)
+    /// An external tool (qemu-img as the third reader) failed to run or
+    /// exited non-zero; `output` is what it printed.
+    case tool(command: String, status: Int32, output: String)
 
     public var description: String {
         switch self {
@@ -16,6 +19,7 @@ public enum DiskToolsError: Error, Sendable, Equatable, CustomStringConvertible 
         case .libguestfs(let call, let message): return "libguestfs \(call) failed: \(message)"
         case .notAnImage(let path): return "\(path) is neither a disk image nor a directory holding disk.qcow2"
         case .notFileOrDirectory(let guestPath): return "\(guestPath) in the guest is neither a directory nor a regular file"
+        case .tool(let command, let status, let output): return "\(command) exited \(status): \(output)"
         }
     }
 }

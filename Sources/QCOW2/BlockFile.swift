@@ -28,8 +28,18 @@ final class BlockFile: Sendable {
         return UInt64(st.st_size)
     }
 
+    /// `offset + count` as an off_t, or EOVERFLOW naming `call` (off_t is
+    /// signed: Swift traps converting a value of 2^63 or more).
+    func position(_ offset: UInt64, _ count: Int, call: String) throws(QCOW2Error) -> off_t {
+        guard let end = checkedSum(offset, UInt64(count)), end <= UInt64(Int64.max) else {
+            throw .io(call: call, errno: EOVERFLOW, path: path, offset: offset)
+        }
+        return off_t(offset)
+    }
+
     /// pread(2) into `buffer`; bytes past the end of the file read as zero.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) {
+        _ = try position(offset, buffer.count, call: "pread")
         var done = 0
         while done < buffer.count {
             let n = pread(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done, off_t(offset + UInt64(done)))
@@ -52,9 +62,10 @@ final class BlockFile: Sendable {
     /// blocking way, which also handles the end of the file).
     func readWithoutWaiting(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(QCOW2Error) -> Bool {
         guard let preadv2 = Self.preadv2 else { return false }
+        let start = try position(offset, buffer.count, call: "preadv2")
         while true {
             var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
-            let n = preadv2(fd, &vector, 1, off_t(offset), Self.rwfNoWait)
+            let n = preadv2(fd, &vector, 1, start, Self.rwfNoWait)
             if n >= 0 { return n == buffer.count }
             switch errno {
             case EINTR: continue
@@ -87,6 +98,7 @@ final class BlockFile: Sendable {
 
     /// pwrite(2) of all of `buffer`.
     func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(QCOW2Error) {
+        _ = try position(offset, buffer.count, call: "pwrite")
         var done = 0
         while done < buffer.count {
             let n = pwrite(fd, buffer.baseAddress.map { $0 + done }, buffer.count - done, off_t(offset + UInt64(done)))

@@ -58,8 +58,43 @@ func encodeBE64Table(_ entries: [UInt64]) -> [UInt8] {
     return out
 }
 
-/// Do [a, a+alen) and [b, b+blen) share a byte?
+/// Do [a, a+alen) and [b, b+blen) share a byte? Exact for any inputs: it
+/// compares distances, never computes an end that could wrap.
 func rangesOverlap(_ a: UInt64, _ alen: UInt64, _ b: UInt64, _ blen: UInt64) -> Bool {
     guard alen > 0, blen > 0 else { return false }
-    return a < b &+ blen && b < a &+ alen
+    return a <= b ? b - a < alen : a - b < blen
+}
+
+// Overflow-checked arithmetic for values read from the file. Every sum,
+// product and shift on a header field or table entry goes through one of
+// these (or is bounded by a check made just before, said so in a comment),
+// so a hostile value becomes a `QCOW2Error`, never a trap or a silent wrap.
+
+/// `a + b`, or nil when the sum does not fit in 64 bits.
+@inline(__always)
+func checkedSum(_ a: UInt64, _ b: UInt64) -> UInt64? {
+    let (value, overflow) = a.addingReportingOverflow(b)
+    return overflow ? nil : value
+}
+
+/// `a * b`, or nil when the product does not fit in 64 bits.
+@inline(__always)
+func checkedProduct(_ a: UInt64, _ b: UInt64) -> UInt64? {
+    let (value, overflow) = a.multipliedReportingOverflow(by: b)
+    return overflow ? nil : value
+}
+
+/// `value << bits`, or nil when a set bit would be shifted out (Swift's `<<`
+/// drops them silently).
+@inline(__always)
+func checkedShift(_ value: UInt64, _ bits: UInt64) -> UInt64? {
+    guard bits < 64 else { return value == 0 ? 0 : nil }
+    return value <= UInt64.max >> bits ? value << bits : nil
+}
+
+/// The file offset of entry `index` of a table of 8-byte entries at
+/// `table`, for error messages: saturates at 2^64-1 rather than trap.
+@inline(__always)
+func entryAddress(_ table: UInt64, _ index: UInt64) -> UInt64 {
+    checkedProduct(index, 8).flatMap { checkedSum(table, $0) } ?? UInt64.max
 }

@@ -6,21 +6,135 @@ enum IOEvent: Sendable {
     case sync
 }
 
-final class L2Table {
+final class L2Table: CachedCluster {
     var entries: [UInt64]
     var dirty: Bool
+    var lastUse: UInt64 = 0
     init(entries: [UInt64], dirty: Bool) {
         self.entries = entries
         self.dirty = dirty
     }
 }
 
-final class RefcountBlock {
-    var counts: [UInt64]
+/// One refcount block, kept as the bytes of its cluster (entries of
+/// 2^order bits: packed from the least significant bit below 8 bits,
+/// big-endian from 8), so it costs one cluster of memory whatever the
+/// width — not 8 bytes per entry.
+final class RefcountBlock: CachedCluster {
+    private(set) var bytes: [UInt8]
+    let order: UInt32
     var dirty: Bool
-    init(counts: [UInt64], dirty: Bool) {
-        self.counts = counts
+    var lastUse: UInt64 = 0
+
+    /// `order` must be 0...6 (QCOW2Header.parse checks it).
+    init(bytes: [UInt8], order: UInt32, dirty: Bool) {
+        self.bytes = bytes
+        self.order = min(order, 6)
         self.dirty = dirty
+    }
+
+    /// How many refcounts the block holds.
+    var count: Int { (bytes.count * 8) >> Int(order) }
+
+    subscript(index: Int) -> UInt64 {
+        get {
+            let bits = 1 << Int(order)
+            if bits < 8 {
+                let perByte = 8 / bits
+                let mask = UInt8((1 << bits) - 1)
+                return UInt64((bytes[index / perByte] >> UInt8((index % perByte) * bits)) & mask)
+            }
+            let width = bits / 8
+            var value: UInt64 = 0
+            for b in 0..<width { value = value << 8 | UInt64(bytes[index * width + b]) }
+            return value
+        }
+        set {
+            let bits = 1 << Int(order)
+            if bits < 8 {
+                let perByte = 8 / bits
+                let shift = UInt8((index % perByte) * bits)
+                let mask = UInt8((1 << bits) - 1) << shift
+                let byte = index / perByte
+                bytes[byte] = bytes[byte] & ~mask | UInt8(truncatingIfNeeded: newValue << UInt64(shift)) & mask
+                return
+            }
+            let width = bits / 8
+            for b in 0..<width {
+                bytes[index * width + b] = UInt8(truncatingIfNeeded: newValue >> UInt64(8 * (width - 1 - b)))
+            }
+        }
+    }
+}
+
+/// Something a `MetadataCache` holds: one metadata cluster, dirty until
+/// `flush` writes it.
+protocol CachedCluster: AnyObject {
+    var dirty: Bool { get }
+    /// When it was last looked up (the cache's clock), for eviction.
+    var lastUse: UInt64 { get set }
+}
+
+/// Metadata clusters (L2 tables, refcount blocks) kept in memory, bounded by
+/// bytes. Past `budget`, the least recently used clean entries are dropped
+/// until three quarters of it are in use; they are read from the file again
+/// when needed. Dirty entries stay until `flush` writes them (they hold the
+/// only copy), so between two flushes the cache can exceed the budget by
+/// what was changed since the last one; `flush` trims it back.
+struct MetadataCache<Key: Hashable & Comparable, Value: CachedCluster> {
+    private(set) var entries: [Key: Value] = [:]
+    /// Bytes; at least one entry is always kept.
+    var budget: UInt64
+    /// Bytes one entry stands for (a cluster).
+    let entryBytes: UInt64
+    private var clock: UInt64 = 0
+
+    init(budget: UInt64, entryBytes: UInt64) {
+        self.budget = budget
+        self.entryBytes = max(entryBytes, 1)
+    }
+
+    var count: Int { entries.count }
+    var bytes: UInt64 { UInt64(entries.count) * entryBytes }
+
+    /// The entry for `key`, marked as just used.
+    mutating func get(_ key: Key) -> Value? {
+        guard let value = entries[key] else { return nil }
+        clock += 1
+        value.lastUse = clock
+        return value
+    }
+
+    /// Adds `value` and evicts if the budget is exceeded; `value` itself is
+    /// never evicted by this call.
+    mutating func insert(_ value: Value, for key: Key) {
+        clock += 1
+        value.lastUse = clock
+        entries[key] = value
+        if bytes > budget && entries.count >= nextTrimAt { trim(keeping: key) }
+    }
+
+    /// When a trim could not get under the budget (too many dirty entries),
+    /// the next one waits for this many entries, so that inserts between two
+    /// flushes do not each scan the whole cache.
+    private var nextTrimAt = 0
+
+    /// Drops least recently used clean entries (never `keeping`) until at
+    /// most three quarters of the budget are used.
+    mutating func trim(keeping: Key? = nil) {
+        guard bytes > budget else { return }
+        let target = budget / 4 * 3
+        let clean = entries.filter { !$0.value.dirty && $0.key != keeping }.sorted { $0.value.lastUse < $1.value.lastUse }
+        for (key, _) in clean {
+            guard bytes > target, entries.count > 1 else { break }
+            entries[key] = nil
+        }
+        nextTrimAt = bytes > budget ? entries.count + max(1, Int(budget / entryBytes / 4)) : 0
+    }
+
+    /// The dirty entries in key order (the order flush writes them).
+    var dirtyEntries: [(key: Key, value: Value)] {
+        entries.filter { $0.value.dirty }.sorted { $0.key < $1.key }.map { (key: $0.key, value: $0.value) }
     }
 }
 
@@ -46,11 +160,13 @@ final class Engine: @unchecked Sendable {
     let backing: (any BlockReader)?
     var l1: [UInt64]
     var dirtyL1: Set<Int> = []
-    var l2Cache: [UInt64: L2Table] = [:]
+    /// L2 tables by host offset.
+    var l2Cache: MetadataCache<UInt64, L2Table>
     var refTable: [UInt64]
     var dirtyRefTable: Set<Int> = []
     var refTableRelocated = false
-    var refBlocks: [Int: RefcountBlock] = [:]
+    /// Refcount blocks by refcount-table index.
+    var refBlocks: MetadataCache<Int, RefcountBlock>
     var pendingFree: [UInt64] = []
     /// First cluster index past every cluster the file holds or the engine
     /// has allocated.
@@ -62,11 +178,16 @@ final class Engine: @unchecked Sendable {
     var metadataOffsets: Set<UInt64> = []
     var observer: (@Sendable (IOEvent) -> Void)?
 
-    /// Clean L2 tables are dropped from the cache past this many bytes.
+    /// Clean L2 tables are dropped from the cache past this many bytes
+    /// (64 MiB map 512 GiB of guest disk with 64 KiB clusters).
     static let l2CacheBudget: UInt64 = 64 << 20
+    /// Clean refcount blocks are dropped past this many bytes (32 MiB of
+    /// 16-bit refcounts cover 1 TiB of host file with 64 KiB clusters).
+    static let refcountCacheBudget: UInt64 = 32 << 20
 
     var clusterBits: UInt64 { UInt64(header.clusterBits) }
     var clusterSize: UInt64 { header.clusterSize }
+    /// parse bounds the virtual size to 2^56: the sum cannot overflow.
     var guestClusters: UInt64 { (header.size + clusterSize - 1) >> clusterBits }
 
     init(file: BlockFile, header: QCOW2Header, writable: Bool, backing: (any BlockReader)?, fileSize: UInt64) throws(QCOW2Error) {
@@ -75,16 +196,19 @@ final class Engine: @unchecked Sendable {
         self.header = header
         self.writable = writable
         self.backing = backing
+        l2Cache = MetadataCache(budget: Self.l2CacheBudget, entryBytes: header.clusterSize)
+        refBlocks = MetadataCache(budget: Self.refcountCacheBudget, entryBytes: header.clusterSize)
         let l1Bytes = try file.read(at: header.l1TableOffset, count: Int(header.l1Size) * 8)
         l1 = decodeBE64Table(l1Bytes, count: Int(header.l1Size))
         let rtCount = Int(UInt64(header.refcountTableClusters) * header.clusterSize / 8)
         let rtBytes = try file.read(at: header.refcountTableOffset, count: rtCount * 8)
         refTable = decodeBE64Table(rtBytes, count: rtCount)
-        endCluster = (fileSize + header.clusterSize - 1) >> UInt64(header.clusterBits)
+        // fstat sizes are below 2^63: the division form cannot overflow.
+        endCluster = fileSize / header.clusterSize + (fileSize % header.clusterSize == 0 ? 0 : 1)
         for (i, entry) in refTable.enumerated() where entry != 0 {
             let offset = try QCOW2Entries.refcountBlockOffset(entry, index: UInt64(i), tableOffset: header.refcountTableOffset)
             guard offset % header.clusterSize == 0, offset < QCOW2Header.Limits.maxHostOffset else {
-                throw .invalidTableEntry(table: "refcount table", index: UInt64(i), entry: entry, offset: header.refcountTableOffset + UInt64(i) * 8, reason: "refcount block offset not cluster-aligned")
+                throw .invalidTableEntry(table: "refcount table", index: UInt64(i), entry: entry, offset: entryAddress(header.refcountTableOffset, UInt64(i)), reason: "refcount block offset not cluster-aligned")
             }
             try checkMetadataPlacement(offset, what: "refcount block", table: "refcount table", index: UInt64(i), entry: entry, tableOffset: header.refcountTableOffset)
             metadataOffsets.insert(offset)
@@ -130,38 +254,38 @@ final class Engine: @unchecked Sendable {
             clash = "refcount table"
         }
         if let clash {
-            throw .overlap(first: "\(what) (\(table) entry \(index) = \(hex(entry)) at \(hex(tableOffset + index * 8)))", second: clash, offset: offset)
+            throw .overlap(first: "\(what) (\(table) entry \(index) = \(hex(entry)) at \(hex(entryAddress(tableOffset, index))))", second: clash, offset: offset)
         }
         if offset >> clusterBits >= endCluster {
-            throw .invalidTableEntry(table: table, index: index, entry: entry, offset: tableOffset + index * 8, reason: "\(what) lies past the end of the file")
+            throw .invalidTableEntry(table: table, index: index, entry: entry, offset: entryAddress(tableOffset, index), reason: "\(what) lies past the end of the file")
         }
     }
 
     // MARK: Mapping
 
     func l2Table(at offset: UInt64) throws(QCOW2Error) -> L2Table {
-        if let table = l2Cache[offset] { return table }
+        if let table = l2Cache.get(offset) { return table }
         let bytes = try file.read(at: offset, count: Int(clusterSize))
         let table = L2Table(entries: decodeBE64Table(bytes, count: Int(header.l2Entries)), dirty: false)
-        if UInt64(l2Cache.count + 1) * clusterSize > Self.l2CacheBudget {
-            for (key, cached) in l2Cache where !cached.dirty {
-                l2Cache[key] = nil
-                if UInt64(l2Cache.count + 1) * clusterSize <= Self.l2CacheBudget / 2 { break }
-            }
-        }
-        l2Cache[offset] = table
+        l2Cache.insert(table, for: offset)
         return table
     }
 
     /// The L2 table holding guest cluster `g`, or nil if its L1 entry is empty.
     func existingL2(for g: UInt64) throws(QCOW2Error) -> L2Table? {
         let l1Index = Int(g >> UInt64(header.l2Bits))
+        // parse makes l1_size cover the virtual size and callers stay inside
+        // it; a guest cluster past the L1 table is still refused, not trapped.
+        guard l1Index < l1.count else {
+            throw .outOfBounds(offset: checkedShift(g, clusterBits) ?? UInt64.max, count: clusterSize, virtualSize: header.size)
+        }
         let offset = try QCOW2Entries.l2TableOffset(l1Entry: l1[l1Index], index: UInt64(l1Index), tableOffset: header.l1TableOffset, clusterSize: clusterSize)
         return offset == 0 ? nil : try l2Table(at: offset)
     }
 
     func l2TableOffsetFor(_ g: UInt64) -> UInt64 {
-        l1[Int(g >> UInt64(header.l2Bits))] & QCOW2Entries.offsetMask
+        let l1Index = Int(g >> UInt64(header.l2Bits))
+        return l1Index < l1.count ? l1[l1Index] & QCOW2Entries.offsetMask : 0
     }
 
     /// What this layer holds for guest cluster `g`.
@@ -175,7 +299,7 @@ final class Engine: @unchecked Sendable {
     func cachedMapping(_ g: UInt64) throws(QCOW2Error) -> QCOW2Entries.L2Entry? {
         let offset = l2TableOffsetFor(g)
         if offset == 0 { return try mapping(g) }  // validates the L1 entry; reads nothing
-        guard let table = l2Cache[offset] else { return nil }
+        guard let table = l2Cache.get(offset) else { return nil }
         return try mapping(g, in: table)
     }
 
@@ -198,7 +322,7 @@ final class Engine: @unchecked Sendable {
         if let table = try existingL2(for: g) { return table }
         let offset = try allocateCluster()
         let table = L2Table(entries: [UInt64](repeating: 0, count: Int(header.l2Entries)), dirty: true)
-        l2Cache[offset] = table
+        l2Cache.insert(table, for: offset)
         metadataOffsets.insert(offset)
         let l1Index = Int(g >> UInt64(header.l2Bits))
         l1[l1Index] = offset | QCOW2Entries.copied
@@ -213,6 +337,11 @@ final class Engine: @unchecked Sendable {
     }
 
     // MARK: Reads
+
+    // Arithmetic on guest offsets below: `checkRange` (or the virtual size,
+    // for reads) keeps offset + count <= virtual size <= 2^56; host offsets
+    // come from validated entries (< 2^56, cluster-aligned) plus an offset
+    // inside the cluster. None of these sums or shifts can wrap.
 
     func checkRange(_ offset: UInt64, _ count: Int) throws(QCOW2Error) {
         guard offset <= header.size, UInt64(count) <= header.size - offset else {
@@ -432,25 +561,25 @@ final class Engine: @unchecked Sendable {
     var refBlockEntries: UInt64 { header.refcountBlockEntries }
 
     func refcountBlock(_ tableIndex: Int, create: Bool) throws(QCOW2Error) -> RefcountBlock? {
-        if let block = refBlocks[tableIndex] { return block }
+        if let block = refBlocks.get(tableIndex) { return block }
         guard tableIndex < refTable.count else { return nil }
         let offset = refTable[tableIndex]
         if offset != 0 {
             let bytes = try file.read(at: offset, count: Int(clusterSize))
-            let block = RefcountBlock(counts: QCOW2Entries.decodeRefcounts(bytes, order: header.refcountOrder), dirty: false)
-            refBlocks[tableIndex] = block
+            let block = RefcountBlock(bytes: bytes, order: header.refcountOrder, dirty: false)
+            refBlocks.insert(block, for: tableIndex)
             return block
         }
         guard create else { return nil }
         // A new block goes at the end of the file; its own refcount may live
         // in itself or in another block.
         let blockCluster = endCluster
+        let blockOffset = try hostOffset(ofCluster: blockCluster)
         endCluster += 1
-        try checkHostOffset(blockCluster << clusterBits)
-        let block = RefcountBlock(counts: [UInt64](repeating: 0, count: Int(refBlockEntries)), dirty: true)
-        refBlocks[tableIndex] = block
-        refTable[tableIndex] = blockCluster << clusterBits
-        metadataOffsets.insert(blockCluster << clusterBits)
+        let block = RefcountBlock(bytes: [UInt8](repeating: 0, count: Int(clusterSize)), order: header.refcountOrder, dirty: true)
+        refBlocks.insert(block, for: tableIndex)
+        refTable[tableIndex] = blockOffset
+        metadataOffsets.insert(blockOffset)
         dirtyRefTable.insert(tableIndex)
         try adjustRefcount(blockCluster, by: 1)
         return block
@@ -459,25 +588,25 @@ final class Engine: @unchecked Sendable {
     func refcount(_ cluster: UInt64) throws(QCOW2Error) -> UInt64 {
         let tableIndex = Int(cluster / refBlockEntries)
         guard let block = try refcountBlock(tableIndex, create: false) else { return 0 }
-        return block.counts[Int(cluster % refBlockEntries)]
+        return block[Int(cluster % refBlockEntries)]
     }
 
     func adjustRefcount(_ cluster: UInt64, by delta: Int) throws(QCOW2Error) {
         let tableIndex = Int(cluster / refBlockEntries)
         if tableIndex >= refTable.count { try growRefcountTable(toCover: tableIndex) }
         guard let block = try refcountBlock(tableIndex, create: true) else {
-            throw .imageTooLarge(hostOffset: cluster << clusterBits)
+            throw .imageTooLarge(hostOffset: checkedShift(cluster, clusterBits) ?? UInt64.max)
         }
         let index = Int(cluster % refBlockEntries)
-        let old = block.counts[index]
+        let old = block[index]
         if delta > 0 {
-            guard old < header.refcountMax else { throw .refcountOverflow(hostOffset: cluster << clusterBits) }
-            block.counts[index] = old + 1
+            guard old < header.refcountMax else { throw .refcountOverflow(hostOffset: checkedShift(cluster, clusterBits) ?? UInt64.max) }
+            block[index] = old + 1
         } else {
             guard old > 0 else {
                 throw .invalidTableEntry(table: "refcount block", index: UInt64(index), entry: 0, offset: refTable[tableIndex] + UInt64(index) * header.refcountBits / 8, reason: "freeing a cluster whose refcount is already zero")
             }
-            block.counts[index] = old - 1
+            block[index] = old - 1
         }
         block.dirty = true
     }
@@ -489,24 +618,31 @@ final class Engine: @unchecked Sendable {
         let perCluster = clusterSize / 8
         let needed = (UInt64(tableIndex) + 1 + perCluster - 1) / perCluster
         let newClusters = max(UInt64(header.refcountTableClusters) * 2, needed)
-        guard newClusters * clusterSize <= QCOW2Header.Limits.maxRefcountTableBytes else {
-            throw .imageTooLarge(hostOffset: endCluster << clusterBits)
+        guard let newBytes = checkedProduct(newClusters, clusterSize), newBytes <= QCOW2Header.Limits.maxRefcountTableBytes else {
+            throw .imageTooLarge(hostOffset: checkedShift(endCluster, clusterBits) ?? UInt64.max)
         }
         let oldOffset = header.refcountTableOffset
         let oldClusters = UInt64(header.refcountTableClusters)
         let start = endCluster
+        // newClusters <= 8 MiB / 512; start < 2^56 >> cluster_bits once checked.
+        let startOffset = try hostOffset(ofCluster: start)
+        _ = try hostOffset(ofCluster: start + newClusters)
         endCluster += newClusters
-        try checkHostOffset(endCluster << clusterBits)
         refTable += [UInt64](repeating: 0, count: Int(newClusters * perCluster) - refTable.count)
-        header.refcountTableOffset = start << clusterBits
+        header.refcountTableOffset = startOffset
         header.refcountTableClusters = UInt32(newClusters)
         refTableRelocated = true
         for k in 0..<newClusters { try adjustRefcount(start + k, by: 1) }
         for k in 0..<oldClusters { pendingFree.append(oldOffset + k * clusterSize) }
     }
 
-    func checkHostOffset(_ offset: UInt64) throws(QCOW2Error) {
-        guard offset < QCOW2Header.Limits.maxHostOffset else { throw .imageTooLarge(hostOffset: offset) }
+    /// The host offset of cluster `c`, refused at 2^56 and above (an L2
+    /// entry cannot address it); checked before shifting, so nothing wraps.
+    func hostOffset(ofCluster c: UInt64) throws(QCOW2Error) -> UInt64 {
+        guard let offset = checkedShift(c, clusterBits), offset < QCOW2Header.Limits.maxHostOffset else {
+            throw .imageTooLarge(hostOffset: checkedShift(c, clusterBits) ?? UInt64.max)
+        }
+        return offset
     }
 
     /// Finds a free cluster (refcount zero, never one freed since the last
@@ -519,10 +655,9 @@ final class Engine: @unchecked Sendable {
         }
         if c >= endCluster {
             c = endCluster
-            endCluster += 1
         }
-        let offset = c << clusterBits
-        try checkHostOffset(offset)
+        let offset = try hostOffset(ofCluster: c)
+        if c == endCluster { endCluster += 1 }
         // A refcount of zero on metadata means the refcounts are corrupt:
         // refuse rather than overwrite it.
         let cs = clusterSize
@@ -541,8 +676,8 @@ final class Engine: @unchecked Sendable {
 
     func writeDirtyRefcountBlocks() throws(QCOW2Error) -> Bool {
         var wrote = false
-        for (tableIndex, block) in refBlocks.sorted(by: { $0.key < $1.key }) where block.dirty {
-            try hostWrite(QCOW2Entries.encodeRefcounts(block.counts, order: header.refcountOrder), at: refTable[tableIndex])
+        for (tableIndex, block) in refBlocks.dirtyEntries {
+            try hostWrite(block.bytes, at: refTable[tableIndex])
             block.dirty = false
             wrote = true
         }
@@ -573,7 +708,7 @@ final class Engine: @unchecked Sendable {
         }
         // Phase 2: L2 tables.
         var wroteL2 = false
-        for (offset, table) in l2Cache.sorted(by: { $0.key < $1.key }) where table.dirty {
+        for (offset, table) in l2Cache.dirtyEntries {
             try hostWrite(encodeBE64Table(table.entries), at: offset)
             table.dirty = false
             wroteL2 = true
@@ -597,6 +732,9 @@ final class Engine: @unchecked Sendable {
             }
             if try writeDirtyRefcountBlocks() { try hostSync() }
         }
+        // Everything is clean now: back within the budgets.
+        l2Cache.trim()
+        refBlocks.trim()
     }
 
     /// Clears autoclear bits this engine does not maintain, before anything

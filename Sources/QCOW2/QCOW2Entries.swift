@@ -32,10 +32,10 @@ public enum QCOW2Entries {
     public static func l2TableOffset(l1Entry entry: UInt64, index: UInt64, tableOffset: UInt64, clusterSize: UInt64) throws(QCOW2Error) -> UInt64 {
         let offset = entry & offsetMask
         if entry & l1Reserved != 0 {
-            throw .invalidTableEntry(table: "L1", index: index, entry: entry, offset: tableOffset + index * 8, reason: "reserved bits set")
+            throw .invalidTableEntry(table: "L1", index: index, entry: entry, offset: entryAddress(tableOffset, index), reason: "reserved bits set")
         }
-        if offset % clusterSize != 0 {
-            throw .invalidTableEntry(table: "L1", index: index, entry: entry, offset: tableOffset + index * 8, reason: "L2 table offset not cluster-aligned")
+        if offset % max(clusterSize, 1) != 0 {
+            throw .invalidTableEntry(table: "L1", index: index, entry: entry, offset: entryAddress(tableOffset, index), reason: "L2 table offset not cluster-aligned")
         }
         return offset
     }
@@ -45,15 +45,15 @@ public enum QCOW2Entries {
     public static func decodeL2(_ entry: UInt64, version: UInt32, clusterSize: UInt64, index: UInt64, tableOffset: UInt64) throws(QCOW2Error) -> L2Entry {
         if entry & compressed != 0 { return .compressed(raw: entry) }
         if entry & l2Reserved != 0 {
-            throw .invalidTableEntry(table: "L2", index: index, entry: entry, offset: tableOffset + index * 8, reason: "reserved bits set")
+            throw .invalidTableEntry(table: "L2", index: index, entry: entry, offset: entryAddress(tableOffset, index), reason: "reserved bits set")
         }
         let host = entry & offsetMask
-        if host % clusterSize != 0 {
-            throw .invalidTableEntry(table: "L2", index: index, entry: entry, offset: tableOffset + index * 8, reason: "data offset not cluster-aligned")
+        if host % max(clusterSize, 1) != 0 {
+            throw .invalidTableEntry(table: "L2", index: index, entry: entry, offset: entryAddress(tableOffset, index), reason: "data offset not cluster-aligned")
         }
         if entry & zero != 0 {
             guard version >= 3 else {
-                throw .invalidTableEntry(table: "L2", index: index, entry: entry, offset: tableOffset + index * 8, reason: "zero flag in a version 2 image")
+                throw .invalidTableEntry(table: "L2", index: index, entry: entry, offset: entryAddress(tableOffset, index), reason: "zero flag in a version 2 image")
             }
             return .zero(host: host == 0 ? nil : host)
         }
@@ -63,7 +63,7 @@ public enum QCOW2Entries {
     /// Decodes a refcount table entry to a refcount block offset (0: none).
     public static func refcountBlockOffset(_ entry: UInt64, index: UInt64, tableOffset: UInt64) throws(QCOW2Error) -> UInt64 {
         if entry & refcountTableReserved != 0 {
-            throw .invalidTableEntry(table: "refcount table", index: index, entry: entry, offset: tableOffset + index * 8, reason: "reserved bits set or offset not aligned to 512")
+            throw .invalidTableEntry(table: "refcount table", index: index, entry: entry, offset: entryAddress(tableOffset, index), reason: "reserved bits set or offset not aligned to 512")
         }
         return entry
     }
@@ -71,7 +71,10 @@ public enum QCOW2Entries {
     /// Decodes a refcount block of `refcountOrder` (entry width 2^order bits).
     /// Entries narrower than a byte are packed from the least significant
     /// bit; entries of 8 bits and more are big-endian.
+    /// An order above 6 (which `QCOW2Header.parse` refuses) decodes to no
+    /// entries.
     public static func decodeRefcounts(_ block: [UInt8], order: UInt32) -> [UInt64] {
+        guard order <= 6 else { return [] }
         let bits = 1 << Int(order)
         let count = block.count * 8 / bits
         var out = [UInt64](repeating: 0, count: count)
@@ -94,6 +97,7 @@ public enum QCOW2Entries {
 
     /// Encodes refcounts (each already within the width's maximum).
     public static func encodeRefcounts(_ entries: [UInt64], order: UInt32) -> [UInt8] {
+        guard order <= 6 else { return [] }
         let bits = 1 << Int(order)
         var out = [UInt8](repeating: 0, count: (entries.count * bits + 7) / 8)
         if bits < 8 {

@@ -89,16 +89,22 @@ public struct QCOW2Header: Sendable, Equatable {
     public var backingFile: String?
     public var backingFormat: String?
 
-    public var clusterSize: UInt64 { 1 << UInt64(clusterBits) }
-    public var l2Entries: UInt64 { clusterSize / 8 }
-    public var l2Bits: UInt32 { clusterBits - 3 }
-    public var refcountBits: UInt64 { 1 << UInt64(refcountOrder) }
-    public var refcountBlockEntries: UInt64 { clusterSize * 8 / refcountBits }
-    public var refcountMax: UInt64 { refcountBits == 64 ? UInt64.max : (1 << refcountBits) - 1 }
-    /// How many L1 entries a disk of `size` bytes needs.
+    // Derived sizes. `parse` bounds cluster_bits to 9...21 and refcount_order
+    // to 0...6; the clamps below only keep a header edited in memory from
+    // trapping (a zero divisor, a negative width).
+    public var clusterSize: UInt64 { 1 << UInt64(min(clusterBits, 63)) }
+    public var l2Entries: UInt64 { max(clusterSize / 8, 1) }
+    public var l2Bits: UInt32 { clusterBits > 3 ? clusterBits - 3 : 0 }
+    public var refcountBits: UInt64 { 1 << UInt64(min(refcountOrder, 6)) }
+    public var refcountBlockEntries: UInt64 { max((clusterSize / refcountBits) * 8, 1) }
+    public var refcountMax: UInt64 { refcountBits >= 64 ? UInt64.max : (1 << refcountBits) - 1 }
+    /// How many L1 entries a disk of `size` bytes needs (any input: no sum
+    /// that could overflow, a shift of 64 or more bits means one entry).
     public static func l1Entries(size: UInt64, clusterBits: UInt32) -> UInt64 {
-        let perL1 = UInt64(1) << UInt64(clusterBits + clusterBits - 3)
-        return (size + perL1 - 1) / perL1
+        let bits = max(2 * UInt64(clusterBits), 3) - 3
+        guard bits < 64 else { return size == 0 ? 0 : 1 }
+        let perL1 = UInt64(1) << bits
+        return size / perL1 + (size % perL1 == 0 ? 0 : 1)
     }
 
     /// How many bytes of the first cluster `parse` needs to see at least:
@@ -172,7 +178,7 @@ public struct QCOW2Header: Sendable, Equatable {
         }
 
         // Virtual size and L1 table: bounded before anything is allocated.
-        let l1Bytes = UInt64(header.l1Size) * 8
+        let l1Bytes = UInt64(header.l1Size) * 8  // l1_size < 2^32: below 2^35
         guard l1Bytes <= Limits.maxL1Bytes else {
             throw .invalidField(field: "l1_size", value: UInt64(header.l1Size), offset: UInt64(Field.l1Size), reason: "L1 table larger than \(Limits.maxL1Bytes) bytes")
         }
@@ -188,7 +194,7 @@ public struct QCOW2Header: Sendable, Equatable {
         }
 
         // Refcount table.
-        let rtBytes = UInt64(header.refcountTableClusters) * clusterSize
+        let rtBytes = UInt64(header.refcountTableClusters) * clusterSize  // < 2^32 * 2^21
         guard header.refcountTableClusters > 0, rtBytes <= Limits.maxRefcountTableBytes else {
             throw .invalidField(field: "refcount_table_clusters", value: UInt64(header.refcountTableClusters), offset: UInt64(Field.refcountTableClusters), reason: "must be 1...\(Limits.maxRefcountTableBytes) bytes of clusters")
         }
@@ -199,8 +205,10 @@ public struct QCOW2Header: Sendable, Equatable {
             throw .invalidField(field: "nb_snapshots", value: UInt64(header.nbSnapshots), offset: UInt64(Field.nbSnapshots), reason: "more than \(Limits.maxSnapshots) snapshots")
         }
         if header.nbSnapshots > 0 {
-            guard header.snapshotsOffset % clusterSize == 0, header.snapshotsOffset > 0, header.snapshotsOffset < fileSize else {
-                throw .invalidField(field: "snapshots_offset", value: header.snapshotsOffset, offset: UInt64(Field.snapshotsOffset), reason: "not a cluster-aligned offset inside the file")
+            guard header.snapshotsOffset % clusterSize == 0, header.snapshotsOffset > 0, header.snapshotsOffset < fileSize,
+                  header.snapshotsOffset < Limits.maxHostOffset
+            else {
+                throw .invalidField(field: "snapshots_offset", value: header.snapshotsOffset, offset: UInt64(Field.snapshotsOffset), reason: "not a cluster-aligned offset inside the file, below 2^56")
             }
         }
 
@@ -221,7 +229,9 @@ public struct QCOW2Header: Sendable, Equatable {
             guard header.backingFileSize <= Limits.maxBackingFileName, header.backingFileSize > 0 else {
                 throw .invalidField(field: "backing_file_size", value: UInt64(header.backingFileSize), offset: UInt64(Field.backingFileSize), reason: "must be 1...\(Limits.maxBackingFileName)")
             }
-            let end = header.backingFileOffset + UInt64(header.backingFileSize)
+            guard let end = checkedSum(header.backingFileOffset, UInt64(header.backingFileSize)) else {
+                throw .invalidField(field: "backing_file_offset", value: header.backingFileOffset, offset: UInt64(Field.backingFileOffset), reason: "offset + backing_file_size (\(header.backingFileSize)) overflows 64 bits")
+            }
             guard header.backingFileOffset >= UInt64(header.headerLength), end <= clusterSize else {
                 throw .invalidField(field: "backing_file_offset", value: header.backingFileOffset, offset: UInt64(Field.backingFileOffset), reason: "name must lie in the header cluster after the header")
             }
@@ -236,6 +246,10 @@ public struct QCOW2Header: Sendable, Equatable {
         }
 
         // Header extensions, from the end of the header to the end marker.
+        // Bounds: header_length <= cluster size (checked above, 72 for v2),
+        // `limit` <= cluster size <= 2 MiB (the backing name was checked to
+        // end inside the cluster), an extension length < 2^32 and
+        // `position` <= `limit` on every turn; no sum below can reach 2^64.
         var position = UInt64(header.headerLength)
         let limit = header.backingFileOffset != 0 ? header.backingFileOffset : clusterSize
         while true {
@@ -280,7 +294,10 @@ public struct QCOW2Header: Sendable, Equatable {
         guard offset % clusterSize == 0, offset != 0, offset < Limits.maxHostOffset else {
             throw .invalidField(field: field, value: offset, offset: UInt64(fieldOffset), reason: "must be a non-zero cluster-aligned offset below 2^56")
         }
-        guard offset + length <= fileSize else {
+        guard let end = checkedSum(offset, length) else {
+            throw .invalidField(field: field, value: offset, offset: UInt64(fieldOffset), reason: "\(what) end (offset + \(hex(length)) bytes) overflows 64 bits")
+        }
+        guard end <= fileSize else {
             throw .truncated(what: what, offset: offset, length: length, fileSize: fileSize)
         }
     }

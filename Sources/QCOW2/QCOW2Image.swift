@@ -150,7 +150,7 @@ public final class QCOW2Image: BlockReader {
     /// What this layer holds for one guest cluster (index = offset / cluster size).
     public func clusterState(_ guestClusterIndex: UInt64) throws(QCOW2Error) -> QCOW2Entries.L2Entry {
         guard guestClusterIndex < guestClusterCount else {
-            throw .outOfBounds(offset: guestClusterIndex * clusterSize, count: clusterSize, virtualSize: virtualSize)
+            throw .outOfBounds(offset: checkedProduct(guestClusterIndex, clusterSize) ?? UInt64.max, count: clusterSize, virtualSize: virtualSize)
         }
         return try engine.withLock { engine throws(QCOW2Error) in try engine.mapping(guestClusterIndex) }
     }
@@ -238,10 +238,13 @@ public final class QCOW2Image: BlockReader {
         guard refcountOrder <= 6, version == 3 || refcountOrder == 4 else {
             throw .invalidCreateOption(option: "refcount_order", value: UInt64(refcountOrder), reason: "must be 0...6 (4 for version 2)")
         }
+        guard virtualSize <= QCOW2Header.Limits.maxHostOffset else {
+            throw .invalidCreateOption(option: "size", value: virtualSize, reason: "virtual size above 2^56")
+        }
         let size = (virtualSize + 511) & ~511
         let cs = UInt64(1) << UInt64(clusterBits)
         let l1Size = QCOW2Header.l1Entries(size: size, clusterBits: clusterBits)
-        guard size <= QCOW2Header.Limits.maxHostOffset, l1Size * 8 <= QCOW2Header.Limits.maxL1Bytes else {
+        guard l1Size * 8 <= QCOW2Header.Limits.maxL1Bytes else {
             throw .invalidCreateOption(option: "size", value: virtualSize, reason: "L1 table would exceed \(QCOW2Header.Limits.maxL1Bytes) bytes")
         }
         var format = backingFormat

@@ -210,6 +210,79 @@ import Testing
         }
     }
 
+    /// backing_file_offset = 2^64-1: offset + size used to overflow (a trap,
+    /// exit 132, in `cevm disk info`). Now an error naming the field, its
+    /// offset and the value in hex, from the parser and from
+    /// `QCOW2Image.open`, the call `cevm disk info` makes first.
+    @Test func backingFileOffsetAllOnesIsAnErrorNotATrap() throws {
+        let scratch = try Scratch()
+        var (path, bytes) = try validImage(scratch, backing: true)
+        putBE64(&bytes, 8, UInt64.max)
+        let named: (QCOW2Error) -> Bool = { error in
+            guard case .invalidField("backing_file_offset", UInt64.max, 8, let reason) = error else { return false }
+            return reason.contains("overflows") && error.description.contains("at offset 0x8 ")
+                && error.description.contains("0xffffffffffffffff")
+        }
+        expectError(bytes, named)
+        try writeFile(path, bytes)
+        #expect {
+            _ = try QCOW2Image.open(path: path)
+        } throws: { error in
+            guard let error = error as? QCOW2Error else { return false }
+            return named(error)
+        }
+    }
+
+    /// Every header field, extension length and first L1 / refcount-table
+    /// entry at every boundary value (the fuzzer's structure-aware table):
+    /// parsing, opening, reading and writing end in a value or a
+    /// `QCOW2Error`, never a trap; a field error names a real header field
+    /// at its own offset.
+    @Test(arguments: [false, true])
+    func everyFieldAtEveryBoundaryValue(backing: Bool) throws {
+        let scratch = try Scratch()
+        // A small image (4 KiB clusters, 1 MiB) so the sweep stays quick.
+        let path = scratch.file("s.qcow2")
+        if backing { try writeFile(scratch.file("b.raw"), [UInt8](repeating: 1, count: 1 << 20)) }
+        let image = try QCOW2Image.create(path: path, virtualSize: 1 << 20, clusterBits: 12, backingFile: backing ? "b.raw" : nil)
+        try image.write([1, 2, 3], at: 5000)
+        try image.flush()
+        let bytes = try readFile(path)
+        let fields = QCOW2Fuzz.fields(of: bytes)
+        #expect(fields.count == QCOW2Fuzz.headerFields.count + (backing ? 1 : 0) + 2)
+        let known = Dictionary(uniqueKeysWithValues: QCOW2Fuzz.headerFields.map { ($0.name, UInt64($0.offset)) })
+        var cases = 0, refused = 0
+        for field in fields {
+            for value in QCOW2Fuzz.boundaryValues(width: field.width, fileSize: UInt64(bytes.count), clusterSize: 4096) {
+                var b = bytes
+                QCOW2Fuzz.set(field, to: value, in: &b)
+                do {
+                    _ = try QCOW2Header.parse(Array(b.prefix(4096)), fileSize: UInt64(b.count))
+                } catch {
+                    refused += 1
+                    if case .invalidField(let name, _, let offset, _) = error {
+                        #expect(known[name] == offset, "\(field.name) = \(hex(value)): \(error)")
+                    }
+                }
+                QCOW2Fuzz.exerciseImage(b, scratchPath: scratch.file("fuzz.img"))
+                cases += 1
+            }
+        }
+        #expect(cases > 500)
+        #expect(refused > cases / 4)
+    }
+
+    /// Two ranges near 2^64 overlap even though their ends wrap; the check
+    /// compares distances instead of computing the ends.
+    @Test func overlapCheckDoesNotWrap() {
+        #expect(rangesOverlap(UInt64.max - 5, 20, UInt64.max - 3, 20))
+        #expect(!rangesOverlap(UInt64.max - 5, 2, UInt64.max - 3, 20))
+        #expect(rangesOverlap(0x10000, 0x10000, 0x1ffff, 1))
+        #expect(!rangesOverlap(0x10000, 0x10000, 0x20000, UInt64.max))
+        #expect(checkedSum(UInt64.max, 1) == nil && checkedProduct(1 << 62, 4) == nil)
+        #expect(checkedShift(1 << 8, 56) == nil && checkedShift(1 << 8, 54) == 1 << 62)
+    }
+
     @Test func writesOutsideTheDiskAreRefused() throws {
         let scratch = try Scratch()
         let image = try QCOW2Image.create(path: scratch.file("o.qcow2"), virtualSize: 1 << 20)
