@@ -42,13 +42,21 @@ let package = Package(
             swiftSettings: strict),
         // The checkpoint mechanisms as pure phase machines (no dependencies).
         .target(name: "CheckpointProtocol", exclude: ["README.md"], swiftSettings: strict),
+        // The control socket's protocol: messages, validation, client and server (CLI and supervisor).
+        .target(
+            name: "Control",
+            dependencies: [
+                "CEVMSystem", "Records", "VMStore", "QMP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            exclude: ["README.md"],
+            swiftSettings: strict),
         // The per-VM supervisor: owns the instance, console log, control socket.
         .target(
             name: "Supervisor",
             dependencies: [
-                "CheckpointProtocol", "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "NBDServer", "QCOW2", "Turnaround",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "CheckpointProtocol", "Control", "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "NBDServer", "QCOW2", "Turnaround",
             ],
             // CEVM_FAULT (fault injection) exists in debug builds only.
             swiftSettings: strict + [.define("CEVM_FAULT_INJECTION", .when(configuration: .debug))]),
@@ -87,7 +95,7 @@ let package = Package(
         .target(
             name: "CEVMCommands",
             dependencies: [
-                "Supervisor", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "Turnaround",
+                "Supervisor", "Control", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "Turnaround",
                 "TurnaroundReport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -114,7 +122,7 @@ let package = Package(
             ],
             swiftSettings: strict),
         .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
-        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CheckpointProtocol", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CheckpointProtocol", "Control", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TurnaroundReport", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),

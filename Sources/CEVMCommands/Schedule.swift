@@ -1,3 +1,4 @@
+import Control
 import ArgumentParser
 import CEVMSystem
 import Foundation

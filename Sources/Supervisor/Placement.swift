@@ -1,15 +1,5 @@
+import Control
 import CEVMSystem
-
-/// DESIGN.md "Affinity policies": where New_VM runs and where the old side
-/// (Old_VM until it ends, the stream tee, the disk integration) serialises.
-public enum AffinityPolicy: String, Codable, Sendable, CaseIterable {
-    /// New_VM on the VM's CPU set; the old side on the same set.
-    case shared
-    /// New_VM on the VM's CPU set; the old side on a set reserved for checkpointing.
-    case dedicated
-    /// New_VM on the set the VM did not use last epoch; the old side on the set it leaves.
-    case alternate
-}
 
 /// The CPU sets one CEVM checkpoint uses.
 ///

@@ -1,3 +1,4 @@
+import Control
 import CEVMSystem
 import Foundation
 import Records

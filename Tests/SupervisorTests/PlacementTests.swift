@@ -1,3 +1,4 @@
+import Control
 import CEVMSystem
 import Supervisor
 import Testing

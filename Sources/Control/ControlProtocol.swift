@@ -66,6 +66,17 @@ public enum StreamLimitAction: String, Codable, Sendable, CaseIterable {
     case cancel
 }
 
+/// DESIGN.md "Affinity policies": where New_VM runs and where the old side
+/// (Old_VM until it ends, the stream tee, the disk integration) serialises.
+public enum AffinityPolicy: String, Codable, Sendable, CaseIterable {
+    /// New_VM on the VM's CPU set; the old side on the same set.
+    case shared
+    /// New_VM on the VM's CPU set; the old side on a set reserved for checkpointing.
+    case dedicated
+    /// New_VM on the set the VM did not use last epoch; the old side on the set it leaves.
+    case alternate
+}
+
 /// What `cevm checkpoint` asks for.
 public struct CheckpointOptions: Codable, Sendable, Equatable {
     public var mechanism: Mechanism
@@ -176,7 +187,7 @@ public struct ControlMessage: Codable, Sendable {
 
     /// The request, checked: every number in it is refused here, before
     /// the supervisor acts on it, when out of range.
-    func validatedRequest() throws(InvalidValue) -> ControlRequest? {
+    public func validatedRequest() throws(InvalidValue) -> ControlRequest? {
         guard let request else { return nil }
         switch request {
         case .status, .stop, .schedule(nil): break
@@ -186,7 +197,7 @@ public struct ControlMessage: Codable, Sendable {
         return request
     }
 
-    var request: ControlRequest? {
+    public var request: ControlRequest? {
         switch op {
         case "status": return .status
         case "stop": return .stop
@@ -213,43 +224,14 @@ public struct ControlResponse: Codable, Sendable {
     }
 }
 
-/// Errors of the supervisor and its control socket.
-public enum SupervisorError: Error, Sendable, CustomStringConvertible {
-    case alreadyRunning(VMName, pid: Int32?)
-    /// The VM's lock is held, by its supervisor or a process that outlived it.
-    case lockHeld(VMName, LockHolder)
-    case unknownVM(VMName)
-    case notRunning(VMName)
-    case controlFailed(VMName, String)
-    case diedAtBoot(VMName, reason: String, console: String)
-    case startFailed(VMName, String)
-    case badSpec(String)
-    case checkpointFailed(String)
-    case restoreFailed(String)
-    case busy(VMName, String)
+/// What the control socket's client could not do.
+public enum ControlError: Error, Sendable, CustomStringConvertible {
+    /// The supervisor could not be reached, did not answer in time, or answered nonsense.
+    case unreachable(VMName, String)
 
     public var description: String {
         switch self {
-        case .alreadyRunning(let name, let pid):
-            return "VM '\(name)' is already running" + (pid.map { " (supervisor pid \($0))" } ?? "")
-        case .lockHeld(let name, let holder):
-            if case .supervisor(let pid) = holder { return SupervisorError.alreadyRunning(name, pid: pid).description }
-            if case .instance = holder {
-                return "VM '\(name)' is held by \(holder): cevm starts no second instance of a VM while a QEMU of it is alive;"
-                    + " `cevm stop \(name)` ends it"
-            }
-            return "VM '\(name)' is held by \(holder), which has its lock open: end that process first"
-        case .unknownVM(let name): return "no VM named '\(name)' (see `cevm ps`)"
-        case .notRunning(let name): return "VM '\(name)' is not running"
-        case .controlFailed(let name, let reason): return "cannot reach the supervisor of '\(name)': \(reason)"
-        case .diedAtBoot(let name, let reason, let console):
-            return "the guest of '\(name)' died at boot: \(reason)"
-                + (console.isEmpty ? "" : "\nlast console lines:\n\(console)")
-        case .startFailed(let name, let reason): return "cannot start '\(name)': \(reason)"
-        case .badSpec(let reason): return reason
-        case .checkpointFailed(let reason): return "checkpoint failed: \(reason)"
-        case .restoreFailed(let reason): return "restore failed: \(reason)"
-        case .busy(let name, let what): return "VM '\(name)' is busy: \(what)"
+        case .unreachable(let name, let reason): return "cannot reach the supervisor of '\(name)': \(reason)"
         }
     }
 }

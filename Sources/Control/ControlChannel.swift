@@ -8,12 +8,18 @@ import QMP
 import VMStore
 
 /// Serves the control socket (0600) until the task is cancelled.
-/// Connections are handled concurrently in a discarding task group.
-struct ControlServer {
+/// Connections are handled concurrently in a discarding task group; every
+/// request is validated here, before `handle` acts on it.
+public struct ControlServer: Sendable {
     let path: String
     let handle: @Sendable (ControlRequest) async -> ControlResponse
 
-    func run(ready: @escaping @Sendable () -> Void) async throws {
+    public init(path: String, handle: @escaping @Sendable (ControlRequest) async -> ControlResponse) {
+        self.path = path
+        self.handle = handle
+    }
+
+    public func run(ready: @escaping @Sendable () -> Void) async throws {
         unlink(path)
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
@@ -71,16 +77,16 @@ public enum ControlClient {
                 group.addTask { try await exchange(request, path: paths.controlSocket, name: name) }
                 group.addTask {
                     try await Task.sleep(for: timeout)
-                    throw SupervisorError.controlFailed(name, "no answer within \(timeout)")
+                    throw ControlError.unreachable(name, "no answer within \(timeout)")
                 }
                 defer { group.cancelAll() }
-                guard let first = try await group.next() else { throw SupervisorError.controlFailed(name, "no answer") }
+                guard let first = try await group.next() else { throw ControlError.unreachable(name, "no answer") }
                 return first
             }
-        } catch let error as SupervisorError {
+        } catch let error as ControlError {
             throw error
         } catch {
-            throw SupervisorError.controlFailed(name, "\(error)")
+            throw ControlError.unreachable(name, "\(error)")
         }
     }
 
@@ -101,11 +107,11 @@ public enum ControlClient {
                 let response = try JSONDecoder().decode(ControlResponse.self, from: Data(line.readableBytesView))
                 // Checked here too: the CLI prints and acts on the status it gets.
                 do { try response.status?.validate() } catch {
-                    throw SupervisorError.controlFailed(name, "invalid answer: \(error)")
+                    throw ControlError.unreachable(name, "invalid answer: \(error)")
                 }
                 return response
             }
-            throw SupervisorError.controlFailed(name, "the supervisor closed the connection")
+            throw ControlError.unreachable(name, "the supervisor closed the connection")
         }
     }
 }
