@@ -53,7 +53,10 @@ public enum AccelProbe {
             child = try ChildProcess.spawn(
                 binary,
                 arguments: [
-                    "-accel", accel.rawValue, "-machine", "pc", "-m", "16", "-nodefaults", "-no-user-config",
+                    // The CPU model real instances get: KVM may run a bare
+                    // guest and still refuse the host model's MSRs.
+                    "-accel", accel.rawValue, "-cpu", QEMUCommandLine.defaultCPUModel(for: accel),
+                    "-machine", "pc", "-m", "16", "-nodefaults", "-no-user-config",
                     "-display", "none", "-no-reboot", "-serial", "file:\(out)",
                     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
                     "-drive", "file=\(image),format=raw,if=ide",
@@ -67,7 +70,8 @@ public enum AccelProbe {
             return (false, "the probe guest printed nothing within \(timeout) under \(accel.rawValue) (hung)")
         }
         if printed.contains("OK") { return (true, "a probe guest ran under \(accel.rawValue)") }
-        let stderr = ((try? Files.readString(err)) ?? "").trimmingSpaces()
+        // QEMU's first line says why (an assertion's text may follow).
+        let stderr = ((try? Files.readString(err)) ?? "").trimmingSpaces().split(separator: "\n").first.map(String.init) ?? ""
         return (false, "probe under \(accel.rawValue) \(status.map { "\($0)" } ?? ""): \(stderr.isEmpty ? "no output" : stderr)")
     }
 
@@ -94,6 +98,19 @@ public enum AccelProbe {
                 : Result(accelerator: .tcg, reason: "KVM probe failed: \(probe.detail)")
         }
         if let cacheFile, let data = try? JSONEncoder().encode(Cached(key: key, result: result)) {
+            try? Files.writeAtomically(data, to: cacheFile)
+        }
+        return result
+    }
+
+    /// After the probe said KVM works, an instance under it still failed at
+    /// start: `auto` means TCG from now on (cached like a failed probe), and
+    /// the answer to use instead is returned.
+    public static func recordKVMFailure(cacheDirectory: String?, binary: String = QEMUCommandLine.defaultBinary, reason: String) -> Result {
+        let result = Result(accelerator: .tcg, reason: "KVM failed at start: \(reason.split(separator: "\n").first ?? "")")
+        if let cacheFile = cacheDirectory.map({ "\($0)/accel-probe.json" }),
+            let data = try? JSONEncoder().encode(Cached(key: cacheKey(binary: binary), result: result))
+        {
             try? Files.writeAtomically(data, to: cacheFile)
         }
         return result

@@ -202,19 +202,32 @@ public final class Supervisor: Sendable {
             inner.withLock { $0.disk = service }
             drive = service.drive
         }
-        let accel = try await resolveAccelerator(spec.accel)
+        var accel = try await resolveAccelerator(spec.accel)
         let console = try ConsoleLog(path: paths.consoleLog)
         // A restored guest is already past its boot: no marker to wait for.
         let ready = options.restore == nil ? spec.readyMarker.map { console.signal(whenLineContains: $0) } : nil
-        let config = InstanceConfig(
-            name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine,
-            accel: accel.accelerator, boot: spec.boot.instanceBoot, drive: drive,
-            qmpSocket: paths.qmpSocket(instance: 0), incoming: options.restore != nil,
-            cpuModel: spec.cpuModel.map { $0 == VMSpec.automaticCPUModel ? QEMUCommandLine.defaultCPUModel(for: accel.accelerator) : $0 },
-            ramPaddingKiB: spec.ramPaddingKiB ?? 0, heldLock: lock)
-        let instance = try await QEMUInstance.launch(
-            config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
-            cpuset: spec.cpuset, console: console.sink(instance: 0))
+        func launch(_ accel: AccelProbe.Result) async throws -> QEMUInstance {
+            let config = InstanceConfig(
+                name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine,
+                accel: accel.accelerator, boot: spec.boot.instanceBoot, drive: drive,
+                qmpSocket: paths.qmpSocket(instance: 0), incoming: options.restore != nil,
+                cpuModel: spec.cpuModel.map { $0 == VMSpec.automaticCPUModel ? QEMUCommandLine.defaultCPUModel(for: accel.accelerator) : $0 },
+                ramPaddingKiB: spec.ramPaddingKiB ?? 0, heldLock: lock)
+            return try await QEMUInstance.launch(
+                config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
+                cpuset: spec.cpuset, console: console.sink(instance: 0))
+        }
+        let instance: QEMUInstance
+        do {
+            instance = try await launch(accel)
+        } catch QEMUError.exitedAtStart(let status, let stderr) where spec.accel == .auto && accel.accelerator == .kvm {
+            // The probe's guest ran under KVM, this one did not (hosts whose
+            // KVM half works): `auto` falls back to TCG, as it would have
+            // had the probe failed.
+            log("QEMU under KVM \(status) at start (\(stderr.split(separator: "\n").first ?? "")); falling back to TCG")
+            accel = AccelProbe.recordKVMFailure(cacheDirectory: home.cacheDirectory, binary: options.qemuBinary, reason: stderr)
+            instance = try await launch(accel)
+        }
         inner.withLock {
             $0.console = console
             $0.nextInstance = 1
