@@ -40,9 +40,34 @@ public final class Integration: Sendable {
     }
 
     /// Test hooks: `lockstep` takes a protocol step only when a request
-    /// arrived (so tests can place a crash anywhere in the sweep).
+    /// arrived (so tests can place a crash anywhere in the sweep);
+    /// `sweepHold` stops the sweep once its cursor reached a cluster, while
+    /// requests go on being served, until the test releases it.
     struct Hooks: Sendable {
         var lockstep = false
+        var sweepHold: SweepHold?
+    }
+
+    /// Holds the sweep at `cluster` (the cursor at or past it) until `release()`.
+    final class SweepHold: Sendable {
+        let cluster: Int
+        private let state = Mutex((reached: false, released: false))
+
+        init(atCluster cluster: Int) { self.cluster = cluster }
+
+        /// True once the sweep stopped here.
+        var isReached: Bool { state.withLock { $0.reached } }
+        func release() { state.withLock { $0.released = true } }
+
+        /// Called by the worker: true while the sweep must not step.
+        func holds(cursor: Int?, drained: Bool) -> Bool {
+            guard !drained, let cursor, cursor >= cluster else { return false }
+            return state.withLock { s in
+                if s.released { return false }
+                s.reached = true
+                return true
+            }
+        }
     }
 
     struct Queue {
@@ -173,6 +198,8 @@ public final class Integration: Sendable {
     struct Pending {
         var buffer: [UInt8]
         var payload: [UInt8]
+        /// A write of zeros (write-zeroes): no payload, the layer zeroes the span.
+        var zeroes = false
         let completion: Completion
     }
 
@@ -200,6 +227,12 @@ public final class Integration: Sendable {
                 if queue.withLock({ $0.halted }) { return }  // killed: nothing more happens
                 for work in batch { try driver.accept(work) }
                 if hooks.lockstep && batch.isEmpty && !driver.hasMessagesForOldSide && !driver.isPlain {
+                    usleep(200)
+                    continue
+                }
+                if let hold = hooks.sweepHold, !driver.hasMessagesForOldSide,
+                    hold.holds(cursor: driver.old.cursor, drained: driver.old.eofOnT)
+                {
                     usleep(200)
                     continue
                 }
@@ -309,9 +342,11 @@ struct Driver {
             request = DiskRequest(id: id, kind: .write, offset: offset, length: bytes.count)
             pending[id] = .init(buffer: [], payload: bytes, completion: completion)
         case .writeZeroes(let offset, let length, let completion):
-            // The protocol knows reads and writes: zeroes are a write of zeros.
+            // The protocol knows reads and writes: zeroes are a write of
+            // zeros, every span of which the layer zeroes itself (a zero
+            // cluster when whole), so no payload of zeros is made.
             request = DiskRequest(id: id, kind: .write, offset: offset, length: length)
-            pending[id] = .init(buffer: [], payload: [UInt8](repeating: 0, count: length), completion: completion)
+            pending[id] = .init(buffer: [], payload: [], zeroes: true, completion: completion)
         }
         guard UInt64(request.offset) + UInt64(request.length) <= layers.virtualSize else {
             pending.removeValue(forKey: id)?.completion(
@@ -337,14 +372,23 @@ struct Driver {
             switch action {
             case .copyCluster(let from, let to, let cluster):
                 let (offset, count) = layers.extent(ofCluster: cluster)
+                // A zero cluster (a write-zeroes) is copied as one: no data.
+                if try layers.isZeroCluster(from, cluster) {
+                    try layers.writeZeroes(to, at: offset, count: count)
+                    continue
+                }
                 try layers.read(from, into: &scratch, 0..<count, at: offset)
                 try layers.write(to, scratch, 0..<count, at: offset)
             case .saveToRecord(let cluster, let from):
                 guard let record = layers.record, recordFilter?.contains(cluster) ?? true else { continue }
                 let (offset, count) = layers.extent(ofCluster: cluster)
+                stats.recordClusters += 1
+                if try layers.isZeroCluster(from, cluster) {
+                    try Layers.writeZeroes(record, at: offset, count: count)
+                    continue
+                }
                 try layers.read(from, into: &scratch, 0..<count, at: offset)
                 try Layers.write(record, scratch, 0..<count, at: offset)
-                stats.recordClusters += 1
             case .read(let from, let span, let id):
                 guard var entry = pending.removeValue(forKey: id) else { continue }
                 defer { pending[id] = entry }
@@ -353,7 +397,11 @@ struct Driver {
             case .write(let to, let span, let id):
                 guard let entry = pending[id] else { continue }
                 let offset = UInt64(span.cluster * geometry.clusterSize + span.range.lowerBound)
-                try layers.write(to, entry.payload, span.requestRange, at: offset)
+                if entry.zeroes {
+                    try layers.writeZeroes(to, at: offset, count: span.range.count)
+                } else {
+                    try layers.write(to, entry.payload, span.requestRange, at: offset)
+                }
             case .sendToNewSide(let message):
                 try carryOut(try Self.machine(query) { () throws(DiskIntegrationError) in try new.receive(message, query) })
             case .sendToOldSide(let message):

@@ -27,6 +27,9 @@ public final class ManagedDisk: Sendable {
     /// thread of the disk's own, in submission order, never on the caller's.
     let io = IOThread(name: "cevm-disk-io")
     private let inlineReads = Atomic<Int>(0)
+    private let largestZeroesChunk = Atomic<UInt64>(0)
+    /// `writeZeroesChunk` in whole clusters.
+    private let zeroesChunk: UInt64
     private let inlineWrites = Atomic<Int>(0)
     /// No write is served on the caller's thread before this instant
     /// (DispatchTime nanoseconds): one that took `slowInlineWrite` or more
@@ -44,9 +47,15 @@ public final class ManagedDisk: Sendable {
     /// first stops inline writes for the second. The page cache was then
     /// throttling writers or reclaiming, and likely goes on doing so for a
     /// while; meanwhile writes wait on the I/O thread, not on the event loop.
-    init(top: QCOW2Image, slowInlineWrite: Duration, inlineWritePause: Duration) {
+    /// `writeZeroesChunk`: the most one step of a write-zeroes covers
+    /// (rounded up to a cluster; tests make it small).
+    init(
+        top: QCOW2Image, slowInlineWrite: Duration, inlineWritePause: Duration,
+        writeZeroesChunk: UInt64 = ManagedDisk.writeZeroesChunk
+    ) {
         virtualSize = top.virtualSize
         clusterSize = top.clusterSize
+        zeroesChunk = (max(writeZeroesChunk, 1) + top.clusterSize - 1) / top.clusterSize * top.clusterSize
         mode = Mutex(.plain(top))
         slowInlineWriteNs = Self.nanoseconds(slowInlineWrite)
         inlineWritePauseNs = Self.nanoseconds(inlineWritePause)
@@ -154,17 +163,45 @@ public final class ManagedDisk: Sendable {
         if fua { try await flush() }
     }
 
+    /// Zeroes `length` bytes (an NBD WRITE_ZEROES: up to 4 GiB, no
+    /// payload). Done in chunks of at most `writeZeroesChunk` bytes, each
+    /// one request of its own (to the I/O thread, or to the integration as a
+    /// write of zeros), so neither the memory nor the time one step holds
+    /// the image or the integration's thread grows with the request: no
+    /// buffer of zeros is ever made (the qcow2 engine writes zero clusters,
+    /// and zeros from one cluster-sized buffer at the edges). The chunks are
+    /// aligned to `writeZeroesChunk`, a multiple of the cluster size, so
+    /// only the request's own edges split a cluster. `fua`: one flush after
+    /// the last chunk.
     public func writeZeroes(offset: UInt64, length: UInt64, fua: Bool = false) async throws(DiskManagerError) {
         try check(offset, length)
         markDirty(offset, length)
-        try await perform(
-            integrating: { .writeZeroes(offset: Int(offset), length: Int(length), $0) },
-            fromIntegration: { _ in },
-            plain: { image throws(QCOW2Error) in
-                try image.writeZeroes(at: offset, count: length)
-            })
+        let chunk = zeroesChunk
+        var position = offset
+        let end = offset + length
+        while position < end {
+            let count = min(chunk - position % chunk, end - position)
+            let at = position
+            _ = largestZeroesChunk.max(count, ordering: .relaxed)
+            try await perform(
+                integrating: { .writeZeroes(offset: Int(at), length: Int(count), $0) },
+                fromIntegration: { _ in },
+                plain: { image throws(QCOW2Error) in
+                    try image.writeZeroes(at: at, count: count)
+                })
+            position += count
+        }
         if fua { try await flush() }
     }
+
+    /// The most one step of a write-zeroes covers: 32 MiB, the largest
+    /// payload an NBD WRITE may carry, so a zeroing step is no longer than
+    /// a write the disk already serves (512 clusters of 64 KiB).
+    static let writeZeroesChunk: UInt64 = 32 << 20
+
+    /// The largest chunk a write-zeroes was cut into so far (for tests: no
+    /// step of a write-zeroes is as large as the request).
+    var largestWriteZeroesStep: UInt64 { largestZeroesChunk.load(ordering: .relaxed) }
 
     public func flush() async throws(DiskManagerError) {
         try await perform(
