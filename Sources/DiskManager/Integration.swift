@@ -84,8 +84,9 @@ public final class Integration: Sendable {
 
     public let layers: Layers
     public let geometry: Geometry
-    /// S0, frozen when the integration was created.
-    public let switchOverClusters: Set<Int>
+    /// S0, once the worker froze it (nil before).
+    public var switchOverClusters: Set<Int>? { frozen.withLock { $0 } }
+    private let frozen = Mutex<Set<Int>?>(nil)
     /// The S0 clusters the record must hold: all of S0 for a record over B,
     /// S0 ∩ (clusters written this epoch) for one over the previous record.
     let recordFilter: Set<Int>?
@@ -94,12 +95,14 @@ public final class Integration: Sendable {
 
     /// The worker thread's kernel id once it runs (to pin it elsewhere).
     public var threadID: pid_t? { worker.withLock { $0 } }
-    /// The old side at switch-over (S0 validated against the geometry).
-    let initialOldSide: OldSide
     let hooks: Hooks
 
-    /// Freezes S0 = the clusters T holds now. Call it at switch-over, when
-    /// nothing writes T (Old_VM stopped and flushed, New_VM not started).
+    /// Checks that the images fit together; reads nothing. S0 = the
+    /// clusters T holds is frozen by the worker when it starts, before it
+    /// takes any request: create and start the integration at switch-over,
+    /// when nothing writes T any more except what is already queued for it
+    /// (`start(after:)` waits for that), and send every request from then
+    /// on to `submit`.
     /// `recordClusters`: nil = the record gets all of S0 (its backing is B);
     /// otherwise only these clusters of S0 (its backing is the previous record).
     public convenience init(layers: Layers, recordClusters: Set<Int>?) throws(DiskManagerError) {
@@ -121,6 +124,27 @@ public final class Integration: Sendable {
         } catch {
             throw .protocolViolation(error)
         }
+        self.layers = layers
+        self.recordFilter = recordClusters
+    }
+
+    /// Starts the worker thread.
+    public func start() {
+        start(after: {})
+    }
+
+    /// Starts the worker thread, which first runs `settle` (the disk's wait
+    /// for plain-mode I/O already queued for T: a blocking wait, done on
+    /// the worker's own thread, so the caller, an event loop or a task of
+    /// the cooperative pool, never waits for it), then freezes S0.
+    func start(after settle: @escaping @Sendable () -> Void) {
+        let thread = Thread { [self] in run(after: settle) }
+        thread.name = "cevm-integration"
+        thread.start()
+    }
+
+    /// S0: the clusters T holds now, read from its live tables.
+    private func freezeSwitchOver() throws(DiskManagerError) -> OldSide {
         var s0 = Set<Int>()
         var next: UInt64 = 0
         do throws(QCOW2Error) {
@@ -131,21 +155,14 @@ public final class Integration: Sendable {
         } catch {
             throw .image(error)
         }
+        let old: OldSide
         do throws(DiskIntegrationError) {
-            initialOldSide = try OldSide(geometry: geometry, switchOverClusters: s0)
+            old = try OldSide(geometry: geometry, switchOverClusters: s0)
         } catch {
             throw .protocolViolation(error)
         }
-        self.layers = layers
-        self.switchOverClusters = s0
-        self.recordFilter = recordClusters
-    }
-
-    /// Starts the worker thread.
-    public func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "cevm-integration"
-        thread.start()
+        frozen.withLock { $0 = s0 }
+        return old
     }
 
     /// Test hook: stops the worker as a kill would (no flush, requests in
@@ -203,10 +220,19 @@ public final class Integration: Sendable {
         let completion: Completion
     }
 
-    private func run() {
+    private func run(after settle: @Sendable () -> Void) {
         worker.withLock { $0 = Affinity.currentThreadID() }
         let started = DispatchTime.now().uptimeNanoseconds
-        var driver = Driver(layers: layers, geometry: geometry, old: initialOldSide, recordFilter: recordFilter)
+        var driver: Driver
+        do throws(DiskManagerError) {
+            // Requests submitted meanwhile wait in the queue: none is taken
+            // before S0 is frozen.
+            settle()
+            driver = Driver(layers: layers, geometry: geometry, old: try freezeSwitchOver(), recordFilter: recordFilter)
+        } catch {
+            conclude(.failure(error))
+            return
+        }
         var outcome: Result<Stats, DiskManagerError>
         do throws(DiskManagerError) {
             while true {
@@ -250,18 +276,27 @@ public final class Integration: Sendable {
         } catch {
             driver.failAll(error)
             outcome = .failure(error)
-            // Requests that arrive after a failure fail with it.
-            let late = queue.withLock { q -> [Work] in
-                q.closed = true
-                defer { q.work = [] }
-                return q.work
-            }
-            for work in late { Driver.fail(work, with: error) }
         }
-        let waiters = queue.withLock { q in
+        conclude(outcome)
+    }
+
+    /// Publishes the run's outcome; after a failure, requests still queued
+    /// (and any that arrive later) fail with it.
+    private func conclude(_ outcome: Result<Stats, DiskManagerError>) {
+        // Closed and the outcome set at once: a request refused from here
+        // on finds the failure, never an integration closed with no outcome
+        // (which would send it to U).
+        let (late, waiters) = queue.withLock { q in
+            q.closed = true
             q.result = outcome
-            defer { q.waiters = [] }
-            return q.waiters
+            defer {
+                q.work = []
+                q.waiters = []
+            }
+            return (q.work, q.waiters)
+        }
+        if case .failure(let error) = outcome {
+            for work in late { Driver.fail(work, with: error) }
         }
         for waiter in waiters { waiter(outcome) }
     }

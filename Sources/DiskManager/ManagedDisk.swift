@@ -343,12 +343,20 @@ public final class ManagedDisk: Sendable {
 
     // MARK: - Checkpoints
 
-    /// The cut at a checkpoint's switch-over: freezes S0 (T's clusters now),
-    /// starts integrating T into `u` while requests keep being served, and
-    /// writes the switch-over content to `record`. `incremental`: the record
-    /// holds only the clusters written since the previous cut (its backing
-    /// must be the previous record); otherwise all of S0 (backing B).
-    /// Call it while nothing writes the disk (guest paused, writes drained).
+    /// The cut at a checkpoint's switch-over: from now on requests go to an
+    /// integration of T into `u`, which writes the switch-over content to
+    /// `record`. `incremental`: the record holds only the clusters written
+    /// since the previous cut (its backing must be the previous record);
+    /// otherwise all of S0 (backing B). Call it while nothing writes the
+    /// disk (guest paused, writes drained).
+    ///
+    /// It blocks on nothing: it switches the mode and returns. The
+    /// integration's own thread then waits for the plain-mode I/O already
+    /// queued for T and freezes S0 (T's clusters then) before it takes any
+    /// request; requests sent meanwhile wait in its queue. So neither the
+    /// caller (a task of the cooperative pool) nor an NBD event loop waits
+    /// for the drain or for T's tables to be read, and the mode lock is
+    /// held only for the switch.
     public func cut(u: QCOW2Image, record: QCOW2Image?, incremental: Bool) throws(DiskManagerError) -> Integration {
         try cut(u: u, record: record, incremental: incremental, hooks: Integration.Hooks())
     }
@@ -358,9 +366,9 @@ public final class ManagedDisk: Sendable {
             guard case .plain(let t) = mode else {
                 throw .integrationFailed("a checkpoint is already integrating this disk")
             }
-            // Plain-mode I/O already queued finishes on T before S0 is frozen;
-            // none can be queued meanwhile (queuing takes this lock).
-            io.drain()
+            // Plain-mode I/O already queued finishes on T before S0 is frozen
+            // (the integration's thread drains the queue first); none can be
+            // queued after this switch (queuing takes this lock).
             let written = dirty.withLock { set in
                 defer { set = [] }
                 return set
@@ -371,7 +379,7 @@ public final class ManagedDisk: Sendable {
             mode = .integrating(integration, next: u)
             return integration
         }
-        integration.start()
+        integration.start(after: { [io] in io.drain() })
         return integration
     }
 
@@ -418,8 +426,12 @@ final class IOThread: Sendable {
         if sleeping { wake.signal() }
     }
 
+    /// Jobs submitted and not yet taken by the thread (for tests).
+    var queuedJobs: Int { state.withLock { $0.jobs.count } }
+
     /// Returns once every job submitted before the call has run. Never call
-    /// it from a job.
+    /// it from a job, an event loop or a task (it blocks: the integration's
+    /// thread calls it).
     func drain() {
         let done = DispatchSemaphore(value: 0)
         submit { done.signal() }
