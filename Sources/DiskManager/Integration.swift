@@ -39,8 +39,9 @@ public final class Integration: Sendable {
         case flush(Completion)
     }
 
-    /// Test hooks: `lockstep` takes a protocol step only when a request
-    /// arrived (so tests can place a crash anywhere in the sweep);
+    /// Test hooks: `lockstep` serves each request as it arrives, then
+    /// takes one sweep step, and none while no request comes (so tests can
+    /// place a crash anywhere in the sweep);
     /// `sweepHold` stops the sweep once its cursor reached a cluster, while
     /// requests go on being served, until the test releases it.
     struct Hooks: Sendable {
@@ -249,12 +250,18 @@ public final class Integration: Sendable {
                     }
                     return taken
                 }
-                guard let batch else { break }
-                if queue.withLock({ $0.halted }) { return }  // killed: nothing more happens
+                guard let batch else {
+                    if queue.withLock({ $0.halted }) { return }  // killed: nothing more happens, not even a flush
+                    break
+                }
                 for work in batch { try driver.accept(work) }
-                if hooks.lockstep && batch.isEmpty && !driver.hasMessagesForOldSide && !driver.isPlain {
-                    usleep(200)
-                    continue
+                if hooks.lockstep {
+                    if batch.isEmpty && !driver.hasMessagesForOldSide && !driver.isPlain {
+                        usleep(200)
+                        continue
+                    }
+                    // The requests first, so the step below is a sweep step.
+                    while driver.hasMessagesForOldSide { _ = try driver.step() }
                 }
                 if let hold = hooks.sweepHold, !driver.hasMessagesForOldSide,
                     hold.holds(cursor: driver.old.cursor, drained: driver.old.eofOnT)

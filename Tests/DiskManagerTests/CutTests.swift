@@ -22,21 +22,25 @@ import Testing
             return false
         })
         // The I/O thread is busy (a long fdatasync, say) until the test
-        // lets it go, or for at most 5 s.
+        // lets it go, or for at most 60 s (long, as other tests running
+        // qemu-img may keep the cooperative pool, and this test's tasks,
+        // waiting for seconds).
         let gate = DispatchSemaphore(value: 0)
         let woken = Woken()
         disk.io.submit {
             woken.start()
-            woken.set(gate.wait(timeout: .now() + 5) == .success)
+            woken.set(gate.wait(timeout: .now() + 60) == .success)
         }
-        #expect(await eventually { woken.started })
+        #expect(await eventually(timeout: .seconds(60)) { woken.started })
         let bytes = pattern(4096, seed: 7)
         let write = Task { try await disk.write(offset: UInt64(free * 4096), bytes: bytes) }
-        #expect(await eventually { disk.io.queuedJobs == 1 }, "the write waits on the I/O thread, behind the busy job")
+        #expect(await eventually(timeout: .seconds(60)) { disk.io.queuedJobs == 1 }, "the write waits on the I/O thread, behind the busy job")
         f.model.replaceSubrange(free * 4096..<free * 4096 + 4096, with: bytes)
 
         let integration = try disk.cut(u: try f.newU(), record: nil, incremental: false)
-        // The cut returned with the I/O thread still busy: S0 is not frozen yet.
+        // The cut returned with the I/O thread still busy (with the cut's
+        // old drain it returned only once the busy job timed out): S0 is not
+        // frozen yet.
         #expect(integration.switchOverClusters == nil)
         let read = Task { try await disk.read(offset: UInt64(free * 4096), length: 4096) }
         gate.signal()
