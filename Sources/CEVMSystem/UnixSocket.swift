@@ -7,16 +7,43 @@ import Glibc
 /// event loop.
 public enum UnixSocket {
     /// socket(2) + bind(2) + listen(2) at `path` (replacing a stale socket
-    /// file), mode 0600.
+    /// file); the socket file is created mode 0600 (`bindPrivate`).
     public static func listen(path: String) throws -> Int32 {
         unlink(path)
+        let fd = try bindPrivate(path: path)
+        do {
+            try retryingEINTR("listen", subject: path) { Glibc.listen(fd, 4) }
+        } catch {
+            close(fd)
+            unlink(path)
+            throw error
+        }
+        return fd
+    }
+
+    /// socket(2) + fchmod(2) + bind(2): a stream socket bound at `path`,
+    /// not yet listening, whose file is mode 0600 from the moment it exists.
+    ///
+    /// Linux gives the file bind(2) creates the socket's own inode mode
+    /// minus the umask; fchmod(2) on the unbound socket sets that mode to
+    /// 0600, so no other user can connect in the moment after the bind (as
+    /// a chmod after the bind would allow), and no process-wide umask is
+    /// touched. A file that nevertheless came out with group or other bits
+    /// (a kernel that ignores the socket's mode) is removed and the call
+    /// fails with EPERM rather than serve it.
+    public static func bindPrivate(path: String) throws -> Int32 {
         let fd = try retryingEINTR("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         do {
+            try retryingEINTR("fchmod", subject: path) { fchmod(fd, 0o600) }
             _ = try withAddress(path) { address, length in
                 try retryingEINTR("bind", subject: path) { bind(fd, address, length) }
             }
-            chmod(path, 0o600)
-            try retryingEINTR("listen", subject: path) { Glibc.listen(fd, 4) }
+            var st = stat()
+            try retryingEINTR("lstat", subject: path) { lstat(path, &st) }
+            guard st.st_mode & 0o077 == 0 else {
+                unlink(path)
+                throw SystemError("bind", errno: EPERM, subject: "\(path) (created with mode 0\(String(st.st_mode & 0o777, radix: 8)), not 0600)")
+            }
         } catch {
             close(fd)
             throw error

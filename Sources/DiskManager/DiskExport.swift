@@ -9,7 +9,8 @@ import Glibc
 
 /// A `ManagedDisk` as an NBD export: what QEMU's `-blockdev driver=nbd`
 /// talks to. Flush and FUA make writes durable through the qcow2 engine;
-/// write-zeroes is offered (zero clusters in plain mode); trim is not (a
+/// write-zeroes is offered (zero clusters, in bounded steps, in plain mode
+/// and during an integration: `ManagedDisk.writeZeroes`); trim is not (a
 /// discarded cluster of an overlay would read B's bytes, not zeros, and the
 /// integration protocol knows only reads and writes).
 public struct DiskExport: NBDExport {

@@ -39,10 +39,36 @@ public final class Integration: Sendable {
         case flush(Completion)
     }
 
-    /// Test hooks: `lockstep` takes a protocol step only when a request
-    /// arrived (so tests can place a crash anywhere in the sweep).
+    /// Test hooks: `lockstep` serves each request as it arrives, then
+    /// takes one sweep step, and none while no request comes (so tests can
+    /// place a crash anywhere in the sweep);
+    /// `sweepHold` stops the sweep once its cursor reached a cluster, while
+    /// requests go on being served, until the test releases it.
     struct Hooks: Sendable {
         var lockstep = false
+        var sweepHold: SweepHold?
+    }
+
+    /// Holds the sweep at `cluster` (the cursor at or past it) until `release()`.
+    final class SweepHold: Sendable {
+        let cluster: Int
+        private let state = Mutex((reached: false, released: false))
+
+        init(atCluster cluster: Int) { self.cluster = cluster }
+
+        /// True once the sweep stopped here.
+        var isReached: Bool { state.withLock { $0.reached } }
+        func release() { state.withLock { $0.released = true } }
+
+        /// Called by the worker: true while the sweep must not step.
+        func holds(cursor: Int?, drained: Bool) -> Bool {
+            guard !drained, let cursor, cursor >= cluster else { return false }
+            return state.withLock { s in
+                if s.released { return false }
+                s.reached = true
+                return true
+            }
+        }
     }
 
     struct Queue {
@@ -59,8 +85,9 @@ public final class Integration: Sendable {
 
     public let layers: Layers
     public let geometry: Geometry
-    /// S0, frozen when the integration was created.
-    public let switchOverClusters: Set<Int>
+    /// S0, once the worker froze it (nil before).
+    public var switchOverClusters: Set<Int>? { frozen.withLock { $0 } }
+    private let frozen = Mutex<Set<Int>?>(nil)
     /// The S0 clusters the record must hold: all of S0 for a record over B,
     /// S0 ∩ (clusters written this epoch) for one over the previous record.
     let recordFilter: Set<Int>?
@@ -69,12 +96,14 @@ public final class Integration: Sendable {
 
     /// The worker thread's kernel id once it runs (to pin it elsewhere).
     public var threadID: pid_t? { worker.withLock { $0 } }
-    /// The old side at switch-over (S0 validated against the geometry).
-    let initialOldSide: OldSide
     let hooks: Hooks
 
-    /// Freezes S0 = the clusters T holds now. Call it at switch-over, when
-    /// nothing writes T (Old_VM stopped and flushed, New_VM not started).
+    /// Checks that the images fit together; reads nothing. S0 = the
+    /// clusters T holds is frozen by the worker when it starts, before it
+    /// takes any request: create and start the integration at switch-over,
+    /// when nothing writes T any more except what is already queued for it
+    /// (`start(after:)` waits for that), and send every request from then
+    /// on to `submit`.
     /// `recordClusters`: nil = the record gets all of S0 (its backing is B);
     /// otherwise only these clusters of S0 (its backing is the previous record).
     public convenience init(layers: Layers, recordClusters: Set<Int>?) throws(DiskManagerError) {
@@ -96,6 +125,27 @@ public final class Integration: Sendable {
         } catch {
             throw .protocolViolation(error)
         }
+        self.layers = layers
+        self.recordFilter = recordClusters
+    }
+
+    /// Starts the worker thread.
+    public func start() {
+        start(after: {})
+    }
+
+    /// Starts the worker thread, which first runs `settle` (the disk's wait
+    /// for plain-mode I/O already queued for T: a blocking wait, done on
+    /// the worker's own thread, so the caller, an event loop or a task of
+    /// the cooperative pool, never waits for it), then freezes S0.
+    func start(after settle: @escaping @Sendable () -> Void) {
+        let thread = Thread { [self] in run(after: settle) }
+        thread.name = "cevm-integration"
+        thread.start()
+    }
+
+    /// S0: the clusters T holds now, read from its live tables.
+    private func freezeSwitchOver() throws(DiskManagerError) -> OldSide {
         var s0 = Set<Int>()
         var next: UInt64 = 0
         do throws(QCOW2Error) {
@@ -106,21 +156,14 @@ public final class Integration: Sendable {
         } catch {
             throw .image(error)
         }
+        let old: OldSide
         do throws(DiskIntegrationError) {
-            initialOldSide = try OldSide(geometry: geometry, switchOverClusters: s0)
+            old = try OldSide(geometry: geometry, switchOverClusters: s0)
         } catch {
             throw .protocolViolation(error)
         }
-        self.layers = layers
-        self.switchOverClusters = s0
-        self.recordFilter = recordClusters
-    }
-
-    /// Starts the worker thread.
-    public func start() {
-        let thread = Thread { [self] in run() }
-        thread.name = "cevm-integration"
-        thread.start()
+        frozen.withLock { $0 = s0 }
+        return old
     }
 
     /// Test hook: stops the worker as a kill would (no flush, requests in
@@ -173,13 +216,24 @@ public final class Integration: Sendable {
     struct Pending {
         var buffer: [UInt8]
         var payload: [UInt8]
+        /// A write of zeros (write-zeroes): no payload, the layer zeroes the span.
+        var zeroes = false
         let completion: Completion
     }
 
-    private func run() {
+    private func run(after settle: @Sendable () -> Void) {
         worker.withLock { $0 = Affinity.currentThreadID() }
         let started = DispatchTime.now().uptimeNanoseconds
-        var driver = Driver(layers: layers, geometry: geometry, old: initialOldSide, recordFilter: recordFilter)
+        var driver: Driver
+        do throws(DiskManagerError) {
+            // Requests submitted meanwhile wait in the queue: none is taken
+            // before S0 is frozen.
+            settle()
+            driver = Driver(layers: layers, geometry: geometry, old: try freezeSwitchOver(), recordFilter: recordFilter)
+        } catch {
+            conclude(.failure(error))
+            return
+        }
         var outcome: Result<Stats, DiskManagerError>
         do throws(DiskManagerError) {
             while true {
@@ -196,10 +250,22 @@ public final class Integration: Sendable {
                     }
                     return taken
                 }
-                guard let batch else { break }
-                if queue.withLock({ $0.halted }) { return }  // killed: nothing more happens
+                guard let batch else {
+                    if queue.withLock({ $0.halted }) { return }  // killed: nothing more happens, not even a flush
+                    break
+                }
                 for work in batch { try driver.accept(work) }
-                if hooks.lockstep && batch.isEmpty && !driver.hasMessagesForOldSide && !driver.isPlain {
+                if hooks.lockstep {
+                    if batch.isEmpty && !driver.hasMessagesForOldSide && !driver.isPlain {
+                        usleep(200)
+                        continue
+                    }
+                    // The requests first, so the step below is a sweep step.
+                    while driver.hasMessagesForOldSide { _ = try driver.step() }
+                }
+                if let hold = hooks.sweepHold, !driver.hasMessagesForOldSide,
+                    hold.holds(cursor: driver.old.cursor, drained: driver.old.eofOnT)
+                {
                     usleep(200)
                     continue
                 }
@@ -217,18 +283,27 @@ public final class Integration: Sendable {
         } catch {
             driver.failAll(error)
             outcome = .failure(error)
-            // Requests that arrive after a failure fail with it.
-            let late = queue.withLock { q -> [Work] in
-                q.closed = true
-                defer { q.work = [] }
-                return q.work
-            }
-            for work in late { Driver.fail(work, with: error) }
         }
-        let waiters = queue.withLock { q in
+        conclude(outcome)
+    }
+
+    /// Publishes the run's outcome; after a failure, requests still queued
+    /// (and any that arrive later) fail with it.
+    private func conclude(_ outcome: Result<Stats, DiskManagerError>) {
+        // Closed and the outcome set at once: a request refused from here
+        // on finds the failure, never an integration closed with no outcome
+        // (which would send it to U).
+        let (late, waiters) = queue.withLock { q in
+            q.closed = true
             q.result = outcome
-            defer { q.waiters = [] }
-            return q.waiters
+            defer {
+                q.work = []
+                q.waiters = []
+            }
+            return (q.work, q.waiters)
+        }
+        if case .failure(let error) = outcome {
+            for work in late { Driver.fail(work, with: error) }
         }
         for waiter in waiters { waiter(outcome) }
     }
@@ -309,9 +384,11 @@ struct Driver {
             request = DiskRequest(id: id, kind: .write, offset: offset, length: bytes.count)
             pending[id] = .init(buffer: [], payload: bytes, completion: completion)
         case .writeZeroes(let offset, let length, let completion):
-            // The protocol knows reads and writes: zeroes are a write of zeros.
+            // The protocol knows reads and writes: zeroes are a write of
+            // zeros, every span of which the layer zeroes itself (a zero
+            // cluster when whole), so no payload of zeros is made.
             request = DiskRequest(id: id, kind: .write, offset: offset, length: length)
-            pending[id] = .init(buffer: [], payload: [UInt8](repeating: 0, count: length), completion: completion)
+            pending[id] = .init(buffer: [], payload: [], zeroes: true, completion: completion)
         }
         guard UInt64(request.offset) + UInt64(request.length) <= layers.virtualSize else {
             pending.removeValue(forKey: id)?.completion(
@@ -337,14 +414,23 @@ struct Driver {
             switch action {
             case .copyCluster(let from, let to, let cluster):
                 let (offset, count) = layers.extent(ofCluster: cluster)
+                // A zero cluster (a write-zeroes) is copied as one: no data.
+                if try layers.isZeroCluster(from, cluster) {
+                    try layers.writeZeroes(to, at: offset, count: count)
+                    continue
+                }
                 try layers.read(from, into: &scratch, 0..<count, at: offset)
                 try layers.write(to, scratch, 0..<count, at: offset)
             case .saveToRecord(let cluster, let from):
                 guard let record = layers.record, recordFilter?.contains(cluster) ?? true else { continue }
                 let (offset, count) = layers.extent(ofCluster: cluster)
+                stats.recordClusters += 1
+                if try layers.isZeroCluster(from, cluster) {
+                    try Layers.writeZeroes(record, at: offset, count: count)
+                    continue
+                }
                 try layers.read(from, into: &scratch, 0..<count, at: offset)
                 try Layers.write(record, scratch, 0..<count, at: offset)
-                stats.recordClusters += 1
             case .read(let from, let span, let id):
                 guard var entry = pending.removeValue(forKey: id) else { continue }
                 defer { pending[id] = entry }
@@ -353,7 +439,11 @@ struct Driver {
             case .write(let to, let span, let id):
                 guard let entry = pending[id] else { continue }
                 let offset = UInt64(span.cluster * geometry.clusterSize + span.range.lowerBound)
-                try layers.write(to, entry.payload, span.requestRange, at: offset)
+                if entry.zeroes {
+                    try layers.writeZeroes(to, at: offset, count: span.range.count)
+                } else {
+                    try layers.write(to, entry.payload, span.requestRange, at: offset)
+                }
             case .sendToNewSide(let message):
                 try carryOut(try Self.machine(query) { () throws(DiskIntegrationError) in try new.receive(message, query) })
             case .sendToOldSide(let message):

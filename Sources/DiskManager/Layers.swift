@@ -79,6 +79,43 @@ public struct Layers: @unchecked Sendable {
         if let failure { throw .image(failure) }
     }
 
+    /// Zeroes `count` bytes of a layer (T or U) at `offset`: the qcow2
+    /// engine makes whole clusters zero clusters (T or U then holds them,
+    /// as after a write, unless the cluster already read as zeros with no
+    /// backing file below) and writes zeros into partial ones from one
+    /// cluster-sized buffer.
+    func writeZeroes(_ layer: Layer, at offset: UInt64, count: Int) throws(DiskManagerError) {
+        let image: QCOW2Image
+        switch layer {
+        case .T: image = t
+        case .U: image = u
+        case .B: throw .image(.readOnly(path: base?.path ?? "B", reason: "the integration never writes B"))
+        }
+        try Self.writeZeroes(image, at: offset, count: count)
+    }
+
+    /// Zeroes bytes of an image (the record).
+    static func writeZeroes(_ image: QCOW2Image, at offset: UInt64, count: Int) throws(DiskManagerError) {
+        do throws(QCOW2Error) { try image.writeZeroes(at: offset, count: UInt64(count)) } catch { throw .image(error) }
+    }
+
+    /// True when the layer holds the cluster as a zero cluster (B: never
+    /// asked; it is read).
+    func isZeroCluster(_ layer: Layer, _ cluster: Int) throws(DiskManagerError) -> Bool {
+        let image: QCOW2Image
+        switch layer {
+        case .B: return false
+        case .T: image = t
+        case .U: image = u
+        }
+        do throws(QCOW2Error) {
+            if case .zero = try image.clusterState(UInt64(cluster)) { return true }
+            return false
+        } catch {
+            throw .image(error)
+        }
+    }
+
     /// The byte range of a cluster that lies inside the disk (the last
     /// cluster may be partial).
     func extent(ofCluster k: Int) -> (offset: UInt64, count: Int) {

@@ -27,6 +27,9 @@ public final class ManagedDisk: Sendable {
     /// thread of the disk's own, in submission order, never on the caller's.
     let io = IOThread(name: "cevm-disk-io")
     private let inlineReads = Atomic<Int>(0)
+    private let largestZeroesChunk = Atomic<UInt64>(0)
+    /// `writeZeroesChunk` in whole clusters.
+    private let zeroesChunk: UInt64
     private let inlineWrites = Atomic<Int>(0)
     /// No write is served on the caller's thread before this instant
     /// (DispatchTime nanoseconds): one that took `slowInlineWrite` or more
@@ -44,9 +47,15 @@ public final class ManagedDisk: Sendable {
     /// first stops inline writes for the second. The page cache was then
     /// throttling writers or reclaiming, and likely goes on doing so for a
     /// while; meanwhile writes wait on the I/O thread, not on the event loop.
-    init(top: QCOW2Image, slowInlineWrite: Duration, inlineWritePause: Duration) {
+    /// `writeZeroesChunk`: the most one step of a write-zeroes covers
+    /// (rounded up to a cluster; tests make it small).
+    init(
+        top: QCOW2Image, slowInlineWrite: Duration, inlineWritePause: Duration,
+        writeZeroesChunk: UInt64 = ManagedDisk.writeZeroesChunk
+    ) {
         virtualSize = top.virtualSize
         clusterSize = top.clusterSize
+        zeroesChunk = (max(writeZeroesChunk, 1) + top.clusterSize - 1) / top.clusterSize * top.clusterSize
         mode = Mutex(.plain(top))
         slowInlineWriteNs = Self.nanoseconds(slowInlineWrite)
         inlineWritePauseNs = Self.nanoseconds(inlineWritePause)
@@ -154,17 +163,45 @@ public final class ManagedDisk: Sendable {
         if fua { try await flush() }
     }
 
+    /// Zeroes `length` bytes (an NBD WRITE_ZEROES: up to 4 GiB, no
+    /// payload). Done in chunks of at most `writeZeroesChunk` bytes, each
+    /// one request of its own (to the I/O thread, or to the integration as a
+    /// write of zeros), so neither the memory nor the time one step holds
+    /// the image or the integration's thread grows with the request: no
+    /// buffer of zeros is ever made (the qcow2 engine writes zero clusters,
+    /// and zeros from one cluster-sized buffer at the edges). The chunks are
+    /// aligned to `writeZeroesChunk`, a multiple of the cluster size, so
+    /// only the request's own edges split a cluster. `fua`: one flush after
+    /// the last chunk.
     public func writeZeroes(offset: UInt64, length: UInt64, fua: Bool = false) async throws(DiskManagerError) {
         try check(offset, length)
         markDirty(offset, length)
-        try await perform(
-            integrating: { .writeZeroes(offset: Int(offset), length: Int(length), $0) },
-            fromIntegration: { _ in },
-            plain: { image throws(QCOW2Error) in
-                try image.writeZeroes(at: offset, count: length)
-            })
+        let chunk = zeroesChunk
+        var position = offset
+        let end = offset + length
+        while position < end {
+            let count = min(chunk - position % chunk, end - position)
+            let at = position
+            _ = largestZeroesChunk.max(count, ordering: .relaxed)
+            try await perform(
+                integrating: { .writeZeroes(offset: Int(at), length: Int(count), $0) },
+                fromIntegration: { _ in },
+                plain: { image throws(QCOW2Error) in
+                    try image.writeZeroes(at: at, count: count)
+                })
+            position += count
+        }
         if fua { try await flush() }
     }
+
+    /// The most one step of a write-zeroes covers: 32 MiB, the largest
+    /// payload an NBD WRITE may carry, so a zeroing step is no longer than
+    /// a write the disk already serves (512 clusters of 64 KiB).
+    static let writeZeroesChunk: UInt64 = 32 << 20
+
+    /// The largest chunk a write-zeroes was cut into so far (for tests: no
+    /// step of a write-zeroes is as large as the request).
+    var largestWriteZeroesStep: UInt64 { largestZeroesChunk.load(ordering: .relaxed) }
 
     public func flush() async throws(DiskManagerError) {
         try await perform(
@@ -306,12 +343,20 @@ public final class ManagedDisk: Sendable {
 
     // MARK: - Checkpoints
 
-    /// The cut at a checkpoint's switch-over: freezes S0 (T's clusters now),
-    /// starts integrating T into `u` while requests keep being served, and
-    /// writes the switch-over content to `record`. `incremental`: the record
-    /// holds only the clusters written since the previous cut (its backing
-    /// must be the previous record); otherwise all of S0 (backing B).
-    /// Call it while nothing writes the disk (guest paused, writes drained).
+    /// The cut at a checkpoint's switch-over: from now on requests go to an
+    /// integration of T into `u`, which writes the switch-over content to
+    /// `record`. `incremental`: the record holds only the clusters written
+    /// since the previous cut (its backing must be the previous record);
+    /// otherwise all of S0 (backing B). Call it while nothing writes the
+    /// disk (guest paused, writes drained).
+    ///
+    /// It blocks on nothing: it switches the mode and returns. The
+    /// integration's own thread then waits for the plain-mode I/O already
+    /// queued for T and freezes S0 (T's clusters then) before it takes any
+    /// request; requests sent meanwhile wait in its queue. So neither the
+    /// caller (a task of the cooperative pool) nor an NBD event loop waits
+    /// for the drain or for T's tables to be read, and the mode lock is
+    /// held only for the switch.
     public func cut(u: QCOW2Image, record: QCOW2Image?, incremental: Bool) throws(DiskManagerError) -> Integration {
         try cut(u: u, record: record, incremental: incremental, hooks: Integration.Hooks())
     }
@@ -321,9 +366,9 @@ public final class ManagedDisk: Sendable {
             guard case .plain(let t) = mode else {
                 throw .integrationFailed("a checkpoint is already integrating this disk")
             }
-            // Plain-mode I/O already queued finishes on T before S0 is frozen;
-            // none can be queued meanwhile (queuing takes this lock).
-            io.drain()
+            // Plain-mode I/O already queued finishes on T before S0 is frozen
+            // (the integration's thread drains the queue first); none can be
+            // queued after this switch (queuing takes this lock).
             let written = dirty.withLock { set in
                 defer { set = [] }
                 return set
@@ -334,7 +379,7 @@ public final class ManagedDisk: Sendable {
             mode = .integrating(integration, next: u)
             return integration
         }
-        integration.start()
+        integration.start(after: { [io] in io.drain() })
         return integration
     }
 
@@ -381,8 +426,12 @@ final class IOThread: Sendable {
         if sleeping { wake.signal() }
     }
 
+    /// Jobs submitted and not yet taken by the thread (for tests).
+    var queuedJobs: Int { state.withLock { $0.jobs.count } }
+
     /// Returns once every job submitted before the call has run. Never call
-    /// it from a job.
+    /// it from a job, an event loop or a task (it blocks: the integration's
+    /// thread calls it).
     func drain() {
         let done = DispatchSemaphore(value: 0)
         submit { done.signal() }

@@ -287,7 +287,7 @@ extension NBDServer {
                     }
                     var verdict = session.validate(request)
                     if verdict == .perform(.disconnect) { return "client disconnected (NBD_CMD_DISC)" }
-                    let ticket = await window.admit(cost: Self.cost(of: verdict), isWrite: Self.isWrite(verdict))
+                    let ticket = await window.admit(cost: RequestWindow.cost(of: verdict), isWrite: Self.isWrite(verdict))
                     // Checked after waiting for room: the stop may have come meanwhile.
                     if connection.isStopping { verdict = .reject(.shutdown, "the export is going away") }
                     group.addTask {
@@ -307,13 +307,6 @@ extension NBDServer {
                     return "read failed: \(error)"
                 }
             }
-        }
-    }
-
-    private static func cost(of verdict: NBDVerdict) -> Int {
-        switch verdict {
-        case .perform(.read(_, let length)), .perform(.write(_, let length, _)): length
-        default: 0
         }
     }
 

@@ -13,7 +13,7 @@ import Glibc
 /// ```swift
 /// let server = NBDServer(configuration: .init(log: { print($0) }))
 /// try server.addExport(name: "disk", export: try FileExport(path: "disk.raw", writable: true))
-/// try await server.listen(unixSocketPath: "/run/cevm/vm.nbd")   // 0600
+/// try await server.listen(unixSocketPath: "/run/cevm/vm.nbd")   // 0600 from the bind on
 /// // qemu-io -f raw nbd+unix:///disk?socket=/run/cevm/vm.nbd
 /// await server.removeExport(name: "disk")   // closes its connections, waits for their requests
 /// await server.shutdown()
@@ -45,8 +45,9 @@ public final class NBDServer: Sendable {
         public var blockSizes: NBDBlockSizes
         /// Requests one connection runs at once (QEMU keeps up to 16 in flight).
         public var maximumRequestsInFlight: Int
-        /// Payload bytes (read and write) one connection holds at once; a
-        /// single larger request still runs, alone.
+        /// Bytes of disk one connection's requests cover at once (READ and
+        /// WRITE payloads, WRITE_ZEROES and TRIM lengths); a single larger
+        /// request still runs, alone.
         public var maximumBytesInFlight: Int
         /// Connections at once; later ones are closed on accept.
         public var maximumConnections: Int
@@ -171,55 +172,40 @@ public final class NBDServer: Sendable {
 
     // MARK: Listening
 
-    /// Listens on a Unix socket at `path`, created with mode 0600. A stale
-    /// socket file (nobody accepting) is replaced; any other existing file is
-    /// left alone and the call fails. May be called several times.
+    /// Listens on a Unix socket at `path`, created with mode 0600 (the file
+    /// never exists with a wider mode: `UnixSocket.bindPrivate`). A stale
+    /// socket file (nobody accepting) is replaced; any other existing file
+    /// is left alone and the call fails. May be called several times. The
+    /// server listens on nothing else: cevm serves its VMs on Unix sockets
+    /// only, so no TCP listener exists to be misused.
     public func listen(unixSocketPath path: String) async throws(NBDServerError) {
         if state.withLock({ $0.shuttingDown }) { throw .shutDown }
         try SocketPath.prepare(path)
-        let channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, OutboundFrame>, Never>
+        let fd: Int32
         do {
-            channel = try await ServerBootstrap(group: configuration.eventLoopGroup)
-                .serverChannelOption(.backlog, value: 128)
-                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 65536, maximum: 1 << 20))
-                // Input may end before output: a stopping connection closes its input
-                // and still sends the replies of requests in flight.
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: false) { child in
-                    Self.initialize(child)
-                }
+            fd = try UnixSocket.bindPrivate(path: path)
         } catch {
             throw .listenFailed(address: "unix:\(path)", reason: "\(error)")
         }
-        // The socket is reachable from the bind on; its mode is narrowed at
-        // once (keep it in a private directory to close the gap).
-        chmod(path, 0o600)
         var st = stat()
         let inode: UInt64? = lstat(path, &st) == 0 ? UInt64(st.st_ino) : nil
-        try start(channel, address: "unix:\(path)", socketFile: inode.map { (path, $0) })
-    }
-
-    /// Listens on TCP (only when asked: cevm serves its VMs over Unix sockets).
-    /// Returns the port bound, useful with `port: 0`.
-    @discardableResult
-    public func listen(host: String, port: Int) async throws(NBDServerError) -> Int {
-        if state.withLock({ $0.shuttingDown }) { throw .shutDown }
         let channel: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, OutboundFrame>, Never>
         do {
+            // NIO takes the bound socket over and calls listen(2) on it
+            // with its default backlog, 128.
             channel = try await ServerBootstrap(group: configuration.eventLoopGroup)
-                .serverChannelOption(.backlog, value: 128)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 65536, maximum: 1 << 20))
                 // Input may end before output: a stopping connection closes its input
                 // and still sends the replies of requests in flight.
                 .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .bind(host: host, port: port) { child in Self.initialize(child) }
+                .bind(fd) { child in
+                    Self.initialize(child)
+                }
         } catch {
-            throw .listenFailed(address: "\(host):\(port)", reason: "\(error)")
+            if let inode, lstat(path, &st) == 0, UInt64(st.st_ino) == inode { unlink(path) }
+            throw .listenFailed(address: "unix:\(path)", reason: "\(error)")
         }
-        let bound = channel.channel.localAddress?.port ?? port
-        try start(channel, address: "\(host):\(bound)", socketFile: nil)
-        return bound
+        try start(channel, address: "unix:\(path)", socketFile: inode.map { (path, $0) })
     }
 
     private static func initialize(_ channel: any Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, OutboundFrame>> {

@@ -1,7 +1,9 @@
+import NBDProtocol
 import Synchronization
 
 /// The requests of one connection that are in flight: bounds how many (and
-/// how many payload bytes) run at once, and orders flushes after writes.
+/// how many bytes of the disk they cover) run at once, and orders flushes
+/// after writes.
 ///
 /// Only the connection's reader calls `admit`, so at most one task waits for
 /// room; while it waits it reads no more from the socket, which is the
@@ -28,6 +30,24 @@ final class RequestWindow: Sendable {
 
     /// Requests admitted and not yet finished.
     var inFlight: Int { state.withLock { $0.count } }
+
+    /// True while the reader waits in `admit` for room.
+    var isHoldingARequest: Bool { state.withLock { $0.admitWaiter != nil } }
+
+    /// What a request counts against the byte budget: the length of disk it
+    /// covers. For READ and WRITE that is the memory it holds (the reply or
+    /// the payload); WRITE_ZEROES and TRIM carry no payload but up to 4 GiB
+    /// of work each, so they count their length too: the budget then bounds
+    /// the zeroing in flight, and one larger than the budget runs alone
+    /// (the connection reads nothing more until it is done).
+    static func cost(of verdict: NBDVerdict) -> Int {
+        switch verdict {
+        case .perform(.read(_, let length)), .perform(.write(_, let length, _)),
+            .perform(.writeZeroes(_, let length, _, _)), .perform(.trim(_, let length, _)):
+            length
+        default: 0
+        }
+    }
 
     /// A ticket for one admitted request.
     struct Ticket: Sendable {

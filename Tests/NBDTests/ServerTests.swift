@@ -3,6 +3,7 @@ import Foundation
 import NBDProtocol
 import NBDServer
 import NIOCore
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -417,14 +418,37 @@ import Testing
         #expect(server.exportNames == [""])
     }
 
-    @Test func tcpIsOnlyUsedWhenAsked() async throws {
-        let server = NBDServer()
-        try server.addExport(name: "disk", export: MemoryExport(size: 65536))
-        let port = try await server.listen(host: "127.0.0.1", port: 0)
-        #expect(port > 0)
+    /// Every socket cevm listens on is born 0600, whatever the umask: the
+    /// NBD server's and `UnixSocket.listen`'s. The control shows what the
+    /// umask alone gives a socket bound without care (0755), so a bind that
+    /// relied on a later chmod, or on the umask, fails here.
+    @Test func socketsAreCreated0600UnderUmask022() async throws {
         let scratch = try Scratch()
-        let output = try await must(["qemu-io", "-r", "-f", "raw", "-c", "read -P 0 0 64k", "nbd://127.0.0.1:\(port)/disk"], in: scratch)
-        #expect(!output.contains("Pattern verification failed"), "\(output)")
+        let previous = umask(0o022)
+        defer { umask(previous) }
+
+        let control = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(unixDomainSocketPath: scratch.file("control.sock")).get()
+        #expect(Self.mode(scratch.file("control.sock")) == 0o755)
+        try await control.close()
+
+        let server = NBDServer()
+        try server.addExport(name: "disk", export: MemoryExport(size: 4096))
+        try await server.listen(unixSocketPath: scratch.file("nbd.sock"))
+        #expect(Self.mode(scratch.file("nbd.sock")) == 0o600)
+        let client = try await RawClient.connect(scratch.file("nbd.sock"))
+        _ = try await client.go("disk")
+        await client.close()
         await server.shutdown()
+
+        let fd = try UnixSocket.listen(path: scratch.file("pump.sock"))
+        #expect(Self.mode(scratch.file("pump.sock")) == 0o600)
+        close(fd)
+    }
+
+    static func mode(_ path: String) -> mode_t? {
+        var st = stat()
+        guard lstat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else { return nil }
+        return st.st_mode & 0o777
     }
 }
