@@ -70,7 +70,7 @@ let package = Package(
         .target(name: "DiskIntegration", exclude: ["README.md"], swiftSettings: strict),
         // NBD wire protocol: pure decoders/encoders and the handshake machine (no dependencies).
         .target(name: "NBDProtocol", exclude: ["README.md"], swiftSettings: strict),
-        // NBD server over SwiftNIO: exports, connections, Unix sockets (TCP on request).
+        // NBD server over SwiftNIO: exports, connections, Unix sockets only.
         .target(
             name: "NBDServer",
             dependencies: [

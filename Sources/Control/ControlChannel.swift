@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CEVMSystem
 import Foundation
 import NIOCore
 import NIOPosix
@@ -21,15 +22,16 @@ public struct ControlServer: Sendable {
 
     public func run(ready: @escaping @Sendable () -> Void) async throws {
         unlink(path)
+        // Created 0600 (no window in which another user could connect); NIO takes the bound socket over.
+        let socket = try UnixSocket.bindPrivate(path: path)
         let server = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
+            .bind(socket) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         ByteToMessageHandler(QMPFrameDecoder(maximumLineLength: 1 << 20)))
                     return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
                 }
             }
-        chmod(path, 0o600)
         ready()
         try await withTaskCancellationHandler {
             try await server.executeThenClose { connections in

@@ -271,6 +271,14 @@ final class CEVMRun: CheckpointRun {
         }
     }
 
+    /// U, the disk record and the journal (files created and synced), on a
+    /// thread of their own.
+    func prepareCut(full: Bool) async throws -> VMDisk.PreparedCut? {
+        guard let vmDisk = diskService?.vmDisk else { return nil }
+        let (recordPath, previousDisk) = ("\(directory)/\(Supervisor.diskRecordName)", previous?.disk)
+        return try await Blocking.run { try vmDisk.prepareCut(recordPath: recordPath, previousRecord: previousDisk, full: full) }
+    }
+
     /// New_VM (same machine, the same disk export, waiting for the stream,
     /// on the pre-copy set: it moves to its own set just before it runs),
     /// the tee, the migration settings, and the disk cut prepared while
@@ -315,10 +323,7 @@ final class CEVMRun: CheckpointRun {
             $0.sourceWatch = sourceWatch
         }
         // U, the disk record and the journal, made while Old_VM still runs.
-        let prepared = try await step(.disk) {
-            try diskService?.vmDisk.prepareCut(
-                recordPath: "\(directory)/\(Supervisor.diskRecordName)", previousRecord: previous?.disk, full: options.full)
-        }
+        let prepared = try await step(.disk) { try await prepareCut(full: options.full) }
         made.withLock { $0.prepared = prepared }
         mark("prepared")
     }

@@ -26,7 +26,9 @@ final class DiskService: Sendable {
     /// Opens the disk directory (finishing an integration a crash
     /// interrupted) and starts serving it.
     static func start(paths: VMPaths, log: @escaping @Sendable (String) -> Void) async throws -> DiskService {
-        let vmDisk = try VMDisk(directory: paths.diskDirectory)
+        // Opening the disk may finish a merge a crash interrupted: cluster copies, off the pool.
+        let directory = paths.diskDirectory
+        let vmDisk = try await Blocking.run { try VMDisk(directory: directory) }
         switch vmDisk.recovery {
         case .none: break
         case .journalRemoved:

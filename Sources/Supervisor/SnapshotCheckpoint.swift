@@ -218,8 +218,13 @@ final class SnapshotRun: CheckpointRun {
             $0.watch = watch
         }
         // U, the disk record and the journal, made while the guest still runs.
-        let prepared = try diskService?.vmDisk.prepareCut(
-            recordPath: "\(directory)/\(Supervisor.diskRecordName)", previousRecord: previous?.disk, full: full)
+        let prepared: VMDisk.PreparedCut?
+        if let vmDisk = diskService?.vmDisk {
+            let (recordPath, previousDisk, full) = ("\(directory)/\(Supervisor.diskRecordName)", previous?.disk, self.full)
+            prepared = try await Blocking.run { try vmDisk.prepareCut(recordPath: recordPath, previousRecord: previousDisk, full: full) }
+        } else {
+            prepared = nil
+        }
         made.withLock { $0.prepared = prepared }
         mark("prepared")
     }
