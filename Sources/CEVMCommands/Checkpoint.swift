@@ -32,7 +32,7 @@ struct Checkpoint: AsyncParsableCommand {
     @Option(name: .customLong("checkpoint-cpus"), help: "CEVM: the checkpoint CPU set for dedicated/alternate (default: the other CPUs).")
     var checkpointCPUs: String?
 
-    @Option(name: .customLong("downtime-limit"), help: "CEVM: QEMU's migration downtime-limit in ms.")
+    @Option(name: .customLong("downtime-limit"), help: "CEVM: QEMU's migration downtime-limit in ms (default 50; QEMU's own is 300).")
     var downtimeLimit: Int64?
 
     @Option(

@@ -86,7 +86,7 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
     public var policy: AffinityPolicy?
     public var cpus: CPUSet?
     public var checkpointCPUs: CPUSet?
-    /// CEVM only: QEMU's `downtime-limit` in ms (nil: QEMU's default, 300).
+    /// CEVM only: QEMU's `downtime-limit` in ms (nil: cevm's default for CEVM, 50).
     public var downtimeLimitMs: Int64?
     /// CEVM only: the most bytes the memory stream (and so the record's
     /// memory file) may reach in pre-copy before `onMaxStream` is taken

@@ -310,7 +310,8 @@ final class CEVMRun: CheckpointRun {
         }
         made.withLock { $0.tee = sink }
         let (parameters, sourceWatch) = try await step(.oldVM) {
-            let parameters = try await MigrationSettings.apply(to: old.qmp, downtimeLimitMs: options.downtimeLimitMs)
+            let parameters = try await MigrationSettings.apply(
+                to: old.qmp, downtimeLimitMs: options.downtimeLimitMs ?? MigrationSettings.cevmDowntimeLimitMs)
             // Set either way: a capability stays set on a QEMU process.
             try await MigrationSettings.setCapability(old.qmp, "auto-converge", options.autoConverge)
             let watch = try await MigrationWatch.start(old.qmp)

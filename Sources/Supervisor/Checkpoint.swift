@@ -18,6 +18,14 @@ public enum MigrationSettings {
     public static let maxBandwidth: Int64 = 1 << 40  // bytes/s
     /// QEMU's own default `downtime-limit`.
     public static let defaultDowntimeLimitMs: Int64 = 300
+    /// A CEVM checkpoint's default `downtime-limit`, chosen from
+    /// `cevm bench checkpoint` (Docs/benchmarks.md, "The pause three ways"):
+    /// with QEMU's 300 ms the pre-copy through the tee stopped early with
+    /// a large rest to send, and the guest paused 120–290 ms (the host saw
+    /// 170–335 ms) where QEMU alone paused 20–100 ms; with 50 ms the pause
+    /// fell to 12–78 ms at 256 MiB–2 GiB, the host-observed interruption
+    /// below QEMU alone's at its own default, for a stream a few percent longer.
+    public static let cevmDowntimeLimitMs: Int64 = 50
     /// The largest `downtime-limit` QEMU 7.2 accepts (2000 s): with it the
     /// next pre-copy round is the last, whatever is left to send.
     static let forcingDowntimeLimitMs: Int64 = 2_000_000

@@ -205,7 +205,7 @@ struct CEVMCheckpointTests {
         let ram = (plain["spec"] as? [String: Any])?["memoryMiB"] as? Int ?? 0
         #expect(plainMigration["maxStreamBytes"] as? Int == (3 * ram + 256) << 20, "\(plainMigration)")
         #expect(plainMigration["forcedSwitchOver"] == nil, "\(plainMigration)")
-        #expect((plainMigration["parameters"] as? [String: Int])?["downtime-limit"] == 300, "a forced limit does not outlive its checkpoint")
+        #expect((plainMigration["parameters"] as? [String: Int])?["downtime-limit"] == 50, "a forced limit does not outlive its checkpoint: cevm's default for CEVM again")
 
         try killHard(cevm, "cap")
         let started = Date().timeIntervalSince1970
