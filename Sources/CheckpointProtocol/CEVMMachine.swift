@@ -329,6 +329,24 @@ public struct CEVMMachine: Sendable {
     }
 }
 
+extension CEVMMachine.Action {
+    /// The event that reports this action's end (nil for an undo action).
+    public var completion: CEVMMachine.Event? {
+        switch self {
+        case .prepare: return .prepared
+        case .startMigration: return .migrationStarted
+        case .cutDisk: return .diskCut
+        case .resumeNew: return .newResumed
+        case .adoptNew: return .adopted
+        case .stopOld: return .oldEnded
+        case .finishMemory: return .memoryDurable
+        case .finishDisk: return .diskDurable
+        case .commit: return .committed
+        case .forceSwitchOver, .cancelMigration, .resumeOld, .stopNew, .abortTee, .releaseDisk, .discardRecord: return nil
+        }
+    }
+}
+
 extension CEVMMachine.Failure: CustomStringConvertible {
     public var description: String {
         let what: String

@@ -230,23 +230,9 @@ final class CEVMRun: CheckpointRun {
         } catch {
             return .failed(Self.part(of: action), "\(error)")
         }
-        return Self.completion(of: action)
+        return action.completion
     }
 
-    static func completion(of action: CEVMMachine.Action) -> CEVMMachine.Event? {
-        switch action {
-        case .prepare: return .prepared
-        case .startMigration: return .migrationStarted
-        case .cutDisk: return .diskCut
-        case .resumeNew: return .newResumed
-        case .adoptNew: return .adopted
-        case .stopOld: return .oldEnded
-        case .finishMemory: return .memoryDurable
-        case .finishDisk: return .diskDurable
-        case .commit: return .committed
-        default: return nil
-        }
-    }
 
     static func part(of action: CEVMMachine.Action) -> CEVMMachine.Part {
         switch action {

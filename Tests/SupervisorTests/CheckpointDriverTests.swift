@@ -20,18 +20,7 @@ import Testing
 
         func perform(_ action: CEVMMachine.Action) async -> CEVMMachine.Event? {
             performed.withLock { $0.append(action) }
-            switch action {
-            case .prepare: return .prepared
-            case .startMigration: return .migrationStarted
-            case .cutDisk: return .diskCut
-            case .resumeNew: return .newResumed
-            case .adoptNew: return .adopted
-            case .stopOld: return .oldEnded
-            case .finishMemory: return .memoryDurable
-            case .finishDisk: return .diskDurable
-            case .commit: return .committed
-            default: return nil
-            }
+            return action.completion
         }
 
         func watches(startedWith action: CEVMMachine.Action?, report: @escaping @Sendable (CEVMMachine.Event) -> Void)
