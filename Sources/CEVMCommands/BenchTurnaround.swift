@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Control
 import Glibc
 #endif
+import Control
 import ArgumentParser
 import CEVMSystem
 import Foundation

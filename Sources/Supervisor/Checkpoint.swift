@@ -1,7 +1,7 @@
 #if canImport(Glibc)
-import Control
 import Glibc
 #endif
+import Control
 import CEVMSystem
 import DiskManager
 import Foundation
