@@ -244,7 +244,7 @@ enum TiedSpawner {
     }()
 
     static func spawn(path: String, argv: [String], environment: [String], stdio: [StandardIO], inherit: Int32?) throws -> pid_t {
-        // The child's standard streams, opened here (close-on-exec: the child dup2s them).
+        // The child's standard streams, opened here close-on-exec (the child dup2s them).
         var opened: [Int32] = []
         defer { opened.forEach { close($0) } }
         var fds: [Int32] = []
