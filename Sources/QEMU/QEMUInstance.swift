@@ -245,6 +245,13 @@ public final class QEMUInstance: Sendable {
         return reason(status)
     }
 
+    /// Waits until the process ends; true when it ended without being asked
+    /// to (`stop`), false when asked or when the calling task is cancelled first.
+    public func endedUnasked() async -> Bool {
+        guard let reason = await exited() else { return false }
+        return !reason.requested
+    }
+
     /// Waits until the process ends by itself.
     public func waitForExit() async -> ExitReason {
         let status = await process.wait()

@@ -162,7 +162,7 @@ final class CEVMRun: CheckpointRun {
         let old = self.old
         switch action {
         case nil:
-            return [Self.exitWatch({ await old.exited() != nil && !(old.exitReason?.requested ?? false) }, report: report, event: .exited(.oldVM))]
+            return [Self.exitWatch({ await old.endedUnasked() }, report: report, event: .exited(.oldVM))]
         case .startMigration?:
             break
         default:
@@ -171,7 +171,7 @@ final class CEVMRun: CheckpointRun {
         let (new, tee, sourceWatch) = made.withLock { ($0.new, $0.tee, $0.sourceWatch) }
         var watches: [@Sendable () async -> Void] = [Self.timer(Supervisor.migrationTimeout, report: report, event: .timedOut)]
         if let new {
-            watches.append(Self.exitWatch({ await new.exited() != nil && !(new.exitReason?.requested ?? false) }, report: report, event: .exited(.newVM)))
+            watches.append(Self.exitWatch({ await new.endedUnasked() }, report: report, event: .exited(.newVM)))
         }
         if let tee {
             // The tee sees the stream's end first: the source's event still
@@ -257,14 +257,6 @@ final class CEVMRun: CheckpointRun {
         }
     }
 
-    /// U, the disk record and the journal (files created and synced), on a
-    /// thread of their own.
-    func prepareCut(full: Bool) async throws -> VMDisk.PreparedCut? {
-        guard let vmDisk = diskService?.vmDisk else { return nil }
-        let (recordPath, previousDisk) = ("\(directory)/\(Supervisor.diskRecordName)", previous?.disk)
-        return try await Blocking.run { try vmDisk.prepareCut(recordPath: recordPath, previousRecord: previousDisk, full: full) }
-    }
-
     /// New_VM (same machine, the same disk export, waiting for the stream,
     /// on the pre-copy set: it moves to its own set just before it runs),
     /// the tee, the migration settings, and the disk cut prepared while
@@ -310,7 +302,9 @@ final class CEVMRun: CheckpointRun {
             $0.sourceWatch = sourceWatch
         }
         // U, the disk record and the journal, made while Old_VM still runs.
-        let prepared = try await step(.disk) { try await prepareCut(full: options.full) }
+        let prepared = try await step(.disk) {
+            try await supervisor.prepareCut(diskService, directory: directory, previous: previous, full: options.full)
+        }
         made.withLock { $0.prepared = prepared }
         mark("prepared")
     }

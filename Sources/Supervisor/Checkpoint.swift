@@ -92,6 +92,16 @@ extension Supervisor {
         return ([entry], record, cut.incremental ? previous?.id : spec.disk?.record)
     }
 
+    /// U, the disk record and the journal of a checkpoint's cut (files
+    /// created and synced), on a thread of their own; nil without a disk.
+    func prepareCut(_ service: DiskService?, directory: String, previous: (id: String, disk: String)?, full: Bool) async throws
+        -> VMDisk.PreparedCut?
+    {
+        guard let vmDisk = service?.vmDisk else { return nil }
+        let (recordPath, previousDisk) = ("\(directory)/\(Self.diskRecordName)", previous?.disk)
+        return try await Blocking.run { try vmDisk.prepareCut(recordPath: recordPath, previousRecord: previousDisk, full: full) }
+    }
+
     /// After a failed checkpoint the disk stays whole: a prepared cut never
     /// made is abandoned, a cut made is finished and its record forgotten so
     /// the next one is not built on it.

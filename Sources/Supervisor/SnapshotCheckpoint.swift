@@ -100,9 +100,7 @@ final class SnapshotRun: CheckpointRun {
         switch action {
         case nil:
             return [
-                Self.exitWatch(
-                    { await instance.exited() != nil && !(instance.exitReason?.requested ?? false) }, report: report,
-                    event: .exited(.instance))
+                Self.exitWatch({ await instance.endedUnasked() }, report: report, event: .exited(.instance))
             ]
         case .startMigration?:
             let (watch, sink) = made.withLock { ($0.watch, $0.sink) }
@@ -218,13 +216,7 @@ final class SnapshotRun: CheckpointRun {
             $0.watch = watch
         }
         // U, the disk record and the journal, made while the guest still runs.
-        let prepared: VMDisk.PreparedCut?
-        if let vmDisk = diskService?.vmDisk {
-            let (recordPath, previousDisk, full) = ("\(directory)/\(Supervisor.diskRecordName)", previous?.disk, self.full)
-            prepared = try await Blocking.run { try vmDisk.prepareCut(recordPath: recordPath, previousRecord: previousDisk, full: full) }
-        } else {
-            prepared = nil
-        }
+        let prepared = try await supervisor.prepareCut(diskService, directory: directory, previous: previous, full: full)
         made.withLock { $0.prepared = prepared }
         mark("prepared")
     }
