@@ -38,7 +38,7 @@ let package = Package(
         // Checkpoint records: manifest format v1, atomic commit, verification.
         .target(
             name: "Records",
-            dependencies: ["CEVMSystem", "VMStore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CEVMSystem", "VMStore", "QCOW2", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         // The checkpoint mechanisms as pure phase machines (no dependencies).
         .target(name: "CheckpointProtocol", exclude: ["README.md"], swiftSettings: strict),
@@ -110,7 +110,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "QEMUTests", dependencies: ["QEMU", "QMP"], swiftSettings: strict),
         .testTarget(name: "VMStoreTests", dependencies: ["VMStore"], swiftSettings: strict),
-        .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem"], swiftSettings: strict),
+        .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem", "QCOW2", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "QCOW2Tests", dependencies: ["QCOW2", "DiskTools", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "DiskIntegrationTests", dependencies: ["DiskIntegration", "TestSupport"], swiftSettings: strict),
         .testTarget(

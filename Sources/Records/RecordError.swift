@@ -9,6 +9,8 @@ public enum RecordError: Error, Sendable, Equatable, CustomStringConvertible {
     case checksumMismatch(path: String, expected: String, actual: String)
     case invalidFileName(String)
     case writeFailed(path: String, reason: String)
+    /// A memory image (format v2) that cannot be written or read as asked.
+    case badMemoryImage(reason: String)
 
     public var description: String {
         switch self {
@@ -26,6 +28,7 @@ public enum RecordError: Error, Sendable, Equatable, CustomStringConvertible {
             return "record file \(path) fails its checksum: SHA-256 \(actual), the manifest says \(expected)"
         case .invalidFileName(let name): return "record manifest names a file '\(name)' outside its directory"
         case .writeFailed(let path, let reason): return "cannot write \(path): \(reason)"
+        case .badMemoryImage(let reason): return "memory image: \(reason)"
         }
     }
 }
