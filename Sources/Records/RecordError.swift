@@ -19,7 +19,7 @@ public enum RecordError: Error, Sendable, Equatable, CustomStringConvertible {
             return "\(directory) has no manifest.json: it is not a checkpoint (an unfinished record is never one)"
         case .corruptManifest(let path, let reason): return "\(path) is corrupt: \(reason)"
         case .unsupportedFormat(let path, let format, let version):
-            return "\(path) is \(format) format version \(version); this cevm reads \(RecordManifest.formatName) version \(RecordManifest.currentVersion)"
+            return "\(path) is \(format) format version \(version); this cevm reads \(RecordManifest.formatName) versions \(RecordManifest.readableVersions.lowerBound)–\(RecordManifest.readableVersions.upperBound)"
         case .missingFile(let path): return "record file \(path) is missing"
         case .sizeMismatch(let path, let expected, let actual):
             return "record file \(path) has \(actual) bytes, the manifest says \(expected)"

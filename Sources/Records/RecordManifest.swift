@@ -11,10 +11,14 @@ public enum Mechanism: String, Codable, Sendable, CaseIterable {
 }
 
 /// `manifest.json`: what a record holds and how it was taken. Format
-/// version 1; see Docs/record-format.md.
+/// version 2 (memory as pages, `memory`); version 1 records (memory as
+/// QEMU's raw stream) still load and restore. See Docs/record-format.md.
 public struct RecordManifest: Codable, Sendable, Equatable {
     public static let formatName = "cevm-record"
-    public static let currentVersion = 1
+    /// The version this cevm writes when the memory is a page image.
+    public static let currentVersion = 2
+    /// The versions this cevm reads.
+    public static let readableVersions = 1...2
 
     public var format: String
     public var formatVersion: Int
@@ -33,6 +37,59 @@ public struct RecordManifest: Codable, Sendable, Equatable {
     public var disk: DiskRecord?
     /// CEVM only: where New_VM and the old side ran.
     public var placement: Placement?
+    /// Format 2: the guest's memory as pages (nil in a version 1 record,
+    /// whose memory file is QEMU's raw stream).
+    public var memory: MemoryRecord? {
+        didSet { formatVersion = memory == nil ? 1 : Self.currentVersion }
+    }
+
+    /// Version 2's memory: a page image (`MemoryImage`) and the stream's
+    /// parts that are not RAM pages, kept verbatim.
+    public struct MemoryRecord: Codable, Sendable, Equatable {
+        public enum Kind: String, Codable, Sendable {
+            /// Every page of the guest.
+            case full
+            /// Only pages whose content differs from the parent's chain.
+            case incremental
+        }
+
+        public var kind: Kind
+        /// The record whose memory image this one's builds on (its id).
+        public var parent: String?
+        public var layout: RAMLayout
+        /// File names in the record's directory.
+        public var image: String
+        public var digests: String
+        /// The stream up to and including the RAM setup section.
+        public var prologue: String
+        /// The stream's parts after the pages: commands, the RAM end
+        /// section without pages, every device's state, the end.
+        public var epilogue: String
+        /// Pages this record stores as data / as zero; pages it leaves to
+        /// its parent chain.
+        public var dataPages: Int
+        public var zeroPages: Int
+        public var unchangedPages: Int
+
+        public init(
+            kind: Kind, parent: String?, layout: RAMLayout, image: String, digests: String, prologue: String, epilogue: String,
+            dataPages: Int, zeroPages: Int, unchangedPages: Int
+        ) {
+            self.kind = kind
+            self.parent = parent
+            self.layout = layout
+            self.image = image
+            self.digests = digests
+            self.prologue = prologue
+            self.epilogue = epilogue
+            self.dataPages = dataPages
+            self.zeroPages = zeroPages
+            self.unchangedPages = unchangedPages
+        }
+
+        /// Every file it names.
+        public var fileNames: [String] { [image, digests, prologue, epilogue] }
+    }
 
     /// The CPU sets of a CEVM checkpoint (DESIGN.md "Affinity policies").
     public struct Placement: Codable, Sendable, Equatable {
@@ -193,7 +250,8 @@ public struct RecordManifest: Codable, Sendable, Equatable {
         qemu: QEMUInfo, migration: MigrationInfo, timings: Timings, files: [FileEntry], disk: DiskRecord?
     ) {
         self.format = Self.formatName
-        self.formatVersion = Self.currentVersion
+        // Version 1 until a page image is set as `memory`.
+        self.formatVersion = 1
         self.id = id
         self.vm = vm
         self.createdAt = createdAt

@@ -14,7 +14,8 @@ public struct Record: Sendable {
     public var id: String { manifest.id }
     public func path(of entry: RecordManifest.FileEntry) -> String { "\(directory)/\(entry.name)" }
     public var diskPath: String? { manifest.disk.map { "\(directory)/\($0.file)" } }
-    public var memoryPath: String? { manifest.file(.memory).map(path(of:)) }
+    /// Version 1: the raw stream (version 2 has `memory` instead).
+    public var memoryPath: String? { manifest.memory == nil ? manifest.file(.memory).map(path(of:)) : nil }
 
     public static let manifestName = "manifest.json"
 
@@ -37,7 +38,7 @@ public struct Record: Sendable {
         guard let header = try? JSONDecoder().decode(Header.self, from: Data(bytes)) else {
             throw RecordError.corruptManifest(path: path, reason: "not a cevm record manifest (no format and formatVersion)")
         }
-        guard header.format == RecordManifest.formatName, header.formatVersion == RecordManifest.currentVersion else {
+        guard header.format == RecordManifest.formatName, RecordManifest.readableVersions.contains(header.formatVersion) else {
             throw RecordError.unsupportedFormat(path: path, format: header.format, version: header.formatVersion)
         }
         let manifest: RecordManifest
@@ -57,8 +58,27 @@ public struct Record: Sendable {
         guard manifest.file(.memory) != nil else {
             throw RecordError.corruptManifest(path: path, reason: "no memory file is listed")
         }
-        guard manifest.id == directory.split(separator: "/").last.map(String.init) else {
-            throw RecordError.corruptManifest(path: path, reason: "its id '\(manifest.id)' is not its directory's name")
+        guard Record.isPlainID(manifest.id) else {
+            throw RecordError.corruptManifest(path: path, reason: "its id '\(manifest.id)' is not a plain name")
+        }
+        if let parent = manifest.parent, !Record.isPlainID(parent) {
+            throw RecordError.corruptManifest(path: path, reason: "its parent '\(parent)' is not a plain record id")
+        }
+        switch (manifest.formatVersion, manifest.memory) {
+        case (1, nil): break
+        case (1, .some): throw RecordError.corruptManifest(path: path, reason: "a version 1 record with a version 2 memory description")
+        case (_, nil): throw RecordError.corruptManifest(path: path, reason: "a version \(manifest.formatVersion) record without its memory description")
+        case (_, .some(let memory)):
+            do { try memory.layout.validate() } catch { throw RecordError.corruptManifest(path: path, reason: "\(error)") }
+            for name in memory.fileNames where !manifest.files.contains(where: { $0.name == name && $0.role == .memory }) {
+                throw RecordError.corruptManifest(path: path, reason: "the memory file \(name) is not among the listed files")
+            }
+            if let parent = memory.parent, !Record.isPlainID(parent) {
+                throw RecordError.corruptManifest(path: path, reason: "its memory's parent '\(parent)' is not a plain record id")
+            }
+            if (memory.kind == .incremental) != (memory.parent != nil) {
+                throw RecordError.corruptManifest(path: path, reason: "an incremental memory names its parent, a full one does not")
+            }
         }
         return Record(directory: directory, manifest: manifest)
     }

@@ -77,7 +77,8 @@ struct RecordFixture: ~Copyable {
         let record = try fixture.make()
         let loaded = try Record.load(directory: record.directory)
         #expect(loaded.manifest == record.manifest)
-        #expect(loaded.manifest.formatVersion == RecordManifest.currentVersion)
+        // No page image: a version 1 record (memory as QEMU's stream).
+        #expect(loaded.manifest.formatVersion == 1)
         try loaded.verify()
         #expect(fixture.store.list().map(\.id) == [record.id])
     }
@@ -105,10 +106,19 @@ struct RecordFixture: ~Copyable {
     @Test func unknownFormatVersionIsNamed() throws {
         let fixture = try RecordFixture()
         let record = try fixture.make()
-        try fixture.rewriteManifest(record) { $0["formatVersion"] = 2 }
-        #expect(throws: RecordError.unsupportedFormat(path: "\(record.directory)/manifest.json", format: "cevm-record", version: 2)) {
+        try fixture.rewriteManifest(record) { $0["formatVersion"] = 3 }
+        #expect(throws: RecordError.unsupportedFormat(path: "\(record.directory)/manifest.json", format: "cevm-record", version: 3)) {
             try Record.load(directory: record.directory)
         }
+    }
+
+    @Test func versionAndMemoryDescriptionMustAgree() throws {
+        let fixture = try RecordFixture()
+        let record = try fixture.make()
+        // Version 2 names its memory's pages; a version 2 claim without them is corrupt.
+        try fixture.rewriteManifest(record) { $0["formatVersion"] = 2 }
+        #expect(throws: RecordError.self) { try Record.load(directory: record.directory) }
+        do { _ = try Record.load(directory: record.directory) } catch { #expect("\(error)".contains("memory description")) }
     }
 
     @Test func checksumMismatch() throws {
@@ -160,11 +170,24 @@ struct RecordFixture: ~Copyable {
         #expect(throws: RecordError.invalidFileName("../../etc/passwd")) { try Record.load(directory: record.directory) }
     }
 
-    @Test func manifestIdMustMatchItsDirectory() throws {
+    /// A record is what its manifest says, wherever it lies: a directory
+    /// copied or renamed still loads (records are movable), but the ids it
+    /// holds must be plain names.
+    @Test func aRenamedRecordLoadsAndIdsArePlain() throws {
         let fixture = try RecordFixture()
         let record = try fixture.make()
-        try fixture.rewriteManifest(record) { $0["id"] = "other" }
-        #expect(throws: RecordError.self) { try Record.load(directory: record.directory) }
+        let renamed = "\(fixture.root)/elsewhere-under-another-name"
+        try FileManager.default.moveItem(atPath: record.directory, toPath: renamed)
+        let moved = try Record.load(directory: renamed)
+        #expect(moved.id == record.id)
+        try moved.verify()
+        try fixture.rewriteManifest(moved) { $0["id"] = "../other" }
+        #expect(throws: RecordError.self) { try Record.load(directory: renamed) }
+        try fixture.rewriteManifest(moved) {
+            $0["id"] = record.id
+            $0["parent"] = "a/b"
+        }
+        #expect(throws: RecordError.self) { try Record.load(directory: renamed) }
     }
 
     @Test func newIDsAreDistinctAndPlain() {
