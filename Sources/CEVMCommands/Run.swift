@@ -169,6 +169,8 @@ struct Run: AsyncParsableCommand {
     private func runForeground(home: Home, name: VMName) async throws -> VMStatus {
         var options = Supervisor.Options()
         options.bootGrace = try Supervisor.Options.bootGrace(seconds: bootGrace)
+        // This process is the VM's: Ctrl-C (SIGINT), SIGTERM and SIGHUP stop it gracefully.
+        options.handlesSignals = true
         options.onStatus = { status in
             if !common.json { Output.line("\(name): \(status.state.rawValue)\(status.message.map { ": \($0)" } ?? "")") }
         }
@@ -233,6 +235,8 @@ struct Supervise: AsyncParsableCommand {
             var options = Supervisor.Options()
             options.bootGrace = try Supervisor.Options.bootGrace(seconds: bootGrace)
             options.restore = restore
+            // `cevm stop`'s fallback and the system send SIGTERM: the VM stops gracefully.
+            options.handlesSignals = true
             options.onStatus = { status in
                 FileHandle.standardError.write(Data("\(Timestamp.now()) \(status.state.rawValue)\(status.message.map { ": \($0)" } ?? "")\n".utf8))
             }

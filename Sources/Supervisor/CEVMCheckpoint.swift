@@ -27,7 +27,8 @@ extension Supervisor {
     static let migrationTimeout: Duration = .seconds(600)
 
     func cevmCheckpoint(_ old: QEMUInstance, _ options: CheckpointOptions) async throws -> Record {
-        let run = try CEVMRun(supervisor: self, old: old, options: options)
+        let context = await state.checkpointContext(newInstance: true)
+        let run = try CEVMRun(supervisor: self, old: old, options: options, context: context)
         log("checkpoint \(run.id): cevm, policy \(run.placement.policy.rawValue): New_VM on \(run.placement.newInstance), "
             + "old side on \(run.placement.oldSide)")
         var machine = CEVMMachine(limits: run.limits)
@@ -102,16 +103,13 @@ final class CEVMRun: CheckpointRun {
     let made = Mutex(Made())
 
     /// Places the checkpoint (its affinity policy) and makes its record directory.
-    init(supervisor: Supervisor, old: QEMUInstance, options: CheckpointOptions) throws {
+    init(supervisor: Supervisor, old: QEMUInstance, options: CheckpointOptions, context: CheckpointContext) throws {
         self.supervisor = supervisor
         self.old = old
         self.options = options
         let paths = supervisor.paths
         spec = try paths.readSpec()
-        let (diskService, previous, console, index) = supervisor.inner.withLock { inner in
-            defer { inner.nextInstance += 1 }
-            return (inner.disk, inner.lastRecord, inner.console, inner.nextInstance)
-        }
+        let (diskService, previous, console, index) = (context.disk, context.previous, context.console, context.index)
         guard let console else { throw SupervisorError.checkpointFailed("the VM has no console log") }
         (self.diskService, self.previous, self.console, self.index) = (diskService, previous, console, index)
         do {
@@ -379,7 +377,7 @@ final class CEVMRun: CheckpointRun {
     /// figures of the switch-over; the old side moves to its CPU set.
     private func adoptNew() async {
         guard let new = made.withLock({ $0.new }) else { return }
-        supervisor.inner.withLock { $0.instance = new }
+        await supervisor.state.adopt(new)
         let (sourceWatch, oldRunState, newRunState) = made.withLock { ($0.sourceWatch, $0.oldRunState, $0.newRunState) }
         // New_VM has the whole stream, so the switch-over stands even if
         // Old_VM is gone before it answers: the record then lacks QEMU's own figures.
@@ -393,7 +391,7 @@ final class CEVMRun: CheckpointRun {
         let stopped = await oldRunState?.time(of: "STOP", within: .milliseconds(500))
         let started = await newRunState?.time(of: "RESUME", within: .seconds(2))
         let vcpus = (try? await new.vcpuThreads()) ?? []
-        supervisor.update {
+        await supervisor.update {
             $0.qemuPID = new.pid
             $0.cpuset = placement.newInstance.description
             $0.vcpuThreads = vcpus.map { Int32($0) }
@@ -477,7 +475,7 @@ final class CEVMRun: CheckpointRun {
         manifest.placement?.observed = state.observed
         manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
         let record = try await Blocking.run { [manifest, directory] in try RecordStore.commit(manifest, in: directory) }
-        if let cut = state.cut { supervisor.inner.withLock { $0.lastRecord = (id, cut.recordPath ?? "") } }
+        if let cut = state.cut { await supervisor.state.setLastRecord((id, cut.recordPath ?? "")) }
         made.withLock { $0.record = record }
     }
 

@@ -54,20 +54,22 @@ extension Supervisor {
     /// Takes a checkpoint of the running VM and commits its record. A
     /// failure removes the partial record and leaves the VM running.
     func checkpoint(_ options: CheckpointOptions) async throws -> Record {
-        let instance: QEMUInstance = try inner.withLock { inner in
-            guard inner.status.state == .running, let instance = inner.instance else { throw SupervisorError.notRunning(name) }
-            guard !inner.busy else { throw SupervisorError.busy(name, "a checkpoint is under way") }
-            inner.busy = true
-            return instance
-        }
-        defer { inner.withLock { $0.busy = false } }
-        switch options.mechanism {
-        case .stopAndSave:
-            return try await snapshotCheckpoint(instance, kind: .stopAndSave, full: options.full)
-        case .cevm:
-            return try await cevmCheckpoint(instance, options)
-        case .backgroundSnapshot:
-            return try await snapshotCheckpoint(instance, kind: .backgroundSnapshot, full: options.full)
+        let instance = try await state.beginCheckpoint(name)
+        do {
+            let record: Record
+            switch options.mechanism {
+            case .stopAndSave:
+                record = try await snapshotCheckpoint(instance, kind: .stopAndSave, full: options.full)
+            case .cevm:
+                record = try await cevmCheckpoint(instance, options)
+            case .backgroundSnapshot:
+                record = try await snapshotCheckpoint(instance, kind: .backgroundSnapshot, full: options.full)
+            }
+            await state.endCheckpoint()
+            return record
+        } catch {
+            await state.endCheckpoint()
+            throw error
         }
     }
 
@@ -109,7 +111,7 @@ extension Supervisor {
         guard let service else { return }
         if let cut {
             service.vmDisk.forgetLastRecord()
-            inner.withLock { $0.lastRecord = nil }
+            await state.setLastRecord(nil)
             if !cut.integration.isFinished { _ = try? await service.vmDisk.finish(cut) }
         } else if let prepared {
             service.vmDisk.abandon(prepared)

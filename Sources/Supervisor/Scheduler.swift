@@ -10,53 +10,44 @@ import VMStore
 /// (kept in the VM's `schedule.json`) when it starts again.
 extension Supervisor {
     /// Replaces the schedule (nil: off), persists it and (re)starts the loop.
-    func setSchedule(_ options: ScheduleOptions?) throws {
+    func setSchedule(_ options: ScheduleOptions?) async throws {
         if let options {
             do { try options.validate() } catch { throw SupervisorError.badSpec("\(error)") }
             try StoreCoding.write(options, to: paths.schedule)
         } else {
             Files.remove(paths.schedule)
         }
-        startScheduler(options)
+        await startScheduler(options)
     }
 
-    /// Starts the loop for `options` (stopping the previous one).
-    func startScheduler(_ options: ScheduleOptions?) {
-        let previous = inner.withLock { inner -> Task<Void, Never>? in
-            defer { inner.scheduler = nil }
-            return inner.scheduler
-        }
-        previous?.cancel()
-        guard let options else {
-            update { $0.schedule = nil }
-            return
-        }
-        update { $0.schedule = ScheduleState(summary: options.summary) }
-        let task = Task { [self] in await runSchedule(options) }
-        inner.withLock { $0.scheduler = task }
+    /// Puts `options` in force: the scheduler service stops the previous
+    /// loop and starts this one.
+    func startScheduler(_ options: ScheduleOptions?) async {
+        await state.setSchedule(options)
     }
 
     /// The persisted schedule, if any (read when the VM starts). One that
     /// cannot be read or is out of range (`StoreCoding` validates it) is
     /// reported in the supervisor log and the status, and ignored: the VM
     /// runs unscheduled rather than failing at every start.
-    func storedSchedule() -> ScheduleOptions? {
+    func storedSchedule() async -> ScheduleOptions? {
         guard Files.exists(paths.schedule) else { return nil }
         do { return try StoreCoding.decode(ScheduleOptions.self, from: paths.schedule) } catch {
             log("schedule: ignored: \(error)")
-            update { $0.message = "the stored schedule was ignored: \(error); set it again with `cevm schedule`" }
+            await update { $0.message = "the stored schedule was ignored: \(error); set it again with `cevm schedule`" }
             return nil
         }
     }
 
-    private func runSchedule(_ options: ScheduleOptions) async {
+    /// The loop of one schedule, until cancelled.
+    func runSchedule(_ options: ScheduleOptions) async {
         let loop = ScheduleLoop(
             interval: { [self] in scheduleInterval(options) },
             sleep: { seconds in try await Task.sleep(for: .microseconds(Int64((seconds * 1_000_000).rounded()))) },
             attempt: { [self] in await scheduledCheckpoint(options) },
             publish: { [self] interval, reason, delay in
                 let due = Timestamp.wallSeconds() + delay
-                update {
+                await update {
                     $0.schedule?.intervalSeconds = interval
                     $0.schedule?.intervalReason = reason
                     $0.schedule?.nextDueAt = Timestamp.format(seconds: Int(due), microseconds: 0)
@@ -67,7 +58,7 @@ extension Supervisor {
 
     /// One scheduled checkpoint, then retention; its result goes to the status.
     private func scheduledCheckpoint(_ options: ScheduleOptions) async -> ScheduleLoop.Outcome {
-        guard status.state == .running else { return .skipped }
+        guard await status.state == .running else { return .skipped }
         var result: ScheduleState.Result
         do {
             let record = try await checkpoint(options.checkpoint)
@@ -86,7 +77,7 @@ extension Supervisor {
         }
         log("schedule: checkpoint \(result.ok ? "\(result.record ?? "") taken" : "failed: \(result.message ?? "")")"
             + (result.removed.isEmpty ? "" : "; removed \(result.removed.joined(separator: " "))"))
-        update {
+        await update { [result] in
             $0.schedule?.recent.append(result)
             if let count = $0.schedule?.recent.count, count > ScheduleState.recentLimit {
                 $0.schedule?.recent.removeFirst(count - ScheduleState.recentLimit)
@@ -153,14 +144,14 @@ struct ScheduleLoop: Sendable {
     var interval: @Sendable () -> Interval
     var sleep: @Sendable (Double) async throws -> Void
     var attempt: @Sendable () async -> Outcome
-    var publish: @Sendable (_ interval: Double, _ reason: String, _ delay: Double) -> Void
+    var publish: @Sendable (_ interval: Double, _ reason: String, _ delay: Double) async -> Void
 
     func run() async {
         var backoff = ScheduleBackoff()
         while !Task.isCancelled {
             let current = interval()
             let delay = backoff.delay(interval: current.seconds)
-            publish(current.seconds, backoff.failures == 0 ? current.reason : current.reason + "; \(backoff.failures) failed in a row: next in \(ScheduleOptions.duration(delay))", delay)
+            await publish(current.seconds, backoff.failures == 0 ? current.reason : current.reason + "; \(backoff.failures) failed in a row: next in \(ScheduleOptions.duration(delay))", delay)
             do { try await sleep(delay) } catch { return }
             switch await attempt() {
             case .skipped: break

@@ -15,7 +15,8 @@ extension Supervisor {
     /// Stop-and-save or background-snapshot: the VM is checkpointed in its
     /// own instance; `SnapshotMachine` decides, `SnapshotRun` acts.
     func snapshotCheckpoint(_ instance: QEMUInstance, kind: SnapshotMachine.Kind, full: Bool) async throws -> Record {
-        let run = try SnapshotRun(supervisor: self, instance: instance, kind: kind, full: full)
+        let context = await state.checkpointContext(newInstance: false)
+        let run = try SnapshotRun(supervisor: self, instance: instance, kind: kind, full: full, context: context)
         log("checkpoint \(run.id): \(kind.rawValue)")
         var machine = SnapshotMachine(kind: kind)
         await drive(&machine, run)
@@ -73,13 +74,13 @@ final class SnapshotRun: CheckpointRun {
 
     var qmp: QMPClient { instance.qmp }
 
-    init(supervisor: Supervisor, instance: QEMUInstance, kind: SnapshotMachine.Kind, full: Bool) throws {
+    init(supervisor: Supervisor, instance: QEMUInstance, kind: SnapshotMachine.Kind, full: Bool, context: CheckpointContext) throws {
         self.supervisor = supervisor
         self.instance = instance
         self.kind = kind
         self.full = full
         spec = try supervisor.paths.readSpec()
-        (diskService, previous, console) = supervisor.inner.withLock { ($0.disk, $0.lastRecord, $0.console) }
+        (diskService, previous, console) = (context.disk, context.previous, context.console)
         id = RecordStore.newID()
         directory = try RecordStore(paths: supervisor.paths).newRecordDirectory(id: id)
     }
@@ -261,7 +262,7 @@ final class SnapshotRun: CheckpointRun {
             timings: timings, files: [memory] + (state.disk?.files ?? []), disk: state.disk?.disk)
         manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
         let record = try await Blocking.run { [manifest, directory] in try RecordStore.commit(manifest, in: directory) }
-        if let cut = state.cut { supervisor.inner.withLock { $0.lastRecord = (id, cut.recordPath ?? "") } }
+        if let cut = state.cut { await supervisor.state.setLastRecord((id, cut.recordPath ?? "")) }
         made.withLock { $0.record = record }
     }
 

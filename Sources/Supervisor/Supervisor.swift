@@ -3,11 +3,11 @@ import Glibc
 #endif
 import Control
 import CEVMSystem
-import Dispatch
 import Foundation
+import Logging
 import QEMU
 import Records
-import Synchronization
+import ServiceLifecycle
 import VMStore
 
 /// The per-VM supervisor: the one process that owns a VM's QEMU instance,
@@ -15,7 +15,11 @@ import VMStore
 ///
 /// It holds the VM's `lock` (flock) for its whole life, so a second
 /// supervisor of the same VM cannot start, and a crashed one leaves no
-/// stale lock. It records every change of state in `status.json`.
+/// stale lock. Its mutable state belongs to one actor, `VMState`, which
+/// alone writes `status.json`. The VM, the control socket and the
+/// scheduler run as the services of one `ServiceGroup`: the VM's end ends
+/// the group, and a graceful shutdown (SIGTERM, SIGINT or SIGHUP when
+/// `handlesSignals`) stops the VM as `requestStop()` does.
 public final class Supervisor: Sendable {
     public struct Options: Sendable {
         /// How long the guest must stay up after QEMU starts it before the
@@ -28,6 +32,10 @@ public final class Supervisor: Sendable {
         public var onStatus: (@Sendable (VMStatus) -> Void)?
         /// A record directory to restore from instead of booting.
         public var restore: String?
+        /// SIGTERM, SIGINT and SIGHUP stop the VM gracefully. A handler is
+        /// process-wide: only the process the supervisor owns (the CLI's
+        /// entry points) asks for it, not a test running several.
+        public var handlesSignals = false
 
         public init() {}
 
@@ -45,38 +53,23 @@ public final class Supervisor: Sendable {
     /// (`InstanceConfig.heldLock`): a QEMU of the VM, even one that somehow
     /// outlived this process, keeps a new supervisor from starting another.
     let lock: Int32?
-    let inner: Mutex<Inner>
-    /// The sequence number of the snapshot `status.json` holds.
-    let statusWriter = Mutex<UInt64>(0)
+    /// The VM's state and the one writer of `status.json`.
+    let state: VMState
+    /// Fired by `requestStop()` (and the group's graceful shutdown): the
+    /// VM's instance is stopped.
     let stopSignal = AsyncSignal()
-
-    struct Inner {
-        var status: VMStatus
-        /// Numbers the status snapshots in the order they were taken.
-        var statusSequence: UInt64 = 0
-        var instance: QEMUInstance?
-        /// Index of the next instance (0 boots; each CEVM checkpoint adds one).
-        var nextInstance = 0
-        /// The VM's console log, shared by all its instances.
-        var console: ConsoleLog?
-        /// The disk manager serving the VM's disk (nil for a VM without one).
-        var disk: DiskService?
-        /// The last checkpoint this supervisor committed and its disk record
-        /// (the next disk record may be incremental over it).
-        var lastRecord: (id: String, disk: String)?
-        /// The loop taking scheduled checkpoints, when a schedule is on.
-        var scheduler: Task<Void, Never>?
-        /// A checkpoint is under way (one at a time).
-        var busy = false
-    }
 
     init(home: Home, name: VMName, options: Options, lock: Int32? = nil) {
         self.lock = lock
         self.home = home
         self.name = name
-        self.paths = home.vm(name)
+        let paths = home.vm(name)
+        self.paths = paths
         self.options = options
-        self.inner = Mutex(Inner(status: VMStatus(name: name, state: .starting)))
+        let writer = StatusWriter(
+            write: { try paths.writeStatus($0) },
+            failed: { error in Self.log("cannot write \(paths.status): \(error)") })
+        self.state = VMState(status: VMStatus(name: name, state: .starting), writer: writer, onStatus: options.onStatus)
     }
 
     /// Runs the VM until it stops; returns the final status.
@@ -93,98 +86,108 @@ public final class Supervisor: Sendable {
         return result
     }
 
-    public var status: VMStatus { inner.withLock { $0.status } }
+    /// The status as the state owner has it now.
+    public var status: VMStatus {
+        get async { await state.status }
+    }
 
-    /// Changes the status and writes `status.json`. Snapshots are numbered
-    /// under the lock that takes them; the file is written by one writer at
-    /// a time, and a snapshot older than the one already written is dropped,
-    /// so the file never goes back, whichever thread gets there first.
-    func update(_ change: (inout VMStatus) -> Void) {
-        let (snapshot, sequence) = inner.withLock { inner in
-            change(&inner.status)
-            inner.status.updatedAt = Timestamp.now()
-            inner.statusSequence += 1
-            return (inner.status, inner.statusSequence)
-        }
-        statusWriter.withLock { written in
-            guard sequence > written else { return }
-            do { try paths.writeStatus(snapshot) } catch { log("cannot write \(paths.status): \(error)") }
-            written = sequence
-        }
-        options.onStatus?(snapshot)
+    /// Changes the status; `VMState` numbers the snapshot and writes it.
+    @discardableResult
+    func update(_ change: @Sendable (inout VMStatus) -> Void) async -> VMStatus {
+        await state.update(change)
     }
 
     /// A diagnostic line on stderr (the supervisor log when detached).
     func log(_ message: String) {
+        Self.log(message)
+    }
+
+    static func log(_ message: String) {
         FileHandle.standardError.write(Data("\(Timestamp.now()) \(message)\n".utf8))
     }
 
     /// Asks the supervisor to stop its VM.
     public func requestStop() { stopSignal.fire() }
 
+    /// Runs the VM, the control socket and the scheduler as one service
+    /// group; returns the final status once it is on disk.
     private func supervise() async -> VMStatus {
-        update {
+        await update {
             $0 = VMStatus(name: name, state: .starting)
             $0.supervisorPID = getpid()
         }
-        let signals = installSignalHandlers()
-        defer { signals.forEach { $0.cancel() } }
+        // Shut down in reverse order: the VM first (stopped as a stop
+        // request does), then the scheduler, then the control socket, which
+        // answers until the VM is down. The VM's own end shuts the group down.
+        let services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: ControlService(supervisor: self), successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore),
+            .init(service: SchedulerService(supervisor: self), successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore),
+            .init(
+                service: VMService(supervisor: self), successTerminationBehavior: .gracefullyShutdownGroup,
+                failureTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        var logger = Logger(label: "cevm.supervisor") { StreamLogHandler.standardError(label: $0) }
+        logger.logLevel = .notice
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: services, gracefulShutdownSignals: options.handlesSignals ? [.sigterm, .sigint, .sighup] : [],
+                logger: logger))
+        do { try await group.run() } catch { log("supervisor services: \(error)") }
+        unlink(paths.controlSocket)
+        await stopDisk()
+        // A stop returns only once its final status is on disk.
+        await state.flush()
+        return await state.status
+    }
 
-        let control = Task {
-            try await ControlServer(path: paths.controlSocket) { [self] request in
-                switch request {
-                case .status:
-                    return ControlResponse(ok: true, status: status)
-                case .stop:
-                    requestStop()
-                    return ControlResponse(ok: true, status: status)
-                case .checkpoint(let checkpointOptions):
-                    do {
-                        let record = try await checkpoint(checkpointOptions)
-                        var response = ControlResponse(ok: true, status: status)
-                        response.record = record.manifest
-                        response.recordDirectory = record.directory
-                        return response
-                    } catch {
-                        return ControlResponse(ok: false, status: status, error: "\(error)")
-                    }
-                case .schedule(let options):
-                    do {
-                        try setSchedule(options)
-                        return ControlResponse(ok: true, status: status)
-                    } catch {
-                        return ControlResponse(ok: false, status: status, error: "\(error)")
-                    }
-                }
-            }.run(ready: {})
-        }
-        defer {
-            control.cancel()
-            unlink(paths.controlSocket)
-        }
-
+    /// The VM service's work: boot, then run until the VM ends.
+    func runVM() async {
         do {
             try await boot()
         } catch {
             await stopDisk()
-            update {
+            await update {
                 $0.state = .failed
                 $0.message = "\(error)"
             }
-            return status
+            return
         }
-        startScheduler(storedSchedule())
-        let final = await runUntilEnd()
-        inner.withLock { $0.scheduler }?.cancel()
-        await stopDisk()
-        return final
+        await startScheduler(await storedSchedule())
+        await runUntilEnd()
+    }
+
+    /// Answers the control socket until cancelled.
+    func serveControl() async throws {
+        try await ControlServer(path: paths.controlSocket) { [self] request in
+            switch request {
+            case .status:
+                return ControlResponse(ok: true, status: await status)
+            case .stop:
+                requestStop()
+                return ControlResponse(ok: true, status: await status)
+            case .checkpoint(let checkpointOptions):
+                do {
+                    let record = try await checkpoint(checkpointOptions)
+                    var response = ControlResponse(ok: true, status: await status)
+                    response.record = record.manifest
+                    response.recordDirectory = record.directory
+                    return response
+                } catch {
+                    return ControlResponse(ok: false, status: await status, error: "\(error)")
+                }
+            case .schedule(let options):
+                do {
+                    try await setSchedule(options)
+                    return ControlResponse(ok: true, status: await status)
+                } catch {
+                    return ControlResponse(ok: false, status: await status, error: "\(error)")
+                }
+            }
+        }.run(ready: {})
     }
 
     private func stopDisk() async {
-        if let disk = inner.withLock({ inner in
-            defer { inner.disk = nil }
-            return inner.disk
-        }) {
+        if let disk = await state.takeDisk() {
             await disk.stop()
         }
     }
@@ -199,7 +202,7 @@ public final class Supervisor: Sendable {
         var drive: InstanceConfig.Drive?
         if try await DiskPreparation.prepare(spec: spec, paths: paths) {
             let service = try await DiskService.start(paths: paths) { [self] in log($0) }
-            inner.withLock { $0.disk = service }
+            await state.setDisk(service)
             drive = service.drive
         }
         var accel = try await resolveAccelerator(spec.accel)
@@ -228,10 +231,7 @@ public final class Supervisor: Sendable {
             accel = AccelProbe.recordKVMFailure(cacheDirectory: home.cacheDirectory, binary: options.qemuBinary, reason: stderr)
             instance = try await launch(accel)
         }
-        inner.withLock {
-            $0.console = console
-            $0.nextInstance = 1
-        }
+        await state.booted(console: console)
         if let restore = options.restore {
             do { try await restoreMemory(into: instance, from: restore) } catch {
                 await instance.stop()
@@ -239,11 +239,12 @@ public final class Supervisor: Sendable {
             }
         }
         let vcpus = (try? await instance.vcpuThreads()) ?? []
-        inner.withLock { $0.instance = instance }
-        update {
+        await state.adopt(instance)
+        let accelDescription = "\(accel.accelerator.rawValue) (\(accel.reason))"
+        await update {
             $0.state = .booting
             $0.qemuPID = instance.pid
-            $0.accel = "\(accel.accelerator.rawValue) (\(accel.reason))"
+            $0.accel = accelDescription
             $0.cpuset = spec.cpuset?.description
             $0.vcpuThreads = vcpus.map { Int32($0) }
             $0.qemuVersion = instance.qemuVersion
@@ -267,7 +268,7 @@ public final class Supervisor: Sendable {
         if let reason = ended {
             console.finish(instance: 0)
             let tail = Self.consoleTail(paths.consoleLog)
-            update {
+            await update {
                 $0.state = .failed
                 $0.exitReason = reason.description
                 $0.qemuPID = nil
@@ -275,7 +276,7 @@ public final class Supervisor: Sendable {
             }
             throw SupervisorError.diedAtBoot(name, reason: reason.description, console: tail)
         }
-        update { $0.state = .running }
+        await update { $0.state = .running }
     }
 
     /// Waits for the instance to end, or for `duration` to pass (nil), or a
@@ -307,30 +308,29 @@ public final class Supervisor: Sendable {
     }
 
     private func stopInstance(_ instance: QEMUInstance) async -> ExitReason {
-        update { $0.state = .stopping }
+        await update { $0.state = .stopping }
         return await instance.stop()
     }
 
-    private func runUntilEnd() async -> VMStatus {
+    private func runUntilEnd() async {
         var ended: ExitReason?
         while ended == nil {
-            guard let instance = inner.withLock({ $0.instance }) else { return status }
+            guard let instance = await state.instance else { return }
             var reason = await firstOf(instance: instance, within: nil)
             if reason == nil { reason = await instance.waitForExit() }
             // A CEVM checkpoint replaced the instance: the VM goes on in the new one.
-            if inner.withLock({ $0.instance }) !== instance { continue }
+            if await state.instance !== instance { continue }
             ended = reason
         }
-        guard let reason = ended else { return status }
+        guard let reason = ended else { return }
         let byRequestOrGuest = reason.requested || reason.shutdownReason == "guest-shutdown"
-        update {
+        await update {
             $0.state = byRequestOrGuest ? .stopped : .failed
             $0.exitReason = reason.description
             $0.qemuPID = nil
             $0.vcpuThreads = []
             if !byRequestOrGuest { $0.message = "the instance ended unexpectedly: \(reason)" }
         }
-        return status
     }
 
     private func resolveAccelerator(_ choice: AccelChoice) async throws -> AccelProbe.Result {
@@ -341,16 +341,6 @@ public final class Supervisor: Sendable {
             return AccelProbe.Result(accelerator: .kvm, reason: "requested")
         case .auto:
             return await AccelProbe.resolveAuto(cacheDirectory: home.cacheDirectory, binary: options.qemuBinary)
-        }
-    }
-
-    private func installSignalHandlers() -> [DispatchSourceSignal] {
-        [SIGTERM, SIGINT, SIGHUP].map { number in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number)
-            source.setEventHandler { [stopSignal] in stopSignal.fire() }
-            source.resume()
-            return source
         }
     }
 

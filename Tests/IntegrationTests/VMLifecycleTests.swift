@@ -111,6 +111,29 @@ struct VMLifecycleTests {
         #expect(try Files.read(base) == before, "the base image must never be written")
         #expect(Files.exists("\(cevm.home)/vms/disky/disk/overlay.qcow2"))
     }
+
+    /// SIGTERM (and SIGINT, SIGHUP) to a detached supervisor shut it down
+    /// gracefully: its VM stops as `cevm stop` stops it, the final status
+    /// `stopped` is on disk before the supervisor exits, and no QEMU is left.
+    @Test(arguments: [SIGTERM, SIGHUP])
+    func signalStopsTheVMGracefully(signal: Int32) throws {
+        let cevm = try CEVMHarness()
+        let name = "sig\(signal)"
+        let run = try cevm.run(["run", name, "--accel", "tcg"])
+        #expect(run.ok, "\(run.stderr)")
+        _ = try cevm.waitForTicks(name, count: 2)
+        let qemuPID = pid_t((try cevm.status(name)["status"] as? [String: Any])?["qemuPID"] as? Int ?? -1)
+        let supervisorPID = cevm.supervisorPID(name)
+        let supervisor = try #require(supervisorPID)
+        #expect(kill(supervisor, signal) == 0)
+        #expect(cevm.wait(timeout: 60) { kill(supervisor, 0) != 0 }, "the supervisor did not exit after signal \(signal)")
+        let text = try Files.readString("\(cevm.home)/vms/\(name)/status.json")
+        let status = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        #expect(status["state"] as? String == "stopped", "\(status)")
+        #expect((status["exitReason"] as? String ?? "").isEmpty == false)
+        #expect(cevm.wait(timeout: 5) { kill(qemuPID, 0) != 0 }, "QEMU should be gone")
+        #expect(try cevm.run(["stop", name]).stderr.contains("not running"))
+    }
 }
 
 /// Bad input: each gets a clear error naming the problem and a non-zero exit.
