@@ -125,3 +125,43 @@ struct ParserTests {
         #expect(events.filter { if case .page(1, _, .zero) = $0 { return true } else { return false } }.count == 3)
     }
 }
+
+/// Prints the parser's throughput on a synthetic stream (no assertion on
+/// time: debug builds and shared machines vary; scripts/bench-stream
+/// measures an optimised build).
+struct ThroughputTests {
+    struct Counting: MigrationStreamSink {
+        var pages = 0
+        mutating func verbatim(_ bytes: UnsafeRawBufferPointer, region: MigrationStream.Region) {}
+        mutating func blocks(_ blocks: [MigrationStream.Block]) {}
+        mutating func page(block: Int, offset: UInt64, content: MigrationStream.PageContent) { pages += 1 }
+    }
+
+    @Test func printsThroughput() throws {
+        var b = MigrationStreamBuilder(pageSize: 4096)
+        b.header()
+        b.ramStart(id: 1, blocks: [.init(name: "pc.ram", length: 32 << 20)])
+        b.section(ST.part, id: 1)
+        let data = [UInt8](repeating: 0x5a, count: 4096)
+        for page in 0..<(32 << 20) / 4096 { b.page(block: "pc.ram", offset: UInt64(page) * 4096, data: page % 8 == 0 ? nil : data) }
+        b.endSection(id: 1)
+        b.section(ST.end, id: 1)
+        b.endSection(id: 1)
+        b.tail()
+        var sink = Counting()
+        let clock = ContinuousClock()
+        let elapsed = try clock.measure {
+            var parser = MigrationStreamParser(pageSize: 4096)
+            var at = 0
+            while at < b.bytes.count {
+                let end = min(b.bytes.count, at + 65_537)
+                try parser.consume(Array(b.bytes[at..<end]), into: &sink)
+                at = end
+            }
+            try parser.finish()
+        }
+        #expect(sink.pages == 8192)
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        print("MigrationStreamParser: \(b.bytes.count) bytes in 64 KiB+1 chunks at \(Int(Double(b.bytes.count) / seconds / 1e6)) MB/s (this build)")
+    }
+}
