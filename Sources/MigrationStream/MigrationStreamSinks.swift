@@ -44,24 +44,38 @@ public struct MigrationStreamEventLog: MigrationStreamSink, Sendable {
         case page(block: Int, offset: UInt64, MigrationStream.PageData)
     }
 
-    public var events: [Event] = []
+    /// The events so far, the verbatim bytes still being merged included.
+    public var events: [Event] {
+        guard let region = pendingRegion else { return closed }
+        return closed + [.verbatim(pending, region)]
+    }
+
+    private var closed: [Event] = []
+    private var pending: [UInt8] = []
+    private var pendingRegion: MigrationStream.Region?
 
     public init() {}
 
     public mutating func verbatim(_ bytes: UnsafeRawBufferPointer, region: MigrationStream.Region) {
-        if case .verbatim(var last, let r)? = events.last, r == region {
-            events.removeLast()
-            last.append(contentsOf: bytes)
-            events.append(.verbatim(last, r))
-        } else {
-            events.append(.verbatim(Array(bytes), region))
-        }
+        if pendingRegion != region { close() }
+        pendingRegion = region
+        pending.append(contentsOf: bytes)
     }
 
-    public mutating func blocks(_ blocks: [MigrationStream.Block]) { events.append(.blocks(blocks)) }
+    private mutating func close() {
+        if let region = pendingRegion { closed.append(.verbatim(pending, region)) }
+        pending = []
+        pendingRegion = nil
+    }
+
+    public mutating func blocks(_ blocks: [MigrationStream.Block]) {
+        close()
+        closed.append(.blocks(blocks))
+    }
 
     public mutating func page(block: Int, offset: UInt64, content: MigrationStream.PageContent) {
-        events.append(.page(block: block, offset: offset, .init(content)))
+        close()
+        closed.append(.page(block: block, offset: offset, .init(content)))
     }
 }
 
