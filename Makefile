@@ -25,6 +25,7 @@ build:
 test: setup
 	bash scripts/fuzz
 	bash scripts/fuzz-nbd
+	bash scripts/fuzz-stream
 	$(SWIFT) build --build-tests --explicit-target-dependency-import-check error
 	CEVM_BIN="$(BIN_PATH)/cevm" $(SWIFT) test --skip-build --no-parallel
 	bash scripts/verify-protocols

@@ -74,6 +74,8 @@ let package = Package(
         .target(name: "DiskIntegration", exclude: ["README.md"], swiftSettings: strict),
         // NBD wire protocol: pure decoders/encoders and the handshake machine (no dependencies).
         .target(name: "NBDProtocol", exclude: ["README.md"], swiftSettings: strict),
+        // QEMU's pre-copy migration stream: a push parser and a rebuilder (no dependencies).
+        .target(name: "MigrationStream", exclude: ["README.md"], swiftSettings: strict),
         // NBD server over SwiftNIO: exports, connections, Unix sockets only.
         .target(
             name: "NBDServer",
@@ -125,6 +127,8 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict),
+        .testTarget(
+            name: "MigrationStreamTests", dependencies: ["MigrationStream", "QEMU", "QMP", "CEVMSystem"], swiftSettings: strict),
         .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CheckpointProtocol", "Control", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
