@@ -40,7 +40,7 @@ let package = Package(
         // Checkpoint records: manifest format v1, atomic commit, verification.
         .target(
             name: "Records",
-            dependencies: ["CEVMSystem", "VMStore", "QCOW2", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CEVMSystem", "VMStore", "QCOW2", "MigrationStream", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: strict),
         // The checkpoint mechanisms as pure phase machines (no dependencies).
         .target(name: "CheckpointProtocol", exclude: ["README.md"], swiftSettings: strict),

@@ -97,6 +97,9 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
     /// CEVM only: QEMU's `auto-converge` capability (the source's vCPUs are
     /// throttled while the guest dirties memory faster than it is sent).
     public var autoConverge: Bool
+    /// The record format to write (nil: the current one, 2; 1 keeps QEMU's
+    /// raw stream, for comparisons).
+    public var recordFormat: Int?
 
     /// The default stream cap: 3 × RAM + 256 MiB. A converging pre-copy sent
     /// 0.8–1.7 × RAM in the benchmarks; a forced switch-over adds at most
@@ -132,6 +135,7 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
         maxStreamBytes = try container.decodeIfPresent(Int64.self, forKey: .maxStreamBytes)
         onMaxStream = try container.decodeIfPresent(StreamLimitAction.self, forKey: .onMaxStream)
         autoConverge = try container.decodeIfPresent(Bool.self, forKey: .autoConverge) ?? false
+        recordFormat = try container.decodeIfPresent(Int.self, forKey: .recordFormat)
     }
 }
 
@@ -145,6 +149,7 @@ extension CheckpointOptions: Validatable {
     public func validate() throws(InvalidValue) {
         try Validate.integer(downtimeLimitMs, "--downtime-limit (ms)", in: Self.downtimeLimitRangeMs)
         try Validate.integer(maxStreamBytes, "--max-stream (bytes)", in: Self.maxStreamRange)
+        try Validate.integer(recordFormat, "--record-format", in: 1...2)
     }
 }
 

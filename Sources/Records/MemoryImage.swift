@@ -305,15 +305,23 @@ public final class MemoryImageReader: Sendable {
     let image: QCOW2Image
     public let digests: PageDigests
 
-    public init(path: String, layout: RAMLayout) throws {
+    /// The image at `path`, its chain as its header names it.
+    public convenience init(path: String, layout: RAMLayout) throws {
+        try layout.validate()
+        let image = try QCOW2Image.open(path: path, writable: false)
+        try self.init(image: image, digestsPath: "\(Files.parent(of: path))/\(MemoryImage.digestFileName)", layout: layout)
+    }
+
+    /// An image already opened over its chain, and the digests of its record.
+    public init(image: QCOW2Image, digestsPath: String, layout: RAMLayout) throws {
         try layout.validate()
         self.layout = layout
-        image = try QCOW2Image.open(path: path, writable: false)
+        self.image = image
         guard image.virtualSize == layout.imageSize, image.clusterSize == layout.pageSize else {
             throw RecordError.badMemoryImage(
-                reason: "\(path) is \(image.virtualSize) bytes in \(image.clusterSize)-byte clusters; the layout needs \(layout.imageSize) in \(layout.pageSize)")
+                reason: "\(image.path) is \(image.virtualSize) bytes in \(image.clusterSize)-byte clusters; the layout needs \(layout.imageSize) in \(layout.pageSize)")
         }
-        digests = try PageDigests.read(path: "\(Files.parent(of: path))/\(MemoryImage.digestFileName)", expectedSlots: layout.pageSlots)
+        digests = try PageDigests.read(path: digestsPath, expectedSlots: layout.pageSlots)
     }
 
     /// Calls `body` for every guest page in layout order: nil for a zero

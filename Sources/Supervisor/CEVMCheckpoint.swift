@@ -80,7 +80,7 @@ final class CEVMRun: CheckpointRun {
         var stopped: Double?
         var started: Double?
         var resumedWall: Double = 0
-        var memory: RecordManifest.FileEntry?
+        var memory: RecordedMemory?
         var disk: (files: [RecordManifest.FileEntry], disk: RecordManifest.DiskRecord?, parent: String?)?
         var record: Record?
     }
@@ -97,6 +97,8 @@ final class CEVMRun: CheckpointRun {
     let previous: (id: String, disk: String)?
     let console: ConsoleLog
     let limits: CEVMMachine.Limits
+    /// How the tee records the stream (record format 1 or 2).
+    let recording: StreamRecording.Plan
     let requested = Timestamp.monotonic()
     let requestedWall = Timestamp.wallSeconds()
     let fault = FaultInjection.fromEnvironment
@@ -126,6 +128,7 @@ final class CEVMRun: CheckpointRun {
             backstopBytes: overflow ? Int64.max : backstop)
         id = RecordStore.newID()
         directory = try RecordStore(paths: paths).newRecordDirectory(id: id)
+        recording = supervisor.memoryRecording(options, directory: directory, previous: context.previousMemory)
     }
 
     func log(_ message: String) { supervisor.log("checkpoint \(id): \(message)") }
@@ -281,7 +284,7 @@ final class CEVMRun: CheckpointRun {
         made.withLock { $0.incomingWatch = incomingWatch }
         let sink = try await step(.tee) {
             try MigrationSink(
-                socketPath: "\(paths.runDirectory)/tee.sock", spoolPath: "\(directory)/memory.mig", forwardTo: incoming,
+                socketPath: "\(paths.runDirectory)/tee.sock", recording: recording, forwardTo: incoming,
                 precopy: placement.precopy, oldSide: placement.oldSide)
         }
         made.withLock { $0.tee = sink }
@@ -459,7 +462,7 @@ final class CEVMRun: CheckpointRun {
         timings.consoleGapMs = await console.interruption(paused: pausedWall, resumed: resumedQEMU).map { $0 * 1000 }
         var migration = RecordManifest.MigrationInfo(
             parameters: state.parameters, capabilities: ["auto-converge": options.autoConverge],
-            totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: downtime, streamBytes: memory.size)
+            totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: downtime, streamBytes: memory.streamBytes)
         migration.maxStreamBytes = limits.streamBytes
         migration.onMaxStream = (options.onMaxStream ?? .switchOver).rawValue
         migration.forcedSwitchOver = state.forced
@@ -467,7 +470,8 @@ final class CEVMRun: CheckpointRun {
         var manifest = RecordManifest(
             id: id, vm: supervisor.name, createdAt: pausedAt, mechanism: .cevm, parent: disk?.parent ?? spec.disk?.record,
             spec: spec, qemu: .init(version: old.qmp.greeting.versionString, package: old.qmp.greeting.package),
-            migration: migration, timings: timings, files: [memory] + (disk?.files ?? []), disk: disk?.disk)
+            migration: migration, timings: timings, files: memory.files + (disk?.files ?? []), disk: disk?.disk)
+        manifest.memory = memory.memory
         manifest.placement = .init(
             policy: placement.policy.rawValue, newInstance: placement.newInstance.description, oldSide: placement.oldSide.description)
         manifest.placement?.precopy = placement.precopy.description
@@ -476,6 +480,7 @@ final class CEVMRun: CheckpointRun {
         manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
         let record = try await Blocking.run { [manifest, directory] in try RecordStore.commit(manifest, in: directory) }
         if let cut = state.cut { await supervisor.state.setLastRecord((id, cut.recordPath ?? "")) }
+        await supervisor.committed(record)
         made.withLock { $0.record = record }
     }
 

@@ -59,11 +59,11 @@ extension Supervisor {
             let record: Record
             switch options.mechanism {
             case .stopAndSave:
-                record = try await snapshotCheckpoint(instance, kind: .stopAndSave, full: options.full)
+                record = try await snapshotCheckpoint(instance, kind: .stopAndSave, options: options)
             case .cevm:
                 record = try await cevmCheckpoint(instance, options)
             case .backgroundSnapshot:
-                record = try await snapshotCheckpoint(instance, kind: .backgroundSnapshot, full: options.full)
+                record = try await snapshotCheckpoint(instance, kind: .backgroundSnapshot, options: options)
             }
             await state.endCheckpoint()
             return record
@@ -94,6 +94,26 @@ extension Supervisor {
         return ([entry], record, cut.incremental ? previous?.id : spec.disk?.record)
     }
 
+    /// How a checkpoint records the memory stream into `directory`: format 1
+    /// spools QEMU's stream; format 2 (the default) keeps its pages, over
+    /// the previous page record unless `full` (or there is none, or it is
+    /// gone or unreadable: the record is then full).
+    func memoryRecording(_ options: CheckpointOptions, directory: String, previous: String?) -> StreamRecording.Plan {
+        if options.recordFormat == 1 { return .stream(path: "\(directory)/memory.mig") }
+        var parent: PageRecorder.Parent?
+        if !options.full, let previous {
+            do { parent = try PageRecorder.Parent(record: try Record.load(directory: previous)) } catch {
+                log("the previous record \(previous) cannot be a memory parent (\(error)); this one is full")
+            }
+        }
+        return .pages(directory: directory, parent: parent)
+    }
+
+    /// Remembers a committed record as the next memory parent (format 2 only).
+    func committed(_ record: Record) async {
+        if record.manifest.memory != nil { await state.setLastMemoryRecord(record.directory) }
+    }
+
     /// U, the disk record and the journal of a checkpoint's cut (files
     /// created and synced), on a thread of their own; nil without a disk.
     func prepareCut(_ service: DiskService?, directory: String, previous: (id: String, disk: String)?, full: Bool) async throws
@@ -122,14 +142,25 @@ extension Supervisor {
     /// `-incoming defer`, then lets the guest run.
     func restoreMemory(into instance: QEMUInstance, from recordDirectory: String) async throws {
         let record = try Record.load(directory: recordDirectory)
-        guard let memory = record.memoryPath else { throw SupervisorError.restoreFailed("the record has no memory stream") }
+        // Version 2: the stream rebuilt from the page chain (checked page by
+        // page against the digests, before QEMU loads it); version 1: the file.
+        let chain = record.manifest.memory == nil ? nil : try MemoryChain(record)
+        let memory = record.memoryPath
+        guard chain != nil || memory != nil else { throw SupervisorError.restoreFailed("the record has no memory stream") }
         let qmp = instance.qmp
         let socket = "\(paths.runDirectory)/incoming.sock"
         unlink(socket)
         do {
             let watch = try await MigrationWatch.start(qmp)
             _ = try await qmp.execute("migrate-incoming", arguments: ["uri": .string("unix:\(socket)")])
-            let sent = try await MigrationSource.feed(file: memory, socketPath: socket)
+            let sent: Int64
+            if let chain {
+                sent = try await MigrationSource.feed(socketPath: socket) { emit in try chain.writeStream(emit) }
+            } else if let memory {
+                sent = try await MigrationSource.feed(file: memory, socketPath: socket)
+            } else {
+                sent = 0
+            }
             _ = try await watch.completion()
             unlink(socket)
             try await instance.resume()

@@ -17,7 +17,7 @@ import Synchronization
 /// recorded stream.
 final class MigrationSink: Sendable {
     let socketPath: String
-    private let result = Mutex<Result<RecordManifest.FileEntry, any Error>?>(nil)
+    private let result = Mutex<Result<RecordedMemory, any Error>?>(nil)
     private let done = AsyncSignal()
     /// Tee mode: the source's stream ended and every byte of it was passed
     /// on to the destination (whose socket was then shut down for writing),
@@ -43,7 +43,7 @@ final class MigrationSink: Sendable {
     /// converge (`CheckpointOptions.maxStreamBytes`).
     var bytesReceived: Int64 { received.load(ordering: .relaxed) }
 
-    /// Starts listening at `socketPath`; the stream goes to `spoolPath`.
+    /// Starts listening at `socketPath`; the stream is recorded as `recording` says.
     /// With `forwardTo` it is a tee (DESIGN.md step 3): every byte read from
     /// the source goes first to the destination's incoming socket, then to
     /// the spool; the destination sees EOF as soon as the source ends, and
@@ -53,7 +53,7 @@ final class MigrationSink: Sendable {
     /// set it moves to when the source's stream ends, to fsync the spool
     /// there (the old side's set of the policy).
     init(
-        socketPath: String, spoolPath: String, forwardTo: String? = nil, precopy: CPUSet? = nil, oldSide: CPUSet? = nil,
+        socketPath: String, recording: StreamRecording.Plan, forwardTo: String? = nil, precopy: CPUSet? = nil, oldSide: CPUSet? = nil,
         acceptTimeoutMilliseconds: Int32 = 30_000
     ) throws {
         self.socketPath = socketPath
@@ -61,7 +61,7 @@ final class MigrationSink: Sendable {
         self.descriptors = Mutex((listener, -1))
         let thread = Thread { [self] in
             if let precopy { try? Affinity.set(thread: 0, to: precopy) }
-            let outcome: Result<RecordManifest.FileEntry, any Error> = Result {
+            let outcome: Result<RecordedMemory, any Error> = Result {
                 defer {
                     descriptors.withLock {
                         close(listener)
@@ -70,7 +70,7 @@ final class MigrationSink: Sendable {
                     unlink(socketPath)
                 }
                 // A tee hashes the spool after the stream, on the old side's CPU.
-                let spool = try StreamSpool(path: spoolPath, hashing: forwardTo == nil ? .whileWriting : .atFinish)
+                let spool = try StreamRecording(recording, tee: forwardTo != nil)
                 guard let connection = try UnixSocket.accept(listener, timeoutMilliseconds: acceptTimeoutMilliseconds) else {
                     throw SupervisorError.checkpointFailed("QEMU did not connect to the migration sink")
                 }
@@ -100,7 +100,7 @@ final class MigrationSink: Sendable {
                     try? Affinity.set(thread: 0, to: oldSide)
                     oldSideAffinity.withLock { $0 = try? Affinity.get(thread: 0) }
                 }
-                return try spool.finish(role: .memory)
+                return try spool.finish()
             }
             self.result.withLock { $0 = outcome }
             self.forwarded.fire()
@@ -111,7 +111,7 @@ final class MigrationSink: Sendable {
 
     /// The stream through user space: read a chunk, write it on (tee mode),
     /// write it to the spool.
-    private func copy(from source: Int32, to destination: Int32, spool: StreamSpool) throws {
+    private func copy(from source: Int32, to destination: Int32, spool: StreamRecording) throws {
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
             let n = try Files.readSome(source, into: &buffer, subject: "migration stream")
@@ -128,7 +128,7 @@ final class MigrationSink: Sendable {
     /// receiving and QEMU's migration thread, so its cost bounds the
     /// migration's bandwidth. False, having moved nothing, when the kernel
     /// refuses to splice these descriptors (the caller then copies).
-    private func spliceTee(from source: Int32, to destination: Int32, spool: StreamSpool) throws -> Bool {
+    private func spliceTee(from source: Int32, to destination: Int32, spool: StreamRecording) throws -> Bool {
         let a = try Splice.pipe(capacity: 1 << 20)
         defer { close(a.read); close(a.write) }
         let b = try Splice.pipe(capacity: a.capacity)
@@ -195,11 +195,89 @@ final class MigrationSink: Sendable {
         return failedNow
     }
 
-    /// Waits for the end of the stream; the file is durable when this returns.
-    func finish() async throws -> RecordManifest.FileEntry {
+    /// Waits for the end of the stream; the files are durable when this returns.
+    func finish() async throws -> RecordedMemory {
         await done.wait()
         guard let outcome = result.withLock({ $0 }) else { throw SupervisorError.checkpointFailed("migration sink ended without a result") }
         return try outcome.get()
+    }
+}
+
+/// A recorded memory: its files and, in record format 2, what they hold.
+struct RecordedMemory: Sendable {
+    var files: [RecordManifest.FileEntry]
+    var memory: RecordManifest.MemoryRecord?
+    /// The bytes of QEMU's stream that went through.
+    var streamBytes: Int64
+}
+
+/// What a sink writes the stream into: QEMU's stream byte for byte (record
+/// format 1, `memory.mig`) or parsed into pages (format 2, `PageRecorder`).
+/// Used by the pump's thread alone.
+final class StreamRecording {
+    /// What to record, chosen by the checkpoint (a value: the recording
+    /// itself is made on the pump's thread).
+    enum Plan: Sendable {
+        case stream(path: String)
+        case pages(directory: String, parent: PageRecorder.Parent?)
+    }
+
+    enum Kind {
+        case stream(StreamSpool)
+        case pages(PageRecorder)
+    }
+
+    let kind: Kind
+    /// Pages: the bytes a tee's pipe holds, read to be parsed.
+    private var buffer: [UInt8] = []
+    private var seen: Int64 = 0
+
+    /// `tee`: a stream spool is hashed after the stream, not while it flows.
+    init(_ plan: Plan, tee: Bool) throws {
+        switch plan {
+        case .stream(let path): kind = .stream(try StreamSpool(path: path, hashing: tee ? .atFinish : .whileWriting))
+        case .pages(let directory, let parent): kind = .pages(try PageRecorder(directory: directory, parent: parent))
+        }
+    }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        seen += Int64(chunk.count)
+        switch kind {
+        case .stream(let spool): try spool.write(chunk)
+        case .pages(let recorder): try recorder.write(chunk)
+        }
+    }
+
+    /// `count` bytes a pipe holds: spliced into the spool, or read (one copy)
+    /// and parsed.
+    func append(fromPipe pipe: Int32, count: Int) throws {
+        switch kind {
+        case .stream(let spool):
+            seen += Int64(count)
+            try spool.append(fromPipe: pipe, count: count)
+        case .pages:
+            if buffer.count < count { buffer = [UInt8](repeating: 0, count: count) }
+            var filled = 0
+            while filled < count {
+                let n = buffer.withUnsafeMutableBytes { raw in Glibc.read(pipe, raw.baseAddress! + filled, count - filled) }
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    throw SystemError("read", errno: errno, subject: "the tee's pipe")
+                }
+                if n == 0 { throw RecordError.writeFailed(path: "the tee's pipe", reason: "ended \(count - filled) bytes early") }
+                filled += n
+            }
+            try buffer.withUnsafeBytes { try write(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+        }
+    }
+
+    func finish() throws -> RecordedMemory {
+        switch kind {
+        case .stream(let spool): return RecordedMemory(files: [try spool.finish(role: .memory)], memory: nil, streamBytes: seen)
+        case .pages(let recorder):
+            let (files, memory) = try recorder.finish()
+            return RecordedMemory(files: files, memory: memory, streamBytes: seen)
+        }
     }
 }
 
@@ -207,6 +285,28 @@ enum MigrationSource {
     /// Streams `file` into the socket at `socketPath` (retrying the connect
     /// while QEMU creates it), on a thread; returns the bytes sent.
     static func feed(file: String, socketPath: String, timeout: Duration = .seconds(30)) async throws -> Int64 {
+        try await feed(socketPath: socketPath, timeout: timeout) { emit in
+            let input = open(file, O_RDONLY | O_CLOEXEC)
+            if input < 0 { throw SystemError("open", errno: errno, subject: file) }
+            defer { close(input) }
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            var total: Int64 = 0
+            while true {
+                let n = try Files.readSome(input, into: &buffer, subject: file)
+                if n == 0 { break }
+                try buffer.withUnsafeBytes { try emit(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+                total += Int64(n)
+            }
+            return total
+        }
+    }
+
+    /// Streams what `produce` emits into the socket at `socketPath`, on a
+    /// thread; returns what `produce` returns (the bytes sent).
+    static func feed(
+        socketPath: String, timeout: Duration = .seconds(30),
+        produce: @escaping @Sendable (_ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Int64
+    ) async throws -> Int64 {
         let deadline = ContinuousClock.now + timeout
         var connection: Int32 = -1
         while connection < 0 {
@@ -223,18 +323,7 @@ enum MigrationSource {
             let thread = Thread {
                 continuation.resume(with: Result {
                     defer { close(fd) }
-                    let input = open(file, O_RDONLY | O_CLOEXEC)
-                    if input < 0 { throw SystemError("open", errno: errno, subject: file) }
-                    defer { close(input) }
-                    var buffer = [UInt8](repeating: 0, count: 1 << 20)
-                    var total: Int64 = 0
-                    while true {
-                        let n = try Files.readSome(input, into: &buffer, subject: file)
-                        if n == 0 { break }
-                        try Files.writeAll(fd, buffer[0..<n], subject: "incoming migration socket")
-                        total += Int64(n)
-                    }
-                    return total
+                    return try produce { chunk in try Files.writeAll(fd, chunk, subject: "incoming migration socket") }
                 })
             }
             thread.start()

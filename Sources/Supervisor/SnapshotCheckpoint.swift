@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CEVMSystem
 import CheckpointProtocol
+import Control
 import DiskManager
 import Foundation
 import QEMU
@@ -14,9 +15,9 @@ import VMStore
 extension Supervisor {
     /// Stop-and-save or background-snapshot: the VM is checkpointed in its
     /// own instance; `SnapshotMachine` decides, `SnapshotRun` acts.
-    func snapshotCheckpoint(_ instance: QEMUInstance, kind: SnapshotMachine.Kind, full: Bool) async throws -> Record {
+    func snapshotCheckpoint(_ instance: QEMUInstance, kind: SnapshotMachine.Kind, options: CheckpointOptions) async throws -> Record {
         let context = await state.checkpointContext(newInstance: false)
-        let run = try SnapshotRun(supervisor: self, instance: instance, kind: kind, full: full, context: context)
+        let run = try SnapshotRun(supervisor: self, instance: instance, kind: kind, options: options, context: context)
         log("checkpoint \(run.id): \(kind.rawValue)")
         var machine = SnapshotMachine(kind: kind)
         await drive(&machine, run)
@@ -53,7 +54,7 @@ final class SnapshotRun: CheckpointRun {
         var resumedWall: Double = 0
         var pauseEnd: Double = 0
         var info: JSONValue = .object([:])
-        var memory: RecordManifest.FileEntry?
+        var memory: RecordedMemory?
         var disk: (files: [RecordManifest.FileEntry], disk: RecordManifest.DiskRecord?, parent: String?)?
         var phases: [String: Double] = [:]
         var record: Record?
@@ -69,20 +70,23 @@ final class SnapshotRun: CheckpointRun {
     let diskService: DiskService?
     let previous: (id: String, disk: String)?
     let console: ConsoleLog?
+    /// How the sink records the stream (record format 1 or 2).
+    let recording: StreamRecording.Plan
     let requested = Timestamp.monotonic()
     let made = Mutex(Made())
 
     var qmp: QMPClient { instance.qmp }
 
-    init(supervisor: Supervisor, instance: QEMUInstance, kind: SnapshotMachine.Kind, full: Bool, context: CheckpointContext) throws {
+    init(supervisor: Supervisor, instance: QEMUInstance, kind: SnapshotMachine.Kind, options: CheckpointOptions, context: CheckpointContext) throws {
         self.supervisor = supervisor
         self.instance = instance
         self.kind = kind
-        self.full = full
+        self.full = options.full
         spec = try supervisor.paths.readSpec()
         (diskService, previous, console) = (context.disk, context.previous, context.console)
         id = RecordStore.newID()
         directory = try RecordStore(paths: supervisor.paths).newRecordDirectory(id: id)
+        recording = supervisor.memoryRecording(options, directory: directory, previous: context.previousMemory)
     }
 
     func mark(_ phase: String) {
@@ -207,7 +211,7 @@ final class SnapshotRun: CheckpointRun {
 
     private func prepare() async throws {
         let sink = try MigrationSink(
-            socketPath: "\(supervisor.paths.runDirectory)/sink.sock", spoolPath: "\(directory)/memory.mig")
+            socketPath: "\(supervisor.paths.runDirectory)/sink.sock", recording: recording)
         made.withLock { $0.sink = sink }
         let parameters = try await MigrationSettings.apply(to: qmp)
         if kind == .backgroundSnapshot { try await Supervisor.setBackgroundSnapshot(qmp, true) }
@@ -258,11 +262,13 @@ final class SnapshotRun: CheckpointRun {
             qemu: .init(version: qmp.greeting.versionString, package: qmp.greeting.package),
             migration: .init(
                 parameters: state.parameters, capabilities: kind == .backgroundSnapshot ? ["background-snapshot": true] : [:],
-                totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: info["downtime"]?.doubleValue, streamBytes: memory.size),
-            timings: timings, files: [memory] + (state.disk?.files ?? []), disk: state.disk?.disk)
+                totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: info["downtime"]?.doubleValue, streamBytes: memory.streamBytes),
+            timings: timings, files: memory.files + (state.disk?.files ?? []), disk: state.disk?.disk)
+        manifest.memory = memory.memory
         manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
         let record = try await Blocking.run { [manifest, directory] in try RecordStore.commit(manifest, in: directory) }
         if let cut = state.cut { await supervisor.state.setLastRecord((id, cut.recordPath ?? "")) }
+        await supervisor.committed(record)
         made.withLock { $0.record = record }
     }
 

@@ -29,6 +29,9 @@ actor VMState {
     /// The last checkpoint this supervisor committed and its disk record
     /// (the next disk record may be incremental over it).
     private(set) var lastRecord: (id: String, disk: String)?
+    /// The directory of the last record this supervisor committed whose
+    /// memory is a page image (the next memory record may build on it).
+    private(set) var lastMemoryRecord: String?
     /// The schedule in force, and the signal fired when it changes (the
     /// scheduler service waits for it to start the new one).
     private var schedule: ScheduleOptions?
@@ -92,6 +95,10 @@ actor VMState {
         lastRecord = record
     }
 
+    func setLastMemoryRecord(_ directory: String?) {
+        lastMemoryRecord = directory
+    }
+
     // MARK: Checkpoints
 
     /// Claims the VM for a checkpoint: its running instance, or
@@ -111,7 +118,8 @@ actor VMState {
     /// index (a CEVM checkpoint starts one).
     func checkpointContext(newInstance: Bool) -> CheckpointContext {
         defer { if newInstance { nextInstance += 1 } }
-        return CheckpointContext(disk: disk, previous: lastRecord, console: console, index: nextInstance)
+        return CheckpointContext(
+            disk: disk, previous: lastRecord, previousMemory: lastMemoryRecord, console: console, index: nextInstance)
     }
 
     // MARK: Schedule
@@ -136,6 +144,8 @@ actor VMState {
 struct CheckpointContext: Sendable {
     var disk: DiskService?
     var previous: (id: String, disk: String)?
+    /// The last record with a page image (its directory).
+    var previousMemory: String?
     var console: ConsoleLog?
     var index: Int
 }
