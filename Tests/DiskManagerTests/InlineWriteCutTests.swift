@@ -56,61 +56,79 @@ import Testing
         try f.expectImage(f.scratch.file("u.qcow2"), equals: f.model, "u")
     }
 
-    /// Writers doing inline whole-cluster writes while cuts and
-    /// integrations run back to back (full, then incremental records): each
+    /// Writers doing inline whole-cluster writes, some of them slow, while cuts and
+    /// integrations run back to back (a full record every tenth, incremental ones between): each
     /// record holds, for every cluster, a version at least as new as the
     /// last acknowledged before the cut was called and no newer than the
-    /// last started before it returned; the disk ends with every cluster's
-    /// last acknowledged version.
+    /// last started before it returned; after each integration the disk
+    /// (U) holds every cluster's last acknowledged version.
     @Test func inlineWritesRacingCutsLoseNoAcknowledgedWrite() async throws {
-        let clusterSize = 4096, clusters = 64, writers = 4, rounds = 10
+        let clusterSize = 4096, clusters = 64, writers = 4, rounds = 30
         let scratch = try Scratch()
         // B: version 0 of every cluster.
         let b = try QCOW2Image.create(path: scratch.file("b.qcow2"), virtualSize: UInt64(clusters * clusterSize), clusterBits: 12)
         for k in 0..<clusters { try b.write(Self.content(cluster: k, version: 0, clusterSize), at: UInt64(k * clusterSize)) }
         try b.flush()
         let t = try QCOW2Image.createOverlay(path: scratch.file("t.qcow2"), backingFile: scratch.file("b.qcow2"), clusterBits: 12)
-        let disk = ManagedDisk(top: t, slowInlineWrite: .seconds(3600), inlineWritePause: .zero)
+        // One inline write in four pauses up to half a millisecond between
+        // its registration and its pwrite (as a throttled pwrite would
+        // take long), so cuts land while inline writes are in flight.
+        let disk = ManagedDisk(
+            top: t, slowInlineWrite: .seconds(3600), inlineWritePause: .zero,
+            inlineWriteHook: {
+                if Int.random(in: 0..<4) == 0 { usleep(UInt32.random(in: 50...500)) }
+            })
         // T holds every cluster (through the I/O thread), so writes over them may go inline.
         for k in 0..<clusters { try await disk.write(offset: UInt64(k * clusterSize), bytes: Self.content(cluster: k, version: 0, clusterSize)) }
 
         let versions = Versions(clusters: clusters)
-        let stop = Stop()
+        let next = Versions(clusters: writers)  // each writer's next version (its `started` slot)
         var records: [(path: String, low: [Int], high: [Int])] = []
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            for w in 0..<writers {
-                group.addTask {
-                    var version = 1
-                    while !stop.stopped {
-                        // Each writer owns its clusters: one write in flight per cluster.
-                        let k = w + writers * (version % (clusters / writers))
-                        let bytes = Self.content(cluster: k, version: version, clusterSize)
-                        versions.start(k, version)
-                        try await disk.write(offset: UInt64(k * clusterSize), count: clusterSize, alone: true) { body in
-                            bytes.withUnsafeBytes(body)
+        var random = SeededRandom(seed: 82)
+        for round in 0..<rounds {
+            let path = scratch.file("r\(round).qcow2")
+            let record = try QCOW2Image.createOverlay(
+                path: path, backingFile: round % 10 == 0 ? scratch.file("b.qcow2") : scratch.file("r\(round - 1).qcow2"), clusterBits: 12)
+            let u = try QCOW2Image.createOverlay(path: scratch.file("u\(round).qcow2"), backingFile: scratch.file("b.qcow2"), clusterBits: 12)
+            // The writers run until just after the cut returned, so the
+            // writes in flight at the cut are mostly their clusters' last:
+            // one lost at the cut shows in the disk's content below.
+            let stop = Stop()
+            let (integration, low, high) = try await withThrowingTaskGroup(of: Void.self) { group in
+                for w in 0..<writers {
+                    group.addTask {
+                        var version = next.started[w] + 1
+                        while !stop.stopped {
+                            // Each writer owns its clusters: one write in flight per cluster.
+                            let k = w + writers * (version % (clusters / writers))
+                            let bytes = Self.content(cluster: k, version: version, clusterSize)
+                            versions.start(k, version)
+                            try await disk.write(offset: UInt64(k * clusterSize), count: clusterSize, alone: true) { body in
+                                bytes.withUnsafeBytes(body)
+                            }
+                            versions.ack(k, version)
+                            next.start(w, version)
+                            version += 1
+                            if version % 64 == 0 { await Task.yield() }
                         }
-                        versions.ack(k, version)
-                        version += 1
-                        if version % 64 == 0 { await Task.yield() }
                     }
                 }
-            }
-            var random = SeededRandom(seed: 82)
-            for round in 0..<rounds {
-                try await Task.sleep(for: .microseconds(Int.random(in: 0...3000, using: &random)))
-                let path = scratch.file("r\(round).qcow2")
-                let record = try QCOW2Image.createOverlay(
-                    path: path, backingFile: round == 0 ? scratch.file("b.qcow2") : scratch.file("r\(round - 1).qcow2"), clusterBits: 12)
-                let u = try QCOW2Image.createOverlay(path: scratch.file("u\(round).qcow2"), backingFile: scratch.file("b.qcow2"), clusterBits: 12)
+                try await Task.sleep(for: .microseconds(Int.random(in: 200...3000, using: &random)))
                 let low = versions.acked
-                let integration = try disk.cut(u: u, record: record, incremental: round > 0)
+                let integration = try disk.cut(u: u, record: record, incremental: round % 10 != 0)
                 let high = versions.started
-                _ = try await integration.wait()
-                disk.settle()
-                records.append((path, low, high))
+                stop.stop()
+                try await group.waitForAll()
+                return (integration, low, high)
             }
-            stop.stop()
-            try await group.waitForAll()
+            _ = try await integration.wait()
+            disk.settle()
+            records.append((path, low, high))
+            let last = versions.acked
+            for k in 0..<clusters {
+                let version = try Self.version(of: await disk.read(offset: UInt64(k * clusterSize), length: clusterSize), cluster: k)
+                #expect(version == last[k], "round \(round), cluster \(k): the disk holds \(version.map(String.init) ?? "(garbage)")")
+            }
         }
         #expect(disk.writesServedInline > 0)
         for (round, r) in records.enumerated() {
