@@ -58,7 +58,7 @@ let package = Package(
         .target(
             name: "Supervisor",
             dependencies: [
-                "CheckpointProtocol", "Control", "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "NBDServer", "QCOW2", "Turnaround",
+                "CheckpointProtocol", "Control", "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "DiskExportNBD", "NBDServer", "QCOW2", "Turnaround",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -85,11 +85,13 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strict),
-        // The disk manager: VM disks as layered qcow2, the integration protocol run on them.
+        // The disk manager: VM disks as layered qcow2, the integration protocol run on them (no NBD, no NIO).
+        .target(name: "DiskManager", dependencies: ["QCOW2", "DiskIntegration", "CEVMSystem"], swiftSettings: strict),
+        // A ManagedDisk as an NBD export: the adapter between the disk manager and the NBD server.
         .target(
-            name: "DiskManager",
+            name: "DiskExportNBD",
             dependencies: [
-                "QCOW2", "DiskIntegration", "CEVMSystem", "NBDProtocol", "NBDServer",
+                "DiskManager", "NBDProtocol", "NBDServer", "QCOW2",
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: strict),
@@ -101,10 +103,17 @@ let package = Package(
         .target(
             name: "CEVMCommands",
             dependencies: [
-                "Supervisor", "Control", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "Turnaround",
+                "Supervisor", "Control", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "DiskExportNBD", "Turnaround",
                 "TurnaroundReport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
+            swiftSettings: strict),
+
+        // A measurement tool, not shipped: depth-1 NBD latency around disk cuts (Docs/benchmarks.md).
+        .executableTarget(
+            name: "disk-cut-latency",
+            dependencies: ["DiskManager", "DiskExportNBD", "NBDServer", "QCOW2"],
+            path: "Benchmarks/DiskCutLatency",
             swiftSettings: strict),
 
         // Helpers shared by the test targets (scratch directories, qemu-img oracles).
@@ -129,7 +138,13 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(
             name: "MigrationStreamTests", dependencies: ["MigrationStream", "QEMU", "QMP", "CEVMSystem"], swiftSettings: strict),
-        .testTarget(name: "DiskManagerTests", dependencies: ["DiskManager", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport"], swiftSettings: strict),
+        .testTarget(
+            name: "DiskManagerTests",
+            dependencies: [
+                "DiskManager", "DiskExportNBD", "DiskIntegration", "QCOW2", "CEVMSystem", "TestSupport", "NBDProtocol", "NBDServer",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CheckpointProtocol", "Control", "CEVMSystem", "Records", "VMStore", "QCOW2", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TurnaroundReport", "TestSupport"], swiftSettings: strict),

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import CEVMSystem
+import DiskExportNBD
 import DiskManager
 import Foundation
 import NBDServer

@@ -1,7 +1,6 @@
 import DiskIntegration
 import Dispatch
 import Foundation
-import NIOCore
 import QCOW2
 import Synchronization
 
@@ -31,6 +30,11 @@ public final class ManagedDisk: Sendable {
     /// `writeZeroesChunk` in whole clusters.
     private let zeroesChunk: UInt64
     private let inlineWrites = Atomic<Int>(0)
+    /// Inline writes between their registration (under the mode lock, in
+    /// plain mode) and the end of their pwrite.
+    let inFlight = InlineWrites()
+    /// Test hook: runs in an inline write after it registered, before its pwrite.
+    let inlineWriteHook: (@Sendable () -> Void)?
     /// No write is served on the caller's thread before this instant
     /// (DispatchTime nanoseconds): one that took `slowInlineWrite` or more
     /// stops them for `inlineWritePause`.
@@ -51,8 +55,9 @@ public final class ManagedDisk: Sendable {
     /// (rounded up to a cluster; tests make it small).
     init(
         top: QCOW2Image, slowInlineWrite: Duration, inlineWritePause: Duration,
-        writeZeroesChunk: UInt64 = ManagedDisk.writeZeroesChunk
+        writeZeroesChunk: UInt64 = ManagedDisk.writeZeroesChunk, inlineWriteHook: (@Sendable () -> Void)? = nil
     ) {
+        self.inlineWriteHook = inlineWriteHook
         virtualSize = top.virtualSize
         clusterSize = top.clusterSize
         zeroesChunk = (max(writeZeroesChunk, 1) + top.clusterSize - 1) / top.clusterSize * top.clusterSize
@@ -91,34 +96,46 @@ public final class ManagedDisk: Sendable {
             })
     }
 
-    /// The same read into a buffer of `allocator` (the NBD reply's): in
+    /// Where a read's bytes go, made by the caller (an NBD reply's buffer):
+    /// given the length, it makes a buffer with room for that many bytes,
+    /// calls `fill` exactly once with exactly `length` bytes of its storage,
+    /// and returns the buffer. The disk reads straight into that storage.
+    /// It may be called on any thread, and more than once for one read (a
+    /// buffer the inline attempt could not fill is dropped).
+    public typealias ReadBuffer<Buffer> = @Sendable (_ length: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) -> Buffer
+
+    /// A write's payload as the caller holds it (an NBD request's buffer),
+    /// lent to `body` for the duration of the call; the disk writes straight
+    /// from it, copying it only for an integration (which keeps requests in
+    /// a queue). It may be called on any thread, more than once.
+    public typealias Payload = @Sendable (_ body: (UnsafeRawBufferPointer) -> Void) -> Void
+
+    /// The same read into a buffer the caller makes (`ReadBuffer`): in
     /// plain mode the image reads straight into it. A small read the page
     /// cache holds (`inlineLimit`; `inlineLimitAlone` if the caller says
     /// the request is `alone`, its client's only one in flight) is served at
     /// once on the caller's thread (the NBD connection's event loop) without
     /// the round trip through the I/O thread; any other goes there.
-    public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator, alone: Bool = false) async throws(DiskManagerError) -> ByteBuffer {
+    public func read<Buffer: Sendable>(
+        offset: UInt64, length: Int, alone: Bool = false, into make: @escaping ReadBuffer<Buffer>
+    ) async throws(DiskManagerError) -> Buffer {
         try check(offset, UInt64(length))
-        if length <= inlineLimit(alone: alone), let buffer = readWithoutWaiting(offset: offset, length: length, allocator: allocator) {
+        if length <= inlineLimit(alone: alone), let buffer = readWithoutWaiting(offset: offset, length: length, into: make) {
             return buffer
         }
         return try await perform(
             integrating: { .read(offset: Int(offset), length: length, $0) },
             fromIntegration: { bytes in
-                var buffer = allocator.buffer(capacity: bytes.count)
-                buffer.writeBytes(bytes)
-                return buffer
+                make(length) { target in
+                    precondition(target.count == length, "a ReadBuffer must lend exactly the length asked for")
+                    bytes.withUnsafeBytes { target.copyMemory(from: $0) }
+                }
             },
             plain: { image throws(QCOW2Error) in
-                var buffer = allocator.buffer(capacity: length)
                 var failure: QCOW2Error?
-                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
-                    do throws(QCOW2Error) {
-                        try image.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<length]), at: offset)
-                    } catch {
-                        failure = error
-                    }
-                    return length
+                let buffer = make(length) { target in
+                    precondition(target.count == length, "a ReadBuffer must lend exactly the length asked for")
+                    do throws(QCOW2Error) { try image.read(into: target, at: offset) } catch { failure = error }
                 }
                 if let failure { throw failure }
                 return buffer
@@ -127,8 +144,8 @@ public final class ManagedDisk: Sendable {
 
     public func write(offset: UInt64, bytes: [UInt8], fua: Bool = false) async throws(DiskManagerError) {
         try check(offset, UInt64(bytes.count))
-        markDirty(offset, UInt64(bytes.count))
         try await perform(
+            marking: (offset, UInt64(bytes.count)),
             integrating: { .write(offset: Int(offset), bytes: bytes, $0) },
             fromIntegration: { _ in },
             plain: { image throws(QCOW2Error) in
@@ -137,25 +154,35 @@ public final class ManagedDisk: Sendable {
         if fua { try await flush() }
     }
 
-    /// The same write from a buffer (the NBD request's payload): in plain
-    /// mode the image writes straight from it. A small write over clusters T
-    /// already holds (the same limits as reads) is done at once on the
-    /// caller's thread (the NBD connection's event loop), without the round
-    /// trip through the I/O thread; any other goes there.
-    public func write(offset: UInt64, data: ByteBuffer, fua: Bool = false, alone: Bool = false) async throws(DiskManagerError) {
-        let count = UInt64(data.readableBytes)
-        try check(offset, count)
-        markDirty(offset, count)
-        if data.readableBytes <= inlineLimit(alone: alone), writeWithoutWaiting(offset: offset, data: data) {
+    /// The same write from the caller's buffer (`Payload`, exactly `count`
+    /// bytes): in plain mode the image writes straight from it. A small
+    /// write over clusters T already holds (the same limits as reads) is
+    /// done at once on the caller's thread (the NBD connection's event
+    /// loop), without the round trip through the I/O thread; any other goes
+    /// there.
+    public func write(
+        offset: UInt64, count: Int, fua: Bool = false, alone: Bool = false, from payload: @escaping Payload
+    ) async throws(DiskManagerError) {
+        try check(offset, UInt64(count))
+        if count <= inlineLimit(alone: alone), writeWithoutWaiting(offset: offset, count: count, from: payload) {
             if fua { try await flush() }
             return
         }
         try await perform(
-            integrating: { .write(offset: Int(offset), bytes: Array(data.readableBytesView), $0) },
+            marking: (offset, UInt64(count)),
+            integrating: { completion in
+                var bytes: [UInt8] = []
+                payload { raw in
+                    precondition(raw.count == count, "a Payload must lend exactly the count given")
+                    bytes = Array(raw)
+                }
+                return .write(offset: Int(offset), bytes: bytes, completion)
+            },
             fromIntegration: { _ in },
             plain: { image throws(QCOW2Error) in
                 var failure: QCOW2Error?
-                data.withUnsafeReadableBytes { raw in
+                payload { raw in
+                    precondition(raw.count == count, "a Payload must lend exactly the count given")
                     do throws(QCOW2Error) { try image.write(raw, at: offset) } catch { failure = error }
                 }
                 if let failure { throw failure }
@@ -175,7 +202,6 @@ public final class ManagedDisk: Sendable {
     /// the last chunk.
     public func writeZeroes(offset: UInt64, length: UInt64, fua: Bool = false) async throws(DiskManagerError) {
         try check(offset, length)
-        markDirty(offset, length)
         let chunk = zeroesChunk
         var position = offset
         let end = offset + length
@@ -184,6 +210,7 @@ public final class ManagedDisk: Sendable {
             let at = position
             _ = largestZeroesChunk.max(count, ordering: .relaxed)
             try await perform(
+                marking: (at, count),
                 integrating: { .writeZeroes(offset: Int(at), length: Int(count), $0) },
                 fromIntegration: { _ in },
                 plain: { image throws(QCOW2Error) in
@@ -238,17 +265,16 @@ public final class ManagedDisk: Sendable {
 
     /// Plain mode only, under the mode lock (as a queued request would be,
     /// so a cut never overtakes it), and only if neither the image's lock,
-    /// an L2 table nor the disk would make it wait. Nil: go the usual way
-    /// (which also reports any error).
-    private func readWithoutWaiting(offset: UInt64, length: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {
-        let buffer: ByteBuffer? = mode.withLock { mode in
+    /// an L2 table nor the disk would make it wait (`RWF_NOWAIT`: the lock
+    /// is never held across a wait). Nil: go the usual way (which also
+    /// reports any error).
+    private func readWithoutWaiting<Buffer>(offset: UInt64, length: Int, into make: ReadBuffer<Buffer>) -> Buffer? {
+        let buffer: Buffer? = mode.withLock { mode in
             guard case .plain(let image) = mode else { return nil }
-            var buffer = allocator.buffer(capacity: length)
             var served = false
-            buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
-                let target = UnsafeMutableRawBufferPointer(rebasing: raw[0..<length])
+            let buffer = make(length) { target in
+                precondition(target.count == length, "a ReadBuffer must lend exactly the length asked for")
                 served = (try? image.readWithoutWaiting(into: target, at: offset)) ?? false
-                return served ? length : 0
             }
             return served ? buffer : nil
         }
@@ -256,19 +282,35 @@ public final class ManagedDisk: Sendable {
         return buffer
     }
 
-    /// Plain mode only, under the mode lock (so a cut never overtakes it),
-    /// and only if the write changes no table of T (every cluster it
-    /// touches is data T holds, its L2 table cached) and T's lock is free.
-    /// pwrite into the page cache cannot be asked not to wait (ext4 refuses
-    /// RWF_NOWAIT on buffered writes), so a slow one pauses the inline path.
-    /// False: go the usual way (which also reports any error).
-    private func writeWithoutWaiting(offset: UInt64, data: ByteBuffer) -> Bool {
+    /// Plain mode only, and only if the write changes no table of T (every
+    /// cluster it touches is data T holds, its L2 table cached) and T's lock
+    /// is free. pwrite into the page cache cannot be asked not to wait (ext4
+    /// refuses RWF_NOWAIT on buffered writes), so the mode lock is not held
+    /// across it (a cut, which takes that lock, would wait behind a
+    /// throttled write): under the lock the write checks for plain mode and
+    /// registers itself in flight (`InlineWrites`), and the integration's
+    /// thread waits for every write registered before the cut before it
+    /// freezes S0. A slow one pauses the inline path. False: go the usual
+    /// way (which also reports any error).
+    private func writeWithoutWaiting(offset: UInt64, count: Int, from payload: Payload) -> Bool {
         let start = DispatchTime.now().uptimeNanoseconds
         guard start >= inlineWritesPausedUntil.load(ordering: .relaxed) else { return false }
-        let written = mode.withLock { mode in
-            guard case .plain(let image) = mode else { return false }
-            return data.withUnsafeReadableBytes { raw in (try? image.overwriteWithoutAllocating(raw, at: offset)) ?? false }
+        let image: QCOW2Image? = mode.withLock { mode in
+            guard case .plain(let image) = mode else { return nil }
+            // Marked in the epoch the write lands in: this one, whose cut
+            // waits for it (below) before it takes the dirty set's S0.
+            markDirty(offset, UInt64(count))
+            inFlight.register()
+            return image
         }
+        guard let image else { return false }
+        inlineWriteHook?()
+        var written = false
+        payload { raw in
+            precondition(raw.count == count, "a Payload must lend exactly the count given")
+            written = (try? image.overwriteWithoutAllocating(raw, at: offset)) ?? false
+        }
+        inFlight.finish()
         guard written else { return false }
         inlineWrites.add(1, ordering: .relaxed)
         let end = DispatchTime.now().uptimeNanoseconds
@@ -300,6 +342,7 @@ public final class ManagedDisk: Sendable {
     /// to the I/O thread and one back, nothing else (the NBD server runs
     /// the task on the connection's event loop).
     private func perform<Value: Sendable>(
+        marking written: (offset: UInt64, length: UInt64)? = nil,
         integrating make: @escaping @Sendable (@escaping Integration.Completion) -> Integration.Work,
         fromIntegration convert: @escaping @Sendable ([UInt8]) -> Value,
         plain: @escaping @Sendable (QCOW2Image) throws(QCOW2Error) -> Value
@@ -308,8 +351,12 @@ public final class ManagedDisk: Sendable {
             while true {
                 // A plain request is queued under the mode lock, so a cut
                 // (which takes the lock, then drains the queue) never lets
-                // one reach T after S0 was frozen.
+                // one reach T after S0 was frozen. A write is marked dirty
+                // under the same lock, so it counts in the epoch it lands
+                // in: before the cut's reset if queued for T (and so in
+                // S0), after it if sent to the integration.
                 let integrating: (Integration, QCOW2Image)? = mode.withLock { mode in
+                    if let written { markDirty(written.offset, written.length) }
                     switch mode {
                     case .plain(let image):
                         io.submit {
@@ -367,8 +414,10 @@ public final class ManagedDisk: Sendable {
                 throw .integrationFailed("a checkpoint is already integrating this disk")
             }
             // Plain-mode I/O already queued finishes on T before S0 is frozen
-            // (the integration's thread drains the queue first); none can be
-            // queued after this switch (queuing takes this lock).
+            // (the integration's thread drains the queue first), and so do
+            // inline writes registered in flight (it waits for them too);
+            // none can be queued or registered after this switch (both take
+            // this lock and find integration mode).
             let written = dirty.withLock { set in
                 defer { set = [] }
                 return set
@@ -379,7 +428,10 @@ public final class ManagedDisk: Sendable {
             mode = .integrating(integration, next: u)
             return integration
         }
-        integration.start(after: { [io] in io.drain() })
+        integration.start(after: { [io, inFlight] in
+            io.drain()
+            inFlight.waitUntilNone()
+        })
         return integration
     }
 
@@ -391,6 +443,50 @@ public final class ManagedDisk: Sendable {
                 mode = .plain(next)
             }
         }
+    }
+}
+
+/// The inline writes of a disk in flight: each registers under the disk's
+/// mode lock (in plain mode), does its pwrite without it, and finishes. A
+/// cut switches the mode under that lock, so no write registers after it;
+/// the integration's thread then waits here, off every event loop and the
+/// cooperative pool, until the writes registered before the cut are done.
+final class InlineWrites: Sendable {
+    private struct State {
+        var count = 0
+        var waiter: DispatchSemaphore?
+    }
+
+    private let state = Mutex(State())
+
+    func register() {
+        state.withLock { $0.count += 1 }
+    }
+
+    func finish() {
+        let waiter: DispatchSemaphore? = state.withLock { state in
+            state.count -= 1
+            guard state.count == 0 else { return nil }
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.signal()
+    }
+
+    /// Inline writes registered and not finished (for tests).
+    var count: Int { state.withLock { $0.count } }
+
+    /// Returns once no inline write is in flight. Blocks: call it only where
+    /// none can register any more (the disk is integrating), from a thread
+    /// of its own (the integration's), and from one caller at a time.
+    func waitUntilNone() {
+        let waiter: DispatchSemaphore? = state.withLock { state in
+            guard state.count > 0 else { return nil }
+            let waiter = DispatchSemaphore(value: 0)
+            state.waiter = waiter
+            return waiter
+        }
+        waiter?.wait()
     }
 }
 

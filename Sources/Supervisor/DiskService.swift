@@ -1,4 +1,5 @@
 import CEVMSystem
+import DiskExportNBD
 import DiskManager
 import Foundation
 import NBDServer

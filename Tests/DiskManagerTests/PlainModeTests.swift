@@ -1,6 +1,7 @@
 import Foundation
 import NBDProtocol
 import NBDServer
+import DiskExportNBD
 import NIOCore
 import QCOW2
 import Synchronization

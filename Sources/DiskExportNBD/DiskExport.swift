@@ -1,3 +1,4 @@
+import DiskManager
 import NBDProtocol
 import NBDServer
 import NIOCore
@@ -13,6 +14,10 @@ import Glibc
 /// and during an integration: `ManagedDisk.writeZeroes`); trim is not (a
 /// discarded cluster of an overlay would read B's bytes, not zeros, and the
 /// integration protocol knows only reads and writes).
+///
+/// The disk knows nothing of NIO: a read fills the reply's `ByteBuffer`
+/// in place (`ManagedDisk.ReadBuffer`) and a write lends the request's
+/// payload bytes (`ManagedDisk.Payload`), so neither is copied on the way.
 public struct DiskExport: NBDExport {
     public let disk: ManagedDisk
     public init(disk: ManagedDisk) { self.disk = disk }
@@ -22,7 +27,14 @@ public struct DiskExport: NBDExport {
 
     public func read(offset: UInt64, length: Int, allocator: ByteBufferAllocator) async throws(NBDIOError) -> ByteBuffer {
         do {
-            return try await disk.read(offset: offset, length: length, allocator: allocator, alone: Self.alone)
+            return try await disk.read(offset: offset, length: length, alone: Self.alone) { length, fill in
+                var buffer = allocator.buffer(capacity: length)
+                buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { raw in
+                    fill(UnsafeMutableRawBufferPointer(rebasing: raw[0..<length]))
+                    return length
+                }
+                return buffer
+            }
         } catch {
             throw Self.nbd(error)
         }
@@ -30,7 +42,9 @@ public struct DiskExport: NBDExport {
 
     public func write(offset: UInt64, data: ByteBuffer, fua: Bool) async throws(NBDIOError) {
         do {
-            try await disk.write(offset: offset, data: data, fua: fua, alone: Self.alone)
+            try await disk.write(offset: offset, count: data.readableBytes, fua: fua, alone: Self.alone) { body in
+                data.withUnsafeReadableBytes(body)
+            }
         } catch {
             throw Self.nbd(error)
         }
@@ -51,6 +65,8 @@ public struct DiskExport: NBDExport {
     /// The request is the only one its connection has in flight (depth 1).
     static var alone: Bool { NBDRequestContext.requestsInFlight == 1 }
 
+    /// A disk error as the NBD reply's error: a request outside the disk is
+    /// EINVAL, a full host file system ENOSPC, anything else EIO.
     static func nbd(_ error: DiskManagerError) -> NBDIOError {
         switch error {
         case .outOfRange: return .invalid(error.description)
