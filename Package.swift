@@ -149,6 +149,6 @@ let package = Package(
         .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TurnaroundReport", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
-        .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records"], swiftSettings: strict),
+        .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records", "TestSupport"], swiftSettings: strict),
     ]
 )

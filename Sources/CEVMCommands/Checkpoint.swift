@@ -20,8 +20,13 @@ struct Checkpoint: AsyncParsableCommand {
     @Option(help: "How to take it: \(Mechanism.allCases.map(\.rawValue).joined(separator: ", ")).")
     var mechanism: Mechanism = .cevm
 
-    @Flag(help: "Write a full disk record (over the base image) even when an incremental one over the previous record is possible.")
+    @Flag(help: "Write full records: memory (every page) and disk (over the base image), even when increments over the previous record are possible.")
     var full = false
+
+    @Option(
+        name: .customLong("record-format"),
+        help: "The record format: 2 keeps each memory page once, incremental over the previous record (default); 1 keeps QEMU's raw migration stream.")
+    var recordFormat: Int?
 
     @Option(help: "CEVM: where the VM and the checkpointing run: shared, dedicated, alternate (default shared).")
     var policy: AffinityPolicy?
@@ -68,10 +73,11 @@ struct Checkpoint: AsyncParsableCommand {
         } else {
             maxStreamBytes = nil
         }
-        let options = CheckpointOptions(
+        var options = CheckpointOptions(
             mechanism: mechanism, full: full, policy: policy, cpus: try set(cpus, "--cpus"),
             checkpointCPUs: try set(checkpointCPUs, "--checkpoint-cpus"), downtimeLimitMs: downtimeLimit,
             maxStreamBytes: maxStreamBytes, onMaxStream: onMaxStream, autoConverge: autoConverge)
+        options.recordFormat = recordFormat
         // The supervisor checks the same again when the request arrives.
         try options.validate()
         return options

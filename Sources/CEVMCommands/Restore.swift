@@ -35,6 +35,14 @@ struct Restore: AsyncParsableCommand {
             let record = try Self.locate(record, home: home)
             Output.progress("verifying \(record.id)…")
             try record.verify()
+            // Record format 2: the memory chain (parents found by id in the
+            // same records tree, each one's files checked), then every page
+            // against its digest, before anything starts.
+            if record.manifest.memory != nil {
+                let chain = try MemoryChain(record)
+                for parent in chain.records.dropFirst() { try parent.verify() }
+                try chain.reader().forEachPage { _, _, _ in }
+            }
             let target = try name.map(parseName) ?? record.manifest.vm
             let paths = home.vm(target)
             try paths.checkSocketPaths()

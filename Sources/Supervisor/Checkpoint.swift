@@ -98,8 +98,15 @@ extension Supervisor {
     /// spools QEMU's stream; format 2 (the default) keeps its pages, over
     /// the previous page record unless `full` (or there is none, or it is
     /// gone or unreadable: the record is then full).
+    ///
+    /// A background snapshot records format 1: its stream carries every
+    /// device's state before the RAM pages (saved at the pause, while the
+    /// pages follow as the guest runs), and device sections carry no
+    /// length, so nothing can find where they end without guessing. Its
+    /// stream already holds each page once (write protection sends a page
+    /// when first written, or when the scan reaches it).
     func memoryRecording(_ options: CheckpointOptions, directory: String, previous: String?) -> StreamRecording.Plan {
-        if options.recordFormat == 1 { return .stream(path: "\(directory)/memory.mig") }
+        if options.recordFormat == 1 || options.mechanism == .backgroundSnapshot { return .stream(path: "\(directory)/memory.mig") }
         var parent: PageRecorder.Parent?
         if !options.full, let previous {
             do { parent = try PageRecorder.Parent(record: try Record.load(directory: previous)) } catch {

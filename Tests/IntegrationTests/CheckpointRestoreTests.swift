@@ -5,6 +5,7 @@ import CEVMSystem
 import Foundation
 import Records
 import Testing
+import TestSupport
 
 /// Checkpoint a running bundled guest, lose it, restore it, and prove from
 /// its console that it continues exactly where the checkpoint was taken.
@@ -116,19 +117,38 @@ struct CheckpointRestoreTests {
         _ = try cevm.waitForTicks("dmg", count: 3)
         let taken = try checkpoint(cevm, "dmg")
         #expect(try cevm.run(["stop", "dmg"]).ok)
-        let memory = "\(taken.directory)/memory.mig"
+        // Record format 2: the page image is the memory file.
+        let memory = "\(taken.directory)/memory.qcow2"
         let size = try Files.size(memory)
+        // A byte inside a data page: where qemu-img maps the first data cluster.
+        let map = try runTool(["qemu-img", "map", "--output=json", "-f", "qcow2", memory])
+        #expect(map.status == 0, "\(map.output)")
+        let extents = try JSONSerialization.jsonObject(with: Data(map.output.utf8)) as? [[String: Any]] ?? []
+        let data = try #require(extents.first { $0["data"] as? Bool == true && $0["offset"] != nil }, "no data cluster in \(memory)")
+        let at = off_t(try #require(data["offset"] as? Int)) + 100
 
         // One flipped byte: caught by the checksum.
         let fd = open(memory, O_RDWR)
         var byte: UInt8 = 0
-        _ = pread(fd, &byte, 1, 4096)
+        _ = pread(fd, &byte, 1, at)
         byte ^= 0xff
-        _ = pwrite(fd, &byte, 1, 4096)
+        _ = pwrite(fd, &byte, 1, at)
         let flipped = try cevm.run(["restore", taken.id])
         #expect(!flipped.ok && flipped.stderr.contains("fails its checksum"), "\(flipped.stderr)")
+        // The same page damaged behind a manifest that agrees with the file:
+        // the page digests still catch it, before QEMU loads anything.
+        let manifestPath = "\(taken.directory)/manifest.json"
+        let original = try Files.read(manifestPath)
+        var object = try JSONSerialization.jsonObject(with: Data(original)) as? [String: Any] ?? [:]
+        var files = object["files"] as? [[String: Any]] ?? []
+        for i in files.indices where files[i]["name"] as? String == "memory.qcow2" { files[i]["sha256"] = try FileDigest.sha256(of: memory) }
+        object["files"] = files
+        try Files.writeAtomically(Array(try JSONSerialization.data(withJSONObject: object)), to: manifestPath)
+        let behind = try cevm.run(["restore", taken.id])
+        #expect(!behind.ok && behind.stderr.contains("does not match its digest"), "\(behind.stderr)")
+        try Files.writeAtomically(original, to: manifestPath)
         byte ^= 0xff
-        _ = pwrite(fd, &byte, 1, 4096)
+        _ = pwrite(fd, &byte, 1, at)
         close(fd)
 
         // A truncated stream.
@@ -170,7 +190,8 @@ struct CheckpointRestoreTests {
         let first = try checkpoint(cevm, "full")
         var failed: CEVMHarness.Result?
         for _ in 0..<3 {
-            let attempt = try cevm.run(["checkpoint", "full", "--mechanism", "stop-and-save"])
+            // Full records: an incremental one of this idle guest would fit.
+            let attempt = try cevm.run(["checkpoint", "full", "--mechanism", "stop-and-save", "--full"])
             if !attempt.ok {
                 failed = attempt
                 break
