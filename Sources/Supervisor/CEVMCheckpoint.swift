@@ -199,7 +199,14 @@ final class CEVMRun: CheckpointRun {
                     try await sourceWatch.end(timeout: .seconds(86_400))
                     report(.sourceCompleted)
                 } catch {
-                    if !Task.isCancelled { report(.failed(.migration, "\(error)")) }
+                    if Task.isCancelled { return }
+                    // QEMU reports a broken pipe when the tee failed first
+                    // (a full disk): the tee's own error is the cause.
+                    if let tee, let cause = await tee.failure(grace: .milliseconds(500)) {
+                        report(.failed(.tee, "\(cause)"))
+                    } else {
+                        report(.failed(.migration, "\(error)"))
+                    }
                 }
             }
         }

@@ -117,7 +117,14 @@ final class SnapshotRun: CheckpointRun {
                         self.made.withLock { $0.info = info }
                         report(.sourceCompleted)
                     } catch {
-                        if !Task.isCancelled { report(.failed(.migration, "\(error)")) }
+                        if Task.isCancelled { return }
+                        // QEMU reports a broken pipe when the sink failed
+                        // first (a full disk): the sink's own error is the cause.
+                        if let sink, let cause = await sink.failure(grace: .milliseconds(500)) {
+                            report(.failed(.sink, "\(cause)"))
+                        } else {
+                            report(.failed(.migration, "\(error)"))
+                        }
                     }
                 }
             }

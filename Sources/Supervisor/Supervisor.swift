@@ -154,6 +154,10 @@ public final class Supervisor: Sendable {
         }
         await startScheduler(await storedSchedule())
         await runUntilEnd()
+        // A checkpoint under way when the guest ended (its job done, say)
+        // finishes first: it commits its record or fails on its own terms,
+        // and its caller gets the answer before the control socket closes.
+        await state.checkpointEnded()
     }
 
     /// Answers the control socket until cancelled.

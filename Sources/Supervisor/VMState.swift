@@ -114,6 +114,14 @@ actor VMState {
         busy = false
     }
 
+    /// Returns once no checkpoint is under way (or the task is cancelled).
+    /// A checkpoint ends on its own: each of its waits has a timeout.
+    func checkpointEnded() async {
+        while busy && !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
     /// What a checkpoint starts from; `newInstance` also takes an instance
     /// index (a CEVM checkpoint starts one).
     func checkpointContext(newInstance: Bool) -> CheckpointContext {
