@@ -137,7 +137,7 @@ let package = Package(
             ],
             swiftSettings: strict),
         .testTarget(
-            name: "MigrationStreamTests", dependencies: ["MigrationStream", "QEMU", "QMP", "CEVMSystem"], swiftSettings: strict),
+            name: "MigrationStreamTests", dependencies: ["MigrationStream", "QEMU", "QMP", "CEVMSystem", "Records"], swiftSettings: strict),
         .testTarget(
             name: "DiskManagerTests",
             dependencies: [

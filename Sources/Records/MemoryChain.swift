@@ -1,6 +1,5 @@
 import CEVMSystem
 import Foundation
-import MigrationStream
 import QCOW2
 
 /// The records a version 2 record's memory restores from: itself, then its
@@ -68,38 +67,11 @@ public struct MemoryChain: Sendable {
         return try MemoryImageReader(image: image, digestsPath: "\(top.directory)/\(memory.digests)", layout: memory.layout)
     }
 
-    /// Writes the stream the record restores, in chunks of about 1 MiB, to
-    /// `emit`: its prologue, one RAM section with every page of the layout
-    /// (data, or ZERO for a zero page), its epilogue. Returns the bytes.
+    /// Writes the stream the record restores to `emit` (`MemoryImage.writeStream`).
     public func writeStream(_ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Int64 {
         guard let top = records.first, let memory = top.manifest.memory else { throw RecordError.badMemoryImage(reason: "an empty memory chain") }
         let prologue = try Files.read("\(top.directory)/\(memory.prologue)", limit: 64 << 20)
         let epilogue = try Files.read("\(top.directory)/\(memory.epilogue)", limit: 256 << 20)
-        var writer: MigrationStreamWriter
-        do { writer = try MigrationStreamWriter(prologue: prologue, epilogue: epilogue, pageSize: Int(memory.layout.pageSize)) } catch {
-            throw RecordError.badMemoryImage(reason: "the record's stream pieces do not fit together: \(error)")
-        }
-        guard writer.blocks.map(\.name) == memory.layout.blocks.map(\.name), writer.blocks.map(\.length) == memory.layout.blocks.map(\.length) else {
-            throw RecordError.badMemoryImage(reason: "the prologue's RAM blocks are not the manifest's layout")
-        }
-        var total: Int64 = 0
-        var out: [UInt8] = []
-        out.reserveCapacity(1 << 20 + 8192)
-        func drain(_ force: Bool) throws {
-            guard force || out.count >= 1 << 20 else { return }
-            try out.withUnsafeBytes { try emit($0) }
-            total += Int64(out.count)
-            out.removeAll(keepingCapacity: true)
-        }
-        out += prologue
-        out += writer.partHeader()
-        try reader().forEachPage { block, offset, data in
-            try writer.append(block: block, offset: offset, content: data.map { .data($0) } ?? .zero, to: &out)
-            try drain(false)
-        }
-        out += writer.partEnd()
-        out += epilogue
-        try drain(true)
-        return total
+        return try MemoryImage.writeStream(reader: try reader(), prologue: prologue, epilogue: epilogue, emit)
     }
 }

@@ -1,6 +1,7 @@
 import CEVMSystem
 import Crypto
 import Foundation
+import MigrationStream
 import QCOW2
 
 /// Where each RAM block of a guest lies in a memory image: the blocks QEMU
@@ -189,6 +190,42 @@ public enum MemoryImage {
         for i in 0..<words where base.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) != 0 { return false }
         for i in (words * 8)..<bytes.count where base.load(fromByteOffset: i, as: UInt8.self) != 0 { return false }
         return true
+    }
+
+    /// Writes the stream a memory image restores, in chunks of about 1 MiB,
+    /// to `emit`: the prologue, one RAM section with every page of the
+    /// layout (data, or ZERO for a zero page), the epilogue. Returns the
+    /// bytes written.
+    public static func writeStream(
+        reader: MemoryImageReader, prologue: [UInt8], epilogue: [UInt8], _ emit: (UnsafeRawBufferPointer) throws -> Void
+    ) throws -> Int64 {
+        let layout = reader.layout
+        var writer: MigrationStreamWriter
+        do { writer = try MigrationStreamWriter(prologue: prologue, epilogue: epilogue, pageSize: Int(layout.pageSize)) } catch {
+            throw RecordError.badMemoryImage(reason: "the record's stream pieces do not fit together: \(error)")
+        }
+        guard writer.blocks.map(\.name) == layout.blocks.map(\.name), writer.blocks.map(\.length) == layout.blocks.map(\.length) else {
+            throw RecordError.badMemoryImage(reason: "the prologue's RAM blocks are not the layout's")
+        }
+        var total: Int64 = 0
+        var out: [UInt8] = []
+        out.reserveCapacity(1 << 20 + 8192)
+        func drain(_ force: Bool) throws {
+            guard force || out.count >= 1 << 20 else { return }
+            try out.withUnsafeBytes { try emit($0) }
+            total += Int64(out.count)
+            out.removeAll(keepingCapacity: true)
+        }
+        out += prologue
+        out += writer.partHeader()
+        try reader.forEachPage { block, offset, data in
+            try writer.append(block: block, offset: offset, content: data.map { .data($0) } ?? .zero, to: &out)
+            try drain(false)
+        }
+        out += writer.partEnd()
+        out += epilogue
+        try drain(true)
+        return total
     }
 
     /// The cluster bits of an image whose clusters are pages of `pageSize`.

@@ -18,6 +18,12 @@ public final class PageRecorder {
         public var directory: String
         public var memory: RecordManifest.MemoryRecord
 
+        public init(id: String, directory: String, memory: RecordManifest.MemoryRecord) {
+            self.id = id
+            self.directory = directory
+            self.memory = memory
+        }
+
         public init(record: Record) throws {
             guard let memory = record.manifest.memory else {
                 throw RecordError.badMemoryImage(reason: "record \(record.id) holds no page image (version 1): no parent for an increment")
