@@ -102,38 +102,6 @@ struct Checkpoint: AsyncParsableCommand {
     }
 }
 
-struct RecordsCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "records", abstract: "List a VM's checkpoint records.")
-
-    @OptionGroup var vm: VMArgument
-
-    @OptionGroup var common: CommonOptions
-
-    func run() async throws {
-        try await Output.reporting {
-            let (_, paths) = try vm.existing(in: common.home)
-            let records = RecordStore(paths: paths).list()
-            if common.json { return try Output.json(records.map { RecordSummary(manifest: $0.manifest, directory: $0.directory) }) }
-            var rows = [["ID", "CREATED", "MECHANISM", "PAUSE", "DURABLE", "SIZE", "DISK", "PARENT"]]
-            for record in records {
-                let m = record.manifest
-                rows.append([
-                    m.id, String(m.createdAt.prefix(19)), m.mechanism.rawValue, ms(m.timings.guestPauseMs),
-                    ms(m.timings.requestToDurableMs), formatBytes(m.files.reduce(0) { $0 + $1.size }),
-                    m.disk?.kind.rawValue ?? "-", m.parent ?? "-",
-                ])
-            }
-            Output.line(table(rows))
-        }
-    }
-}
-
-/// A record as the CLI prints it in JSON.
-struct RecordSummary: Encodable {
-    var manifest: RecordManifest
-    var directory: String
-}
-
 func ms(_ value: Double) -> String {
     value >= 1000 ? String(format: "%.2f s", value / 1000) : String(format: "%.0f ms", value)
 }

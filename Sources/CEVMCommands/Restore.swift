@@ -5,6 +5,7 @@ import ArgumentParser
 import DiskManager
 import CEVMSystem
 import Foundation
+import QEMU
 import Records
 import Supervisor
 import VMStore
@@ -24,6 +25,12 @@ struct Restore: AsyncParsableCommand {
 
     @Option(help: "Restore as a VM of this name (default: the record's VM).") var name: String?
 
+    @Option(help: "The record's kernel, moved: a copy with the recorded size and SHA-256.") var kernel: String?
+
+    @Option(help: "The record's initrd, moved: a copy with the recorded size and SHA-256.") var initrd: String?
+
+    @Option(help: "The VM's base image, moved: a copy with the recorded size and SHA-256.") var base: String?
+
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -34,15 +41,14 @@ struct Restore: AsyncParsableCommand {
             for name in home.vmNames() { try await Retention.recover(store: RecordStore(paths: home.vm(name))) }
             let record = try Self.locate(record, home: home)
             Output.progress("verifying \(record.id)…")
-            try record.verify()
-            // Record format 2: the memory chain (parents found by id in the
-            // same records tree, each one's files checked), then every page
-            // against its digest, before anything starts.
-            if record.manifest.memory != nil {
-                let chain = try MemoryChain(record)
-                for parent in chain.records.dropFirst() { try parent.verify() }
-                try chain.reader().forEachPage { _, _, _ in }
-            }
+            // Every file against its SHA-256; record format 2: the memory
+            // chain (parents found by id in the same records tree, each
+            // one's files checked), every page against its digest; then the
+            // files outside the tree (base, kernel, initrd) against their
+            // identities — all before anything starts.
+            try await Blocking.run { try record.verifyRestorable() }
+            let located = try await Self.locateExternalFiles(record, kernel: kernel, initrd: initrd, base: base, home: home)
+            let movedBase = try Self.movedBase(record, located: located)
             let target = try name.map(parseName) ?? record.manifest.vm
             let paths = home.vm(target)
             try paths.checkSocketPaths()
@@ -54,12 +60,26 @@ struct Restore: AsyncParsableCommand {
             }
             var spec = record.manifest.spec
             spec.name = target
-            if let disk = record.manifest.spec.disk, let recordDisk = record.diskPath {
-                spec.disk = VMSpec.Disk(
-                    base: recordDisk, baseFormat: "qcow2", sizeBytes: disk.sizeBytes, createdByCEVM: false, record: record.id)
-            }
+            spec.boot = record.resolvedBoot(located: located)
             try home.prepare()
             try Files.makeDirectory(paths.directory, mode: 0o700)
+            if let disk = record.manifest.spec.disk, let recordDisk = record.diskPath {
+                var diskBase = recordDisk
+                if let movedBase {
+                    // The record's disk names its base by the old path: the
+                    // restored VM gets a copy of the record's clusters over
+                    // the moved base instead (the record is never written).
+                    Output.progress("rebasing \(record.id)'s disk onto \(movedBase.path)…")
+                    try Files.makeDirectory(paths.diskDirectory, mode: 0o700)
+                    diskBase = "\(paths.diskDirectory)/record-\(record.id).qcow2"
+                    Files.remove(diskBase)
+                    try await Tool.check(
+                        "qemu-img", ["convert", "-q", "-O", "qcow2", "-B", movedBase.path, "-F", movedBase.format, movedBase.source, diskBase],
+                        timeout: .seconds(3600))
+                }
+                spec.disk = VMSpec.Disk(
+                    base: diskBase, baseFormat: "qcow2", sizeBytes: disk.sizeBytes, createdByCEVM: false, record: record.id)
+            }
             try paths.writeSpec(spec)
             // The VM's disk from now on: a new overlay over the record's disk.
             // The overlay it had is kept aside, not deleted: it holds writes
@@ -92,6 +112,38 @@ struct Restore: AsyncParsableCommand {
         var record: String
         var seconds: Double
         var at: String
+    }
+
+    /// The record's external files, each where the user points (`--kernel`,
+    /// `--initrd`, `--base`) or where the manifest says, checked against its
+    /// size and SHA-256 (remembered in the home's identity cache).
+    static func locateExternalFiles(
+        _ record: Record, kernel: String?, initrd: String?, base: String?, home: Home
+    ) async throws -> [ExternalFile.Role: String] {
+        var overrides: [ExternalFile.Role: String] = [:]
+        overrides[.kernel] = kernel.map(Home.absolute)
+        overrides[.initrd] = initrd.map(Home.absolute)
+        overrides[.base] = base.map(Home.absolute)
+        let recorded = Set((record.manifest.external ?? []).map(\.role))
+        for (role, path) in overrides where !recorded.contains(role) {
+            throw CLIError("record \(record.id) names no \(role.rawValue) with an identity: --\(role.rawValue) \(path) cannot be checked")
+        }
+        _ = try? Files.makeDirectory(home.cacheDirectory, mode: 0o700)
+        let cache = IdentityCache(path: "\(home.cacheDirectory)/identities.json")
+        return try await Blocking.run { [overrides] in try record.locateExternalFiles(overrides: overrides, cache: cache) }
+    }
+
+    /// A base image the user pointed at elsewhere than where the record's
+    /// disk chain names it: the qemu-img source of the chain with that
+    /// bottom replaced.
+    static func movedBase(_ record: Record, located: [ExternalFile.Role: String]) throws -> (path: String, format: String, source: String)? {
+        guard let recorded = record.manifest.external?.first(where: { $0.role == .base }), let path = located[.base],
+            path != recorded.resolved(in: record.directory), let recordDisk = record.diskPath
+        else { return nil }
+        guard let chain = DiskChain.source(top: recordDisk, bottom: recorded.path, replacement: path) else {
+            throw CLIError("the disk chain of \(recordDisk) does not end at \(recorded.path): --base cannot replace it")
+        }
+        return (path, chain.bottomFormat, chain.source)
     }
 
     /// A record by directory path, or by id among every VM's records.

@@ -37,6 +37,10 @@ public struct RecordManifest: Codable, Sendable, Equatable {
     public var disk: DiskRecord?
     /// CEVM only: where New_VM and the old side ran.
     public var placement: Placement?
+    /// The files outside the records tree the record needs (base image,
+    /// kernel, initrd) with their identities; nil in records made before
+    /// cevm kept them.
+    public var external: [ExternalFile]?
     /// Format 2: the guest's memory as pages (nil in a version 1 record,
     /// whose memory file is QEMU's raw stream).
     public var memory: MemoryRecord? {

@@ -64,6 +64,9 @@ public struct Record: Sendable {
         if let parent = manifest.parent, !Record.isPlainID(parent) {
             throw RecordError.corruptManifest(path: path, reason: "its parent '\(parent)' is not a plain record id")
         }
+        for file in manifest.external ?? [] where !file.path.hasPrefix("/") && !isPlainName(file.path) {
+            throw RecordError.corruptManifest(path: path, reason: "its \(file.role.rawValue) '\(file.path)' is neither absolute nor a plain name")
+        }
         switch (manifest.formatVersion, manifest.memory) {
         case (1, nil): break
         case (1, .some): throw RecordError.corruptManifest(path: path, reason: "a version 1 record with a version 2 memory description")
