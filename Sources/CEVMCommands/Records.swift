@@ -91,11 +91,7 @@ struct RecordsExport: AsyncParsableCommand {
 
     @Argument(help: "The directory to write (must not exist, or be empty).") var directory: String
 
-    @Option(help: "The record's kernel, moved: a copy with the recorded size and SHA-256.") var kernel: String?
-
-    @Option(help: "The record's initrd, moved: a copy with the recorded size and SHA-256.") var initrd: String?
-
-    @Option(help: "The VM's base image, moved: a copy with the recorded size and SHA-256.") var base: String?
+    @OptionGroup var moved: MovedFiles
 
     @OptionGroup var common: CommonOptions
 
@@ -107,7 +103,7 @@ struct RecordsExport: AsyncParsableCommand {
             let destination = Home.absolute(directory)
             Output.progress("verifying \(record.id)…")
             try await Blocking.run { try record.verifyRestorable() }
-            let located = try await Restore.locateExternalFiles(record, kernel: kernel, initrd: initrd, base: base, home: home)
+            let located = try await Restore.locateExternalFiles(record, moved: moved, home: home)
             let moved = try Restore.movedBase(record, located: located)
             Output.progress("exporting \(record.id) to \(destination)…")
             let exported = try await RecordExport.export(

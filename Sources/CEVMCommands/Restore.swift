@@ -25,11 +25,7 @@ struct Restore: AsyncParsableCommand {
 
     @Option(help: "Restore as a VM of this name (default: the record's VM).") var name: String?
 
-    @Option(help: "The record's kernel, moved: a copy with the recorded size and SHA-256.") var kernel: String?
-
-    @Option(help: "The record's initrd, moved: a copy with the recorded size and SHA-256.") var initrd: String?
-
-    @Option(help: "The VM's base image, moved: a copy with the recorded size and SHA-256.") var base: String?
+    @OptionGroup var moved: MovedFiles
 
     @OptionGroup var common: CommonOptions
 
@@ -47,7 +43,7 @@ struct Restore: AsyncParsableCommand {
             // files outside the tree (base, kernel, initrd) against their
             // identities — all before anything starts.
             try await Blocking.run { try record.verifyRestorable() }
-            let located = try await Self.locateExternalFiles(record, kernel: kernel, initrd: initrd, base: base, home: home)
+            let located = try await Self.locateExternalFiles(record, moved: moved, home: home)
             let movedBase = try Self.movedBase(record, located: located)
             let target = try name.map(parseName) ?? record.manifest.vm
             let paths = home.vm(target)
@@ -118,12 +114,12 @@ struct Restore: AsyncParsableCommand {
     /// `--initrd`, `--base`) or where the manifest says, checked against its
     /// size and SHA-256 (remembered in the home's identity cache).
     static func locateExternalFiles(
-        _ record: Record, kernel: String?, initrd: String?, base: String?, home: Home
+        _ record: Record, moved: MovedFiles, home: Home
     ) async throws -> [ExternalFile.Role: String] {
         var overrides: [ExternalFile.Role: String] = [:]
-        overrides[.kernel] = kernel.map(Home.absolute)
-        overrides[.initrd] = initrd.map(Home.absolute)
-        overrides[.base] = base.map(Home.absolute)
+        overrides[.kernel] = moved.kernel.map(Home.absolute)
+        overrides[.initrd] = moved.initrd.map(Home.absolute)
+        overrides[.base] = moved.base.map(Home.absolute)
         let recorded = Set((record.manifest.external ?? []).map(\.role))
         for (role, path) in overrides where !recorded.contains(role) {
             throw CLIError("record \(record.id) names no \(role.rawValue) with an identity: --\(role.rawValue) \(path) cannot be checked")
@@ -158,4 +154,14 @@ struct Restore: AsyncParsableCommand {
         }
         throw RecordError.notFound(text)
     }
+}
+
+/// Where a record's files from outside its records tree went, when they
+/// moved: each is checked against the identity the record holds.
+struct MovedFiles: ParsableArguments {
+    @Option(help: "The record's kernel, moved: a copy with the recorded size and SHA-256.") var kernel: String?
+
+    @Option(help: "The record's initrd, moved: a copy with the recorded size and SHA-256.") var initrd: String?
+
+    @Option(help: "The VM's base image, moved: a copy with the recorded size and SHA-256.") var base: String?
 }

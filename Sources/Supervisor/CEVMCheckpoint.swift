@@ -485,16 +485,7 @@ final class CEVMRun: CheckpointRun {
         manifest.placement?.oldInstance = placement.oldInstance.description
         manifest.placement?.observed = state.observed
         manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
-        let identities = IdentityCache(path: "\(supervisor.paths.directory)/\(ExternalFile.cacheName)")
-        let record = try await Blocking.run { [manifest, directory, spec = self.spec] in
-            var stamped = manifest
-            // The base image, kernel and initrd, named with their identities
-            // (hashed once per file version: the VM's identity cache).
-            stamped.external = ExternalFile.of(spec: spec, cache: identities)
-            return try RecordStore.commit(stamped, in: directory)
-        }
-        if let cut = state.cut { await supervisor.state.setLastRecord((id, cut.recordPath ?? "")) }
-        await supervisor.committed(record)
+        let record = try await supervisor.commitRecord(manifest, in: directory, spec: spec, cut: state.cut)
         made.withLock { $0.record = record }
     }
 

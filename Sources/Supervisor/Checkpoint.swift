@@ -116,9 +116,20 @@ extension Supervisor {
         return .pages(directory: directory, parent: parent)
     }
 
-    /// Remembers a committed record as the next memory parent (format 2 only).
-    func committed(_ record: Record) async {
+    /// Commits a checkpoint's record (its files durable): the manifest gets
+    /// the identities of the base image, kernel and initrd (hashed once per
+    /// file version: the VM's identity cache), is made durable off the
+    /// pool, and the record becomes the next one's disk and memory parent.
+    func commitRecord(_ manifest: RecordManifest, in directory: String, spec: VMSpec, cut: VMDisk.Cut?) async throws -> Record {
+        let identities = IdentityCache(path: "\(paths.directory)/\(ExternalFile.cacheName)")
+        let record = try await Blocking.run { [manifest] in
+            var stamped = manifest
+            stamped.external = ExternalFile.of(spec: spec, cache: identities)
+            return try RecordStore.commit(stamped, in: directory)
+        }
+        if let cut { await state.setLastRecord((record.id, cut.recordPath ?? "")) }
         if record.manifest.memory != nil { await state.setLastMemoryRecord(record.directory) }
+        return record
     }
 
     /// U, the disk record and the journal of a checkpoint's cut (files
