@@ -93,6 +93,17 @@ struct RecordsExport: AsyncParsableCommand {
 
     @OptionGroup var moved: MovedFiles
 
+    @Option(
+        help: """
+            cevm (a record `cevm restore` starts) or qemu (the same, plus the memory as one migration \
+            stream file and a script that starts plain QEMU on it, without cevm).
+            """)
+    var format: ExportFormat = .cevm
+
+    enum ExportFormat: String, ExpressibleByArgument, CaseIterable {
+        case cevm, qemu
+    }
+
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -111,9 +122,77 @@ struct RecordsExport: AsyncParsableCommand {
             ) { source, output in
                 _ = try await Tool.check("qemu-img", ["convert", "-q", "-O", "qcow2", source, output], timeout: .seconds(3600))
             }
+            if format == .qemu {
+                Output.progress("writing the QEMU stream…")
+                try await Blocking.run { try QEMUExport.write(exported) }
+            }
             Output.endProgress()
             if common.json { return try Output.json(RecordSummary(record: exported)) }
             Output.line("\(record.id) exported to \(exported.directory) (restore with `cevm restore \(exported.directory)`)")
+            if format == .qemu {
+                Output.line("without cevm: sh \(exported.directory)/\(QEMUExport.scriptName) (QEMU loads \(QEMUExport.streamName))")
+            }
         }
+    }
+}
+
+/// `records export --format qemu`: what a user needs to leave cevm and keep
+/// a checkpoint. Beside the standalone record: the memory as one migration
+/// stream (`qemu.mig`: rebuilt from the page image, or a version 1 record's
+/// own stream) and `qemu-restore.sh`, which starts QEMU with the VM's own
+/// machine options on the exported disk, kernel and initrd and loads the
+/// stream (`-incoming file:`). The guest runs on from the checkpoint, its
+/// console on the terminal; its writes go to the exported disk.qcow2.
+enum QEMUExport {
+    static let streamName = "qemu.mig"
+    static let scriptName = "qemu-restore.sh"
+
+    static func write(_ record: Record) throws {
+        let directory = record.directory
+        let stream = "\(directory)/\(streamName)"
+        if record.manifest.memory != nil {
+            let chain = try MemoryChain(record)
+            let fd = open(stream, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd < 0 { throw SystemError("open", errno: errno, subject: stream) }
+            defer { close(fd) }
+            _ = try chain.writeStream { chunk in try Files.writeAll(fd, chunk, subject: stream) }
+            if fsync(fd) != 0 { throw SystemError("fsync", errno: errno, subject: stream) }
+        } else if let raw = record.memoryPath {
+            try FileManager.default.copyItem(atPath: raw, toPath: stream)
+        }
+        try Files.writeAtomically(Array(script(record).utf8), to: "\(directory)/\(scriptName)", mode: 0o700)
+    }
+
+    /// The shell script: QEMU's arguments as cevm gives them to an instance,
+    /// with the record's files named relative to the script's directory.
+    static func script(_ record: Record) -> String {
+        let spec = record.manifest.spec
+        let accel: Accelerator = spec.accel == .kvm ? .kvm : .tcg
+        let boot: InstanceConfig.Boot
+        switch spec.boot {
+        case .kernel(_, let initrd, let append): boot = .kernel(kernel: "kernel", initrd: initrd == nil ? nil : "initrd", append: append)
+        case .disk: boot = .disk
+        }
+        var config = InstanceConfig(
+            name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine, accel: accel, boot: boot,
+            drive: record.manifest.disk == nil ? nil : InstanceConfig.Drive(file: "disk.qcow2", format: "qcow2"),
+            qmpSocket: "qmp.sock", incoming: false,
+            cpuModel: spec.cpuModel.map { $0 == VMSpec.automaticCPUModel ? QEMUCommandLine.defaultCPUModel(for: accel) : $0 },
+            ramPaddingKiB: spec.ramPaddingKiB ?? 0)
+        config.incoming = false
+        var arguments = QEMUCommandLine.arguments(for: config)
+        // Runs once loaded (no -S), answers no QMP, loads the stream file.
+        if let s = arguments.firstIndex(of: "-S") { arguments.remove(at: s) }
+        if let q = arguments.firstIndex(of: "-qmp") { arguments.removeSubrange(q...(q + 1)) }
+        arguments += ["-incoming", "file:\(streamName)"]
+        let quoted = arguments.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+        return """
+            #!/bin/sh
+            # Starts record \(record.id) of VM \(spec.name.value) with QEMU alone (QEMU \(record.manifest.qemu.version) made it).
+            # Machine options as cevm gave them; the guest continues from the checkpoint.
+            cd "$(dirname "$0")" || exit 1
+            \(QEMUCommandLine.defaultBinary) \(quoted.joined(separator: " ")) "$@"
+
+            """
     }
 }

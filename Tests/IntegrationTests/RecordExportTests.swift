@@ -99,4 +99,45 @@ struct RecordExportTests {
         #expect(ticks.allSatisfy { $0.mem == "ok" && $0.disk == "ok" })
         #expect(try cevm.run(["stop", "again"]).ok)
     }
+
+    /// `--format qemu`: the checkpoint leaves cevm. Plain QEMU, started by
+    /// the exported script with no cevm process anywhere, loads the stream
+    /// and the guest goes on ticking with its memory and disk verified.
+    @Test func aQEMUExportRunsWithoutCEVM() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "leave", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("leave", count: 4)
+        let taken = try checkpoint(cevm, "leave")
+        let export = "\(cevm.home)/for-qemu"
+        let exported = try cevm.run(["records", "export", taken.id, export, "--format", "qemu"])
+        #expect(exported.ok, "\(exported.stderr)")
+        #expect(try cevm.run(["stop", "leave"]).ok)
+        try FileManager.default.removeItem(atPath: "\(cevm.home)/vms/leave")
+
+        let qemu = Process()
+        qemu.executableURL = URL(fileURLWithPath: "/bin/sh")
+        qemu.arguments = ["\(export)/qemu-restore.sh"]
+        let output = Pipe()
+        qemu.standardOutput = output
+        qemu.standardError = output
+        try qemu.run()
+        let collected = Collected()
+        output.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData) }
+        let deadline = Date().addingTimeInterval(60)
+        while collected.ticks.count < 5 && Date() < deadline && qemu.isRunning { usleep(200_000) }
+        qemu.terminate()
+        qemu.waitUntilExit()
+        output.fileHandleForReading.readabilityHandler = nil
+        let ticks = collected.ticks
+        #expect(ticks.count >= 5, "QEMU alone printed: \(collected.text.suffix(2000))")
+        #expect(ticks.allSatisfy { $0.contains("mem=ok") && $0.contains("disk=ok") }, "\(ticks)")
+    }
+
+    final class Collected: @unchecked Sendable {
+        private let lock = NSLock()
+        private var data = Data()
+        func append(_ more: Data) { lock.withLock { data.append(more) } }
+        var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
+        var ticks: [String] { text.split(separator: "\n").map(String.init).filter { $0.hasPrefix("cevm-tick") } }
+    }
 }
