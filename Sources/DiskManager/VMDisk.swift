@@ -64,7 +64,8 @@ public final class VMDisk: Sendable {
         public let integration: Integration
         /// True when the record holds only this epoch's clusters over `backing`.
         public let incremental: Bool
-        /// The record's backing file (B, or the previous record).
+        /// The record's backing file as its header names it: B (absolute), or the
+        /// previous record's disk ("../PARENTDIR/disk.qcow2" when a sibling).
         public let backing: String
         public let backingFormat: String
         public let recordPath: String?
@@ -109,7 +110,7 @@ public final class VMDisk: Sendable {
             last.depth < Self.maxIncrementalDepth, Files.exists(previousRecord)
         {
             incremental = true
-            backing = previousRecord
+            backing = Self.backingName(previousRecord, for: recordPath)
             backingFormat = "qcow2"
             depth = last.depth + 1
         }
@@ -134,6 +135,23 @@ public final class VMDisk: Sendable {
         return PreparedCut(
             u: u, record: record, hooks: hooks, incremental: incremental, backing: backing, backingFormat: backingFormat,
             recordPath: recordPath, depth: depth)
+    }
+
+    /// How a record's disk names the previous record's: relatively
+    /// ("../PARENTDIR/disk.qcow2") when both records lie in the same
+    /// records directory, so a records tree moved or renamed as a whole
+    /// still opens; else by its absolute path.
+    static func backingName(_ previousRecord: String, for recordPath: String?) -> String {
+        func split(_ path: String) -> (directory: String, name: String)? {
+            guard let slash = path.lastIndex(of: "/") else { return nil }
+            return (String(path[..<slash]), String(path[path.index(after: slash)...]))
+        }
+        guard let recordPath, let previous = split(previousRecord), let record = split(recordPath),
+            let previousRecordDirectory = split(previous.directory), let recordDirectory = split(record.directory),
+            !previousRecordDirectory.directory.isEmpty, previousRecordDirectory.directory == recordDirectory.directory,
+            previousRecordDirectory.name != recordDirectory.name, !previousRecordDirectory.name.isEmpty
+        else { return previousRecord }
+        return "../\(previousRecordDirectory.name)/\(previous.name)"
     }
 
     /// Gives up a prepared cut that was never made (the checkpoint failed

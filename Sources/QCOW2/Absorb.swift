@@ -3,7 +3,9 @@ extension QCOW2Image {
     /// own clusters, not its backing's) and this image does not, reading
     /// them through `layer`. When `layer` is this image's backing, or holds
     /// the same content as it for those clusters, what this image reads does
-    /// not change; it merely stops depending on `layer` for them. Both must
+    /// not change; it merely stops depending on `layer` for them. A zero
+    /// cluster of `layer` becomes a zero cluster here; this image's own
+    /// zero and data clusters are left as they are. Both must
     /// have the same geometry. Returns how many clusters were copied; the
     /// caller flushes.
     public func absorb(clustersOf layer: QCOW2Image) throws(QCOW2Error) -> Int {
@@ -20,6 +22,12 @@ extension QCOW2Image {
             guard case .unallocated = try clusterState(k) else { continue }
             let offset = k * clusterSize
             let count = Int(min(clusterSize, virtualSize - offset))
+            if case .zero = try layer.clusterState(k) {
+                // A zero cluster stays one (no data written for it).
+                try writeZeroes(at: offset, count: UInt64(count))
+                copied += 1
+                continue
+            }
             var failure: QCOW2Error?
             buffer.withUnsafeMutableBytes { b in
                 do throws(QCOW2Error) {

@@ -11,6 +11,8 @@ public enum RecordError: Error, Sendable, Equatable, CustomStringConvertible {
     case writeFailed(path: String, reason: String)
     /// A memory image (format v2) that cannot be written or read as asked.
     case badMemoryImage(reason: String)
+    /// A retention request that cannot be carried out as asked.
+    case badRetention(String)
 
     public var description: String {
         switch self {
@@ -29,6 +31,7 @@ public enum RecordError: Error, Sendable, Equatable, CustomStringConvertible {
         case .invalidFileName(let name): return "record manifest names a file '\(name)' outside its directory"
         case .writeFailed(let path, let reason): return "cannot write \(path): \(reason)"
         case .badMemoryImage(let reason): return "memory image: \(reason)"
+        case .badRetention(let reason): return "retention: \(reason)"
         }
     }
 }

@@ -237,9 +237,18 @@ public struct RecordManifest: Codable, Sendable, Equatable {
 
         public var file: String
         public var kind: Kind
-        /// Absolute path of the backing file: the base image, or the parent record's disk.
+        /// The backing file as the disk's header names it: relative to the
+        /// record's directory for a parent record in the same records tree
+        /// ("../PARENT/disk.qcow2"), absolute for the VM's base image (and in
+        /// records made before relative names). `backingPath(in:)` resolves it.
         public var backing: String
         public var backingFormat: String
+
+        /// `backing` as a path: relative names resolve against the record's
+        /// directory (where the disk file lies).
+        public func backingPath(in directory: String) -> String {
+            backing.hasPrefix("/") ? backing : "\(directory)/\(backing)"
+        }
 
         public init(file: String, kind: Kind, backing: String, backingFormat: String) {
             self.file = file

@@ -14,6 +14,9 @@ public struct Record: Sendable {
     public var id: String { manifest.id }
     public func path(of entry: RecordManifest.FileEntry) -> String { "\(directory)/\(entry.name)" }
     public var diskPath: String? { manifest.disk.map { "\(directory)/\($0.file)" } }
+    /// The disk's backing file as a path (a relative name resolved against
+    /// this record's directory).
+    public var diskBackingPath: String? { manifest.disk.map { $0.backingPath(in: directory) } }
     /// Version 1: the raw stream (version 2 has `memory` instead).
     public var memoryPath: String? { manifest.memory == nil ? manifest.file(.memory).map(path(of:)) : nil }
 

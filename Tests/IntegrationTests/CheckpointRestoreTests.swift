@@ -92,6 +92,39 @@ struct CheckpointRestoreTests {
         #expect(try cevm.run(["stop", "job"]).ok)
     }
 
+    /// Records name each other relatively: a VM's whole records tree moved
+    /// elsewhere (and renamed) still holds an incremental chain that qemu-img
+    /// opens and that restores.
+    @Test func aMovedRecordsTreeStillRestores() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "mover", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("mover", count: 3)
+        let first = try checkpoint(cevm, "mover")
+        _ = try cevm.waitForTicks("mover", count: 5)
+        let second = try checkpoint(cevm, "mover")
+        let disk = second.manifest["disk"] as? [String: Any]
+        #expect(second.manifest["parent"] as? String == first.id)
+        #expect(disk?["kind"] as? String == "incremental")
+        #expect(disk?["backing"] as? String == "../\(first.id)/disk.qcow2", "a sibling record's disk is named relatively")
+        #expect(try cevm.run(["stop", "mover"]).ok)
+
+        let tree = Files.parent(of: second.directory)
+        let moved = "\(cevm.home)/elsewhere-records"
+        #expect(rename(tree, moved) == 0)
+        let movedSecond = "\(moved)/\(second.directory.split(separator: "/").last.map(String.init) ?? second.id)"
+        #expect(try qemuImgCheck("\(movedSecond)/disk.qcow2").ok)
+        #expect(try qemuImgCheck("\(movedSecond)/memory.qcow2").ok)
+        let record = try Record.load(directory: movedSecond)
+        try record.verify()
+        #expect(try MemoryChain(record).records.count == 2, "the memory chain is found in the moved tree")
+
+        let restore = try cevm.run(["restore", movedSecond, "--name", "moved"])
+        #expect(restore.ok, "\(restore.stderr)")
+        let ticks = try cevm.waitForTicks("moved", count: 3)
+        #expect(ticks.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "memory and disk verified by the guest")
+        #expect(try cevm.run(["stop", "moved"]).ok)
+    }
+
     @Test func restoreRefusesARunningNameAndRestoresUnderAnother() throws {
         let cevm = try CEVMHarness()
         #expect(try cevm.run(["run", "orig", "--accel", "tcg"]).ok)

@@ -2,6 +2,7 @@ import CEVMSystem
 import Foundation
 import Records
 import Testing
+import TestSupport
 
 /// `cevm schedule` end to end: the supervisor checkpoints on its own, keeps
 /// the newest records restorable, resumes the schedule after a restart and
@@ -46,8 +47,25 @@ struct ScheduleTests {
         #expect(try cevm.run(["stop", "sched"]).ok)
 
         // Every kept record is whole and restores, the oldest (merged) one too.
+        // Their memory chains resolve within the kept records (a merged
+        // child no longer names a removed parent) and read back what their
+        // digests say; every image is clean.
         for id in after.sorted() {
-            try Record.load(directory: "\(cevm.home)/vms/sched/records/\(id)").verify()
+            let record = try Record.load(directory: "\(cevm.home)/vms/sched/records/\(id)")
+            try record.verify()
+            if let memory = record.manifest.memory {
+                let chain = try MemoryChain(record)
+                #expect(chain.records.allSatisfy { after.contains($0.id) }, "\(id)'s memory chain stays among the kept records")
+                var pages = 0
+                try chain.reader().forEachPage { _, _, _ in pages += 1 }
+                #expect(pages == memory.layout.guestPages)
+                try expectClean("\(record.directory)/\(memory.image)")
+            }
+            if let disk = record.diskPath { try expectClean(disk) }
+        }
+        if let oldest = after.sorted().first {
+            let record = try Record.load(directory: "\(cevm.home)/vms/sched/records/\(oldest)")
+            #expect(record.manifest.memory?.parent == nil && record.manifest.parent == nil, "the oldest kept record builds on nothing removed")
         }
         if let oldest = after.sorted().first {
             #expect(try cevm.run(["restore", oldest, "--name", "back"]).ok)

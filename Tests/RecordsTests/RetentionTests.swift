@@ -1,12 +1,11 @@
 import CEVMSystem
 import Foundation
 import QCOW2
-import Records
 import TestSupport
 import Testing
 import VMStore
 
-@testable import Supervisor
+@testable import Records
 
 /// Retention on real qcow2 record chains: kept records read the same bytes
 /// before and after their parents go, and a merge killed halfway is finished
@@ -122,6 +121,6 @@ import VMStore
 
     @Test func keepMustBePositive() async throws {
         let chain = try Chain(records: 1, seed: 3)
-        await #expect(throws: SupervisorError.self) { _ = try await Retention.apply(keep: 0, store: chain.store) }
+        await #expect(throws: RecordError.self) { _ = try await Retention.apply(keep: 0, store: chain.store) }
     }
 }
