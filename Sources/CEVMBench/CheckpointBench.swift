@@ -53,6 +53,38 @@ struct CheckpointBenchReport: BenchReport {
         var recordBytes: Int64
         var memoryStreamBytes: Int64
         var record: String
+        /// `--formats`: the record format asked for, and `first` (full) or
+        /// `second` (a few seconds later; incremental in format 2).
+        var recordFormat: Int?
+        var checkpoint: String?
+        /// The record's memory files (role `memory` in its manifest).
+        var memoryBytes: Int64?
+        /// Format 2: `full` or `incremental`, and the pages its image stores (data + zero).
+        var memoryKind: String?
+        var storedPages: Int?
+        /// The job's units done at the pause (interpolated from the console).
+        var unitsAtPause: Double?
+        /// Second checkpoints: the pages the guest wrote between the two
+        /// pauses, by its own count (its page choice replayed).
+        var guestWrittenPages: Int?
+        /// CEVM: the manifest's phases memoryDurable − switchOver.
+        var memoryDurableAfterSwitchMs: Double?
+        /// utime + stime of the VM's supervisor over the `cevm checkpoint` command.
+        var supervisorCPUms: Double?
+        /// Bytes per second of a write + fdatasync of the pair's first
+        /// record's memory size in the records directory, just after the pair.
+        var writeBytesPerSecond: Double?
+    }
+
+    /// One restore of a record, or QEMU alone loading a record's stream.
+    struct RestoreRow: Encodable {
+        var memoryMiB: Int
+        var mechanism: String
+        var what: String
+        var record: String
+        var recordMemoryBytes: Int64
+        var seconds: Double?
+        var failure: String?
     }
 
     typealias Target = BenchTarget
@@ -66,6 +98,7 @@ struct CheckpointBenchReport: BenchReport {
     var rows: [Row]
     /// CEVM against QEMU's own live migration of the same guests (medians).
     var references: [String] = []
+    var restores: [RestoreRow] = []
     var targets: [Target]
 
     func text() -> String {
@@ -99,6 +132,52 @@ struct CheckpointBenchReport: BenchReport {
         if rows.contains(where: { $0.mechanism == CheckpointBenchRunner.liveMigrationLabel }) {
             out.append(
                 "(\(CheckpointBenchRunner.liveMigrationLabel): its window runs from `migrate` to the destination's RESUME; no record is written)")
+        }
+        let formatRows = rows.filter { $0.recordFormat != nil }
+        if !formatRows.isEmpty {
+            out.append("")
+            out.append(
+                "Record formats: memory = the record's memory files; changed = pages the guest wrote since the first checkpoint "
+                    + "(its own count) × 4 KiB; durable after switch-over = CEVM phases memoryDurable − switchOver "
+                    + "(stop-and-save: request to durable); bound = 1.2 × memory / write bandwidth; CPU = the supervisor's utime + stime "
+                    + "over the command")
+            var formats = [[
+                "RAM", "mechanism", "#", "format", "checkpoint", "memory", "memory/RAM", "stored pages", "changed", "to durable",
+                "durable after switch-over", "write MB/s", "bound", "supervisor CPU", "progress",
+            ]]
+            for row in formatRows {
+                let ram = Double(row.memoryMiB) * 1_048_576
+                let after = row.mechanism == Mechanism.cevm.rawValue ? row.memoryDurableAfterSwitchMs : row.requestToDurableMs
+                let bound = row.writeBytesPerSecond.flatMap { bw in row.memoryBytes.map { 1.2 * Double($0) / bw * 1000 } }
+                formats.append([
+                    row.memoryMiB >= 1024 && row.memoryMiB % 1024 == 0 ? "\(row.memoryMiB >> 10) GiB" : "\(row.memoryMiB) MiB",
+                    row.mechanism, "\(row.repetition)", row.recordFormat.map { "\($0)" } ?? "-",
+                    (row.checkpoint ?? "-") + (row.memoryKind.map { " (\($0))" } ?? ""),
+                    row.memoryBytes.map(formatBytes) ?? "-",
+                    row.memoryBytes.map { String(format: "%.2f", Double($0) / ram) } ?? "-",
+                    row.storedPages.map { "\($0)" } ?? "-",
+                    row.guestWrittenPages.map { formatBytes(Int64($0) * 4096) } ?? "-",
+                    msText(row.requestToDurableMs), msText(after),
+                    row.writeBytesPerSecond.map { String(format: "%.0f", $0 / 1e6) } ?? "-", msText(bound),
+                    msText(row.supervisorCPUms),
+                    row.guestLost ? "guest lost" : row.progress.map { String(format: "%.1f %%", $0 * 100) } ?? "-",
+                ])
+            }
+            out.append(table(formats))
+        }
+        if !restores.isEmpty {
+            out.append("")
+            out.append(
+                "Restores (cevm restore: from the command to the VM running, the record's files and every page verified first; "
+                    + "QEMU alone: migrate-incoming of the format 1 stream from its file to `completed`)")
+            var grid = [["RAM", "mechanism", "what", "record memory", "seconds"]]
+            for r in restores {
+                grid.append([
+                    "\(r.memoryMiB) MiB", r.mechanism, r.what, formatBytes(r.recordMemoryBytes),
+                    r.seconds.map { String(format: "%.2f s", $0) } ?? "failed: \(r.failure ?? "?")",
+                ])
+            }
+            out.append(table(grid))
         }
         if !references.isEmpty {
             out.append("")
@@ -136,6 +215,13 @@ public final class CheckpointBenchRunner: BenchDriver {
     let repeats: Int
     let downtimeLimit: Int?
     let control: Bool
+    /// Record formats measured against each other (empty: one checkpoint
+    /// per repetition, in cevm's default format).
+    let formats: [Int]
+    /// Seconds from a pair's first checkpoint (durable) to its second's request.
+    let gap: Double
+    /// The RAM size whose records are restored (nil: no restores).
+    let restoreMiB: Int?
     /// QEMU instances the control started directly (no cevm VM of theirs).
     let bare = Mutex<[QEMUInstance]>([])
     /// The bundled guest as `cevm run` makes it (with its disk), or its
@@ -153,8 +239,11 @@ public final class CheckpointBenchRunner: BenchDriver {
     public init(
         home: String, sizes: [Int], mechanisms: [Mechanism], policy: AffinityPolicy, workingSet: Int?, pages: Int, verify: Int, tick: Int,
         baseline: Double, attempts: Int, repeats: Int, downtimeLimit: Int?, control: Bool, withDisk: Bool, guest: BenchGuest,
-        defaultAppend: String, stop: AsyncSignal
+        defaultAppend: String, stop: AsyncSignal, formats: [Int] = [], gap: Double = 4, restoreMiB: Int? = nil
     ) {
+        self.formats = formats
+        self.gap = gap
+        self.restoreMiB = restoreMiB
         self.control = control
         self.repeats = repeats
         self.downtimeLimit = downtimeLimit
@@ -234,12 +323,14 @@ public final class CheckpointBenchRunner: BenchDriver {
                     var failures: [String] = []
                     while true {
                         try checkStop()
-                        var row = try await measure(mechanism, guest: guest, mib: mib)
-                        row.repetition = repetition
-                        row.guestsLostBefore = lost
-                        row.earlierFailures = failures
-                        if !row.guestLost {
-                            rows.append(row)
+                        var batch = try await measureBatch(mechanism, guest: guest, mib: mib)
+                        for index in batch.indices {
+                            batch[index].repetition = repetition
+                            batch[index].guestsLostBefore = lost
+                            batch[index].earlierFailures = failures
+                        }
+                        guard let row = batch.first(where: \.guestLost) else {
+                            rows += batch
                             break
                         }
                         // The guest died or stopped making progress after the
@@ -261,12 +352,13 @@ public final class CheckpointBenchRunner: BenchDriver {
             }
             if control { rows += try await measureLiveMigrations(mib: mib) }
         }
+        let restores = try await measureRestores(rows)
         return CheckpointBenchReport(
             cpus: ProcessInfo.processInfo.activeProcessorCount, qemu: qemu,
             guest: (withDisk ? "bundled with its disk" : "bundled kernel and initrd, no disk") + ", job mode: "
                 + append(forRAM: 0).replacingOccurrences(of: "cevm.mem=16", with: "cevm.mem=RAM/2-64"),
             policy: policy.rawValue, downtimeLimitMs: downtimeLimit, repeats: repeats, rows: rows,
-            references: references(rows), targets: targets(rows))
+            references: references(rows), restores: restores, targets: targets(rows) + formatTargets(rows))
     }
 
     /// Stops every VM this run started (best effort).
@@ -300,16 +392,51 @@ public final class CheckpointBenchRunner: BenchDriver {
         var manifest: RecordManifest
     }
 
-    func measure(_ mechanism: Mechanism, guest: Guest, mib: Int) async throws -> CheckpointBenchReport.Row {
+    /// One repetition: a checkpoint, or with `formats` a pair per format
+    /// (first full, then `gap` seconds later a second one).
+    func measureBatch(_ mechanism: Mechanism, guest: Guest, mib: Int) async throws -> [CheckpointBenchReport.Row] {
+        guard !formats.isEmpty else { return [try await measure(mechanism, guest: guest, mib: mib)] }
+        var batch: [CheckpointBenchReport.Row] = []
+        // A background snapshot writes format 1 only (QEMU's own stream into the sink).
+        for format in formats where mechanism != .backgroundSnapshot || format == 1 {
+            var first = try await measure(mechanism, guest: guest, mib: mib, format: format, full: true)
+            first.checkpoint = "first"
+            guard !first.guestLost else { return batch + [first] }
+            var second = try await measure(
+                mechanism, guest: guest, mib: mib, format: format, full: false, settle: 0, baselineSeconds: gap)
+            second.checkpoint = "second"
+            if let from = first.unitsAtPause, let to = second.unitsAtPause {
+                second.guestWrittenPages = pagesWritten(from: Int(from.rounded()), to: Int(to.rounded()), workingSetMiB: workingSet(forRAM: mib))
+            }
+            if !second.guestLost, let bytes = first.memoryBytes {
+                BenchOutput.progress("\(mib) MiB: \(mechanism.rawValue): write bandwidth…")
+                let records = Home(root: home).vm(try VMName(guest.name)).directory + "/records"
+                let bandwidth = try Self.writeBandwidth(directory: records, bytes: bytes)
+                first.writeBytesPerSecond = bandwidth
+                second.writeBytesPerSecond = bandwidth
+            }
+            batch += [first, second]
+            if second.guestLost { return batch }
+        }
+        return batch
+    }
+
+    func measure(
+        _ mechanism: Mechanism, guest: Guest, mib: Int, format: Int? = nil, full: Bool = false, settle: Double = CheckpointBenchRunner.settle,
+        baselineSeconds: Double? = nil
+    ) async throws -> CheckpointBenchReport.Row {
         let console = guest.console
+        let baseline = baselineSeconds ?? self.baseline
         // Let the previous checkpoint's aftermath (old instance ending, page
         // cache writeback of its record) pass before measuring.
         BenchOutput.progress("\(mib) MiB: \(mechanism.rawValue): settling…")
-        try await pause(Self.settle)
+        try await pause(settle)
         BenchOutput.progress("\(mib) MiB: \(mechanism.rawValue): \(String(format: "%.0f", baseline)) s undisturbed…")
         let baselineStart = Timestamp.wallSeconds()
         try await pause(baseline)
         var arguments = ["checkpoint", guest.name, "--mechanism", mechanism.rawValue, "--json"]
+        if let format { arguments += ["--record-format", "\(format)"] }
+        if full { arguments += ["--full"] }
         if mechanism == .cevm {
             arguments += ["--policy", policy.rawValue]
             if let downtimeLimit { arguments += ["--downtime-limit", "\(downtimeLimit)"] }
@@ -319,20 +446,23 @@ public final class CheckpointBenchRunner: BenchDriver {
         let records = Home(root: home).vm(try VMName(guest.name)).directory + "/records"
         let known = Set((try? Files.list(records)) ?? [])
         let watchdog = Task { [self] in await self.watchStream(records: records, known: known, mib: mib, guest: guest.name) }
+        let supervisor = supervisorPID(guest.name)
+        let cpuBefore = supervisor.flatMap(Self.cpuSeconds)
         let result = try await cevm(arguments)
+        let cpuAfter = supervisor.flatMap(Self.cpuSeconds)
         watchdog.cancel()
         let returned = Timestamp.wallSeconds()
         if let runaway = await watchdog.value {
             let message = "migration did not converge: the memory stream passed \(formatBytes(runaway)) (the VM was stopped)"
             StandardError.write("cevm: \(mib) MiB \(mechanism.rawValue): \(message)\n")
-            return lostRow(mib: mib, mechanism: mechanism, console: console, baselineStart: baselineStart, requested: requested, failure: message)
+            return lostRow(mib: mib, mechanism: mechanism, console: console, baselineStart: baselineStart, requested: requested, failure: message, format: format)
         }
         guard result.status.succeeded else {
             // A guest that died during the checkpoint takes its instance (and
             // the checkpoint) with it: count it as lost, like one that dies after.
             let message = "cevm checkpoint \(result.status): \(result.stderr)"
             StandardError.write("cevm: \(mib) MiB \(mechanism.rawValue): \(message); console tail:\n\(ConsoleProgress.tail(console))\n")
-            return lostRow(mib: mib, mechanism: mechanism, console: console, baselineStart: baselineStart, requested: requested, failure: message)
+            return lostRow(mib: mib, mechanism: mechanism, console: console, baselineStart: baselineStart, requested: requested, failure: message, format: format)
         }
         let stdout = result.stdout
         let output: CheckpointOutput
@@ -367,6 +497,14 @@ public final class CheckpointBenchRunner: BenchDriver {
                 "cevm: \(mib) MiB \(mechanism.rawValue): the guest printed no progress for \(Self.lostAfter) s after the checkpoint; console tail:\n\(tail)\n")
         }
         let downtime = manifest.migration.downtimeMs
+        var unitsAtPause: Double?
+        if let (from, _) = pause { unitsAtPause = ConsoleProgress.counter(at: from, in: ticks, pause: nil) }
+        var afterSwitch: Double?
+        if let phases = timings.phases, let durable = phases["memoryDurable"], let switchOver = phases["switchOver"] {
+            afterSwitch = durable - switchOver
+        }
+        var cpu: Double?
+        if let cpuBefore, let cpuAfter { cpu = (cpuAfter - cpuBefore) * 1000 }
         return CheckpointBenchReport.Row(
             memoryMiB: mib, mechanism: mechanism.rawValue, undisturbedRate: before,
             undisturbedDirtyMiBps: before * Double(pages) / 256, baselineSeconds: baselineEnd - baselineStart,
@@ -378,7 +516,10 @@ public final class CheckpointBenchRunner: BenchDriver {
             migrationDowntimeMs: downtime, migrationTotalMs: manifest.migration.totalTimeMs,
             pauseOverDowntimeMs: mechanism == .cevm ? downtime.map { timings.guestPauseMs - $0 } : nil,
             recordBytes: manifest.files.reduce(0) { $0 + $1.size },
-            memoryStreamBytes: manifest.migration.streamBytes, record: output.directory)
+            memoryStreamBytes: manifest.migration.streamBytes, record: output.directory, recordFormat: format,
+            memoryBytes: manifest.files.filter { $0.role == .memory }.reduce(0) { $0 + $1.size },
+            memoryKind: manifest.memory?.kind.rawValue, storedPages: manifest.memory.map { $0.dataPages + $0.zeroPages },
+            unitsAtPause: unitsAtPause, memoryDurableAfterSwitchMs: afterSwitch, supervisorCPUms: cpu)
     }
 
     /// The progress lines of `console` once one has come after `end` (a
@@ -396,7 +537,7 @@ public final class CheckpointBenchRunner: BenchDriver {
 
     /// A row for a checkpoint that failed or lost its guest before a manifest.
     func lostRow(
-        mib: Int, mechanism: Mechanism, console: String, baselineStart: Double, requested: Double, failure: String
+        mib: Int, mechanism: Mechanism, console: String, baselineStart: Double, requested: Double, failure: String, format: Int? = nil
     ) -> CheckpointBenchReport.Row {
         let ticks = ConsoleProgress.ticks(console)
         return CheckpointBenchReport.Row(
@@ -407,7 +548,7 @@ public final class CheckpointBenchRunner: BenchDriver {
             progressAfterResume: nil, guestLost: true,
             guestsLostBefore: 0, failure: failure, guestPauseMs: 0, requestToPauseMs: 0, requestToDurableMs: 0,
             consoleGapMs: nil, overlapMs: nil, migrationDowntimeMs: nil, migrationTotalMs: nil, pauseOverDowntimeMs: nil,
-            recordBytes: 0, memoryStreamBytes: 0, record: "")
+            recordBytes: 0, memoryStreamBytes: 0, record: "", recordFormat: format)
     }
 
     /// A live migration that never converges streams (and cevm spools) the
@@ -459,6 +600,64 @@ public final class CheckpointBenchRunner: BenchDriver {
                 + "pause CEVM \(ms(Self.median(cevm.map(\.guestPauseMs)))), QEMU alone \(ms(Self.median(alone.map(\.guestPauseMs)))); "
                 + "migration CEVM \(ms(Self.median(cevm.compactMap(\.migrationTotalMs)))), QEMU alone \(ms(Self.median(alone.compactMap(\.migrationTotalMs))))"
         }
+    }
+
+    /// Record format 2 against format 1 (issue targets, never asserted):
+    /// per RAM size and mechanism, on the medians of the repetitions.
+    func formatTargets(_ rows: [CheckpointBenchReport.Row]) -> [CheckpointBenchReport.Target] {
+        var targets: [CheckpointBenchReport.Target] = []
+        func median(_ values: [Double]) -> Double? { Self.median(values) }
+        func percent(_ value: Double) -> String { String(format: "%.1f %%", value * 100) }
+        for mib in sizes {
+            let ram = Int64(mib) << 20
+            for mechanism in mechanisms where mechanism != .backgroundSnapshot {
+                let group = rows.filter { $0.memoryMiB == mib && $0.mechanism == mechanism.rawValue && $0.recordFormat != nil && !$0.guestLost }
+                guard !group.isEmpty else { continue }
+                let label = "\(mib) MiB \(mechanism.rawValue)"
+                let fulls = group.filter { $0.recordFormat == 2 && $0.checkpoint == "first" }.compactMap(\.memoryBytes)
+                if let largest = fulls.max() {
+                    targets.append(.init(
+                        name: "\(label): format 2 full memory ≤ RAM (largest)", value: formatBytes(largest),
+                        required: "≤ \(formatBytes(ram))", met: largest <= ram))
+                }
+                let increments = group.filter { $0.recordFormat == 2 && $0.checkpoint == "second" }
+                let ratios = increments.compactMap { row in
+                    row.guestWrittenPages.flatMap { pages in row.memoryBytes.map { Double($0) / (Double(pages) * 4096) } }
+                }
+                if let ratio = median(ratios) {
+                    let sample = increments.first { $0.guestWrittenPages != nil }
+                    targets.append(.init(
+                        name: "\(label): format 2 incremental ≤ 1.1 × pages the guest changed (median ratio)",
+                        value: String(format: "%.2f ×", ratio) + " (e.g. " + (sample?.memoryBytes.map(formatBytes) ?? "-") + " for "
+                            + (sample?.guestWrittenPages.map { formatBytes(Int64($0) * 4096) } ?? "-") + ")",
+                        required: "≤ 1.10 ×", met: ratio <= 1.1))
+                }
+                for format in [2, 1] {
+                    let durable = group.filter { $0.recordFormat == format }.compactMap { row -> Double? in
+                        let after = mechanism == .cevm ? row.memoryDurableAfterSwitchMs : row.requestToDurableMs
+                        guard let after, let bytes = row.memoryBytes, let bandwidth = row.writeBytesPerSecond, bandwidth > 0 else { return nil }
+                        return after / (1.2 * Double(bytes) / bandwidth * 1000)
+                    }
+                    if let ratio = median(durable) {
+                        targets.append(.init(
+                            name: "\(label): format \(format) time to durable "
+                                + (mechanism == .cevm ? "after switch-over" : "from the request") + " ≤ 1.2 × memory / write bandwidth (median)",
+                            value: String(format: "%.2f × the bound", ratio), required: "≤ 1.00 ×", met: ratio <= 1))
+                    }
+                }
+                for kind in ["first", "second"] {
+                    let two = median(group.filter { $0.recordFormat == 2 && $0.checkpoint == kind }.compactMap(\.progress))
+                    let one = median(group.filter { $0.recordFormat == 1 && $0.checkpoint == kind }.compactMap(\.progress))
+                    if let two, let one {
+                        targets.append(.init(
+                            name: "\(label): \(kind) checkpoints, format 2 progress not worse than format 1 (medians)",
+                            value: "\(percent(two)) vs \(percent(one))", required: "≥ format 1 − 3 points (noise)",
+                            met: two >= one - 0.03))
+                    }
+                }
+            }
+        }
+        return targets
     }
 
     /// The issue's targets, evaluated on the rows (never asserted).

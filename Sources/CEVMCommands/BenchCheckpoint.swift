@@ -64,6 +64,16 @@ struct BenchCheckpoint: AsyncParsableCommand {
         help: "Also migrate the same guest with QEMU alone (no cevm), placed as the dedicated policy: the peer of the CEVM rows.")
     var control = true
 
+    @Option(
+        help: "Record formats to measure against each other, comma-separated (1, 2): per mechanism a first checkpoint (full) and a second one --gap seconds later in each; background-snapshot writes format 1 only.")
+    var formats: String?
+
+    @Option(help: "Seconds between the first checkpoint of a --formats pair being durable and the second's request.")
+    var gap: Double = 4
+
+    @Option(name: .customLong("restore-memory"), help: "With --formats: restore this RAM size's records (default: 1G if measured), and QEMU alone loading the format 1 stream.")
+    var restoreMemory: String?
+
     @Flag(help: "Keep the temporary CEVM_HOME (its VMs are stopped anyway).")
     var keep = false
 
@@ -95,6 +105,19 @@ struct BenchCheckpoint: AsyncParsableCommand {
                     "--pages and --verify 1...1000000, --tick 10...10000 ms, --baseline at least 1 s, --attempts 1...10, "
                         + "--repeat 1...20, --downtime-limit at least 1 ms")
             }
+            var chosenFormats: [Int] = []
+            for text in (formats ?? "").split(separator: ",") {
+                guard let format = Int(text.trimmingCharacters(in: .whitespaces)), [1, 2].contains(format) else {
+                    throw CLIError("--formats '\(text)': 1 or 2")
+                }
+                if !chosenFormats.contains(format) { chosenFormats.append(format) }
+            }
+            guard gap >= 1, gap <= 600 else { throw CLIError("--gap 1...600 s") }
+            var restoreMiB: Int?
+            if !chosenFormats.isEmpty {
+                restoreMiB = try restoreMemory.map { Int(try parseSize($0, defaultUnit: 1 << 20) >> 20) } ?? (sizes.contains(1024) ? 1024 : nil)
+                if let restoreMiB, !sizes.contains(restoreMiB) { throw CLIError("--restore-memory: not among --memory") }
+            }
             let guest = BundledGuest.locate()
             let defaults = try guest.defaultAppend()
             let home = try BenchScratch.make(in: nil, prefix: "cevm-bench-ckpt")
@@ -105,7 +128,8 @@ struct BenchCheckpoint: AsyncParsableCommand {
                 home: home, sizes: sizes, mechanisms: order, policy: policy, workingSet: fixedSet, pages: pages, verify: verify,
                 tick: tick, baseline: baseline, attempts: attempts, repeats: `repeat`, downtimeLimit: downtimeLimit, control: control,
                 withDisk: withDisk,
-                guest: BenchGuest(kernel: guest.kernel, initrd: guest.initrd, disk: guest.disk), defaultAppend: defaults, stop: stop)
+                guest: BenchGuest(kernel: guest.kernel, initrd: guest.initrd, disk: guest.disk), defaultAppend: defaults, stop: stop,
+                formats: chosenFormats, gap: gap, restoreMiB: restoreMiB)
             try await runner.runAndReport(keep: keep, json: common.json)
         }
     }
