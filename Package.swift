@@ -99,12 +99,21 @@ let package = Package(
         .target(name: "Turnaround", exclude: ["README.md"], swiftSettings: strict),
         // The turnaround report rendered: a terminal table and an SVG plot.
         .target(name: "TurnaroundReport", dependencies: ["Turnaround"], swiftSettings: strict),
-        // Command-line commands, one file per subcommand.
+        // The benchmark drivers behind `cevm bench`: runners, measurements, reports (no ArgumentParser).
+        .target(
+            name: "CEVMBench",
+            dependencies: [
+                "CEVMSystem", "Control", "QEMU", "QMP", "Records", "Supervisor", "VMStore", "DiskExportNBD", "DiskManager", "NBDServer",
+                "QCOW2", "Turnaround", "TurnaroundReport",
+            ],
+            exclude: ["README.md"],
+            swiftSettings: strict),
+        // Command-line commands, one file per subcommand (`cevm bench`'s parse options and call CEVMBench).
         .target(
             name: "CEVMCommands",
             dependencies: [
                 "Supervisor", "Control", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "DiskExportNBD", "Turnaround",
-                "TurnaroundReport",
+                "TurnaroundReport", "CEVMBench",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -149,6 +158,7 @@ let package = Package(
         .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TurnaroundReport", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
+        .testTarget(name: "CEVMBenchTests", dependencies: ["CEVMBench", "CEVMSystem", "Records", "VMStore"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records", "TestSupport"], swiftSettings: strict),
     ]
 )

@@ -3,7 +3,7 @@ import Records
 import Testing
 import VMStore
 
-@testable import CEVMCommands
+@testable import CEVMBench
 
 /// How `cevm bench turnaround` reads a run's console: the undisturbed rate
 /// outside the checkpoint windows, and each checkpoint's overlap and progress.

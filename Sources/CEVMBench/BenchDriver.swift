@@ -51,10 +51,10 @@ extension BenchDriver {
         } else {
             BenchScratch.remove(home)
         }
-        Output.endProgress()
+        BenchOutput.endProgress()
         let report = try result.get()
-        if json { return try Output.json(report) }
-        Output.line(report.text())
+        if json { return try BenchOutput.json(report) }
+        BenchOutput.line(report.text())
     }
 
     var environment: [String: String] {
@@ -64,7 +64,7 @@ extension BenchDriver {
     }
 
     func checkStop() throws {
-        if stop.fired { throw CLIError("interrupted") }
+        if stop.fired { throw BenchError("interrupted") }
     }
 
     /// Sleeps, returning early (with an error) on SIGINT/SIGTERM.
@@ -97,7 +97,7 @@ extension BenchDriver {
     func cevmChecked(_ arguments: [String], timeout: Duration = .seconds(900)) async throws -> String {
         let output = try await cevm(arguments, timeout: timeout)
         guard output.status.succeeded else {
-            throw CLIError("cevm \(arguments.joined(separator: " ")) \(output.status): \(output.stderr)")
+            throw BenchError("cevm \(arguments.joined(separator: " ")) \(output.status): \(output.stderr)")
         }
         return output.stdout
     }

@@ -37,7 +37,7 @@ extension CheckpointBenchRunner {
                 qmpSocket: "\(directory)/qmp\(index).sock", incoming: incoming, cpuModel: QEMUCommandLine.tcgCPUModel,
                 ramPaddingKiB: padding)
         }
-        Output.progress("\(mib) MiB: \(Self.liveMigrationLabel): booting…")
+        BenchOutput.progress("\(mib) MiB: \(Self.liveMigrationLabel): booting…")
         var guest = try await QEMUInstance.launch(
             config(0, incoming: false), stderrLog: "\(directory)/qemu0.stderr", cpuset: placement.newInstance,
             console: console.sink(instance: 0))
@@ -47,11 +47,11 @@ extension CheckpointBenchRunner {
         var rows: [CheckpointBenchReport.Row] = []
         for repetition in 1...repeats {
             try checkStop()
-            Output.progress("\(mib) MiB: \(Self.liveMigrationLabel): settling…")
+            BenchOutput.progress("\(mib) MiB: \(Self.liveMigrationLabel): settling…")
             try await pause(Self.settle)
             let baselineStart = Timestamp.wallSeconds()
             try await pause(baseline)
-            Output.progress("\(mib) MiB: \(Self.liveMigrationLabel): migrating…")
+            BenchOutput.progress("\(mib) MiB: \(Self.liveMigrationLabel): migrating…")
             let destination = try await QEMUInstance.launch(
                 config(repetition, incoming: true), stderrLog: "\(directory)/qemu\(repetition).stderr", cpuset: placement.precopy,
                 console: console.sink(instance: repetition))
@@ -80,7 +80,7 @@ extension CheckpointBenchRunner {
             let gap = await console.interruption(paused: stopped, resumed: resumed)
             let ticks = try await ticks(in: consolePath, through: resumed)
             guard let before = ConsoleProgress.rate(from: baselineStart, to: requested, in: ticks) else {
-                throw CLIError("\(mib) MiB: no progress lines around the undisturbed window; see \(consolePath)")
+                throw BenchError("\(mib) MiB: no progress lines around the undisturbed window; see \(consolePath)")
             }
             let window = (stopped, resumed)
             let during = ConsoleProgress.rate(from: requested, to: resumed, in: ticks, pause: window)
