@@ -191,7 +191,7 @@ enum QEMUExport {
             # Starts record \(record.id) of VM \(spec.name.value) with QEMU alone (QEMU \(record.manifest.qemu.version) made it).
             # Machine options as cevm gave them; the guest continues from the checkpoint.
             cd "$(dirname "$0")" || exit 1
-            \(QEMUCommandLine.defaultBinary) \(quoted.joined(separator: " ")) "$@"
+            exec \(QEMUCommandLine.defaultBinary) \(quoted.joined(separator: " ")) "$@"
 
             """
     }

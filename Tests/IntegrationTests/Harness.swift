@@ -162,9 +162,16 @@ struct CEVMHarness: ~Copyable {
         if process.isRunning {
             process.terminate()
             Issue.record("cevm \(arguments.joined(separator: " ")) timed out after \(timeout) s")
+            let killAt = Date().addingTimeInterval(10)
+            while process.isRunning && Date() < killAt { usleep(20_000) }
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         }
         process.waitUntilExit()
-        group.wait()
+        // A child that inherited the pipes could hold them open for ever:
+        // a hung test must fail, not stop the whole run.
+        if group.wait(timeout: .now() + 30) == .timedOut {
+            Issue.record("cevm \(arguments.joined(separator: " ")): output still open 30 s after it exited")
+        }
         return Result(
             status: process.terminationStatus,
             stdout: String(decoding: outData.get(), as: UTF8.self),

@@ -114,30 +114,40 @@ struct RecordExportTests {
         #expect(try cevm.run(["stop", "leave"]).ok)
         try FileManager.default.removeItem(atPath: "\(cevm.home)/vms/leave")
 
+        // QEMU's console goes to a file: QEMU alone, as a user would run it.
+        let log = "\(cevm.home)/qemu-alone.log"
+        #expect(FileManager.default.createFile(atPath: log, contents: nil))
+        let console = try #require(FileHandle(forWritingAtPath: log))
         let qemu = Process()
         qemu.executableURL = URL(fileURLWithPath: "/bin/sh")
         qemu.arguments = ["\(export)/qemu-restore.sh"]
-        let output = Pipe()
-        qemu.standardOutput = output
-        qemu.standardError = output
+        qemu.standardInput = FileHandle.nullDevice
+        qemu.standardOutput = console
+        qemu.standardError = console
         try qemu.run()
-        let collected = Collected()
-        output.fileHandleForReading.readabilityHandler = { handle in collected.append(handle.availableData) }
+        let collected = Collected(path: log)
         let deadline = Date().addingTimeInterval(60)
         while collected.ticks.count < 5 && Date() < deadline && qemu.isRunning { usleep(200_000) }
+        // The script execs QEMU, so the signal reaches QEMU itself.
         qemu.terminate()
-        qemu.waitUntilExit()
-        output.fileHandleForReading.readabilityHandler = nil
+        let ended = Date().addingTimeInterval(10)
+        while qemu.isRunning && Date() < ended { usleep(50_000) }
+        if qemu.isRunning { kill(qemu.processIdentifier, SIGKILL) }
+        try console.close()
         let ticks = collected.ticks
         #expect(ticks.count >= 5, "QEMU alone printed: \(collected.text.suffix(2000))")
         #expect(ticks.allSatisfy { $0.contains("mem=ok") && $0.contains("disk=ok") }, "\(ticks)")
     }
 
-    final class Collected: @unchecked Sendable {
-        private let lock = NSLock()
-        private var data = Data()
-        func append(_ more: Data) { lock.withLock { data.append(more) } }
-        var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
-        var ticks: [String] { text.split(separator: "\n").map(String.init).filter { $0.hasPrefix("cevm-tick") } }
+    struct Collected {
+        let path: String
+        var text: String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
+        /// Whole tick lines: a line QEMU is still writing is not one yet.
+        var ticks: [String] {
+            // The serial console ends lines with CR LF, one Character in Swift.
+            var lines = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map(String.init)
+            lines.removeLast()
+            return lines.filter { $0.hasPrefix("cevm-tick") }
+        }
     }
 }
