@@ -90,6 +90,15 @@ public enum Files {
         }
     }
 
+    /// Bytes an unprivileged writer may still use on the file system that
+    /// holds `path` (statvfs(3)); nil when it cannot be asked.
+    public static func availableBytes(_ path: String) -> Int64? {
+        var info = statvfs()
+        guard statvfs(path, &info) == 0 else { return nil }
+        let (bytes, overflow) = Int64(info.f_bavail).multipliedReportingOverflow(by: Int64(info.f_frsize))
+        return overflow ? Int64.max : bytes
+    }
+
     /// Writes all of `bytes` to `fd`, retrying short writes and EINTR.
     public static func writeAll(_ fd: Int32, _ bytes: some Collection<UInt8>, subject: String? = nil) throws {
         let array = Array(bytes)

@@ -2,11 +2,14 @@
 /// value (see `CEVMMachine` for the shape):
 ///
 /// - **stop-and-save** (seed 001's T_cpt): pause, stream memory into the
-///   record and make it durable, cut the disk, resume; the disk record is
-///   written by the integration while the guest runs again.
+///   sink, cut the disk at the same instant, resume; the memory is made
+///   durable (a format 2 record: parsed from its spool into pages) and the
+///   disk record written while the guest runs again. The record commits
+///   only once both are durable, so resuming first loses nothing: a crash
+///   before the commit leaves the previous record.
 ///
-///       preparing ─▶ pausing ─▶ migrating ─sourceCompleted─▶ savingMemory
-///         ─memoryDurable─▶ cuttingDisk ─▶ resuming ─▶ writingDisk ─▶ committing
+///       preparing ─▶ pausing ─▶ migrating ─sourceCompleted─▶ cuttingDisk
+///         ─▶ resuming ─▶ savingMemory ─memoryDurable─▶ writingDisk ─▶ committing
 ///
 /// - **background-snapshot** (seeds 000/003, userfaultfd write protection):
 ///   pause, cut the disk at the same instant, start the snapshot, resume as
@@ -136,14 +139,13 @@ public struct SnapshotMachine: Sendable {
             return kind == .stopAndSave ? [] : enter(.awaitingSetup, [.awaitSetup])
         case (.migrating, .sourceCompleted) where kind == .stopAndSave:
             sourceDone = true
-            return enter(.savingMemory, [.finishMemory])
+            return enter(.cuttingDisk, [.cutDisk])
         case (.savingMemory, .memoryDurable):
-            return kind == .stopAndSave ? enter(.cuttingDisk, [.cutDisk]) : enter(.writingDisk, [.finishDisk])
+            return enter(.writingDisk, [.finishDisk])
         case (.awaitingSetup, .setupDone):
             return enter(.resuming, [.resume])
         case (.resuming, .resumed):
             paused = false
-            if kind == .stopAndSave { return enter(.writingDisk, [.finishDisk]) }
             return sourceDone ? enter(.savingMemory, [.finishMemory]) : enter(.saving, [])
         case (.saving, .sourceCompleted):
             sourceDone = true

@@ -128,7 +128,7 @@ final class CEVMRun: CheckpointRun {
             backstopBytes: overflow ? Int64.max : backstop)
         id = RecordStore.newID()
         directory = try RecordStore(paths: paths).newRecordDirectory(id: id)
-        recording = supervisor.memoryRecording(options, directory: directory, previous: context.previousMemory)
+        recording = supervisor.memoryRecording(options, directory: directory, previous: context.previousMemory, ramBytes: Int64(spec.memoryMiB) << 20)
     }
 
     func log(_ message: String) { supervisor.log("checkpoint \(id): \(message)") }

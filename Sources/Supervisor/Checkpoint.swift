@@ -105,13 +105,20 @@ extension Supervisor {
     /// length, so nothing can find where they end without guessing. Its
     /// stream already holds each page once (write protection sends a page
     /// when first written, or when the scan reaches it).
-    func memoryRecording(_ options: CheckpointOptions, directory: String, previous: String?) -> StreamRecording.Plan {
+    func memoryRecording(_ options: CheckpointOptions, directory: String, previous: String?, ramBytes: Int64) -> StreamRecording.Plan {
         if options.recordFormat == 1 || options.mechanism == .backgroundSnapshot { return .stream(path: "\(directory)/memory.mig") }
         var parent: PageRecorder.Parent?
         if !options.full, let previous {
             do { parent = try PageRecorder.Parent(record: try Record.load(directory: previous)) } catch {
                 log("the previous record \(previous) cannot be a memory parent (\(error)); this one is full")
             }
+        }
+        // A stopped guest waits for the sink: spool the stream raw and
+        // parse it after `cont`, when the records' file system has room for
+        // the spool beside the page image (twice the RAM, a bound on both);
+        // otherwise parse as it comes, in the pause, using less space.
+        if options.mechanism == .stopAndSave, let free = Files.availableBytes(directory), free >= 2 * ramBytes {
+            return .spooledPages(directory: directory, parent: parent)
         }
         return .pages(directory: directory, parent: parent)
     }

@@ -220,11 +220,23 @@ final class StreamRecording {
     enum Plan: Sendable {
         case stream(path: String)
         case pages(directory: String, parent: PageRecorder.Parent?)
+        /// Pages, parsed after the stream has ended: the stream is first
+        /// written raw to `spoolName` in `directory` as fast as the page
+        /// cache takes it, and parsed from there by `finish`. For a stopped
+        /// guest (stop-and-save), whose pause lasts as long as the sink
+        /// takes the stream: parsing, hashing each page and writing the
+        /// image then happen after `cont`, not in the pause.
+        case spooledPages(directory: String, parent: PageRecorder.Parent?)
     }
+
+    /// The raw stream of `.spooledPages`, removed once parsed (or with the
+    /// record's directory, when the checkpoint fails).
+    static let spoolName = "memory.stream-spool"
 
     enum Kind {
         case stream(StreamSpool)
         case pages(PageRecorder)
+        case spooled(RawSpool, directory: String, parent: PageRecorder.Parent?)
     }
 
     let kind: Kind
@@ -237,6 +249,8 @@ final class StreamRecording {
         switch plan {
         case .stream(let path): kind = .stream(try StreamSpool(path: path, hashing: tee ? .atFinish : .whileWriting))
         case .pages(let directory, let parent): kind = .pages(try PageRecorder(directory: directory, parent: parent))
+        case .spooledPages(let directory, let parent):
+            kind = .spooled(try RawSpool(path: "\(directory)/\(Self.spoolName)"), directory: directory, parent: parent)
         }
     }
 
@@ -245,6 +259,7 @@ final class StreamRecording {
         switch kind {
         case .stream(let spool): try spool.write(chunk)
         case .pages(let recorder): try recorder.write(chunk)
+        case .spooled(let raw, _, _): try raw.write(chunk)
         }
     }
 
@@ -255,6 +270,9 @@ final class StreamRecording {
         case .stream(let spool):
             seen += Int64(count)
             try spool.append(fromPipe: pipe, count: count)
+        case .spooled(let raw, _, _):
+            seen += Int64(count)
+            try raw.append(fromPipe: pipe, count: count)
         case .pages:
             if buffer.count < count { buffer = [UInt8](repeating: 0, count: count) }
             var filled = 0
@@ -277,8 +295,65 @@ final class StreamRecording {
         case .pages(let recorder):
             let (files, memory) = try recorder.finish()
             return RecordedMemory(files: files, memory: memory, streamBytes: seen)
+        case .spooled(let raw, let directory, let parent):
+            let recorder = try PageRecorder(directory: directory, parent: parent)
+            try raw.replay { try recorder.write($0) }
+            let (files, memory) = try recorder.finish()
+            raw.remove()
+            return RecordedMemory(files: files, memory: memory, streamBytes: seen)
         }
     }
+}
+
+/// A scratch file for a stream parsed later: written, read back once, removed.
+/// Never fsynced: it is not part of any record.
+final class RawSpool {
+    let path: String
+    private let fd: Int32
+
+    init(path: String) throws {
+        self.path = path
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd < 0 { throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
+    }
+
+    deinit { close(fd) }
+
+    func write(_ chunk: UnsafeRawBufferPointer) throws {
+        var offset = 0
+        while offset < chunk.count {
+            let n = Glibc.write(fd, chunk.baseAddress.map { $0 + offset }, chunk.count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno)))
+            }
+            offset += n
+        }
+    }
+
+    func append(fromPipe pipe: Int32, count: Int) throws {
+        do { try Splice.moveAll(from: pipe, to: fd, count: count, subject: path) } catch let error as SystemError {
+            throw RecordError.writeFailed(path: path, reason: String(cString: strerror(error.errno)))
+        }
+    }
+
+    /// Reads the file from its start, in 1 MiB chunks.
+    func replay(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var offset: off_t = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw RecordError.writeFailed(path: path, reason: "reading the spooled stream back: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { return }
+            offset += off_t(n)
+            try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+    }
+
+    func remove() { unlink(path) }
 }
 
 enum MigrationSource {

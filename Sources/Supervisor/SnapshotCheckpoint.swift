@@ -86,7 +86,7 @@ final class SnapshotRun: CheckpointRun {
         (diskService, previous, console) = (context.disk, context.previous, context.console)
         id = RecordStore.newID()
         directory = try RecordStore(paths: supervisor.paths).newRecordDirectory(id: id)
-        recording = supervisor.memoryRecording(options, directory: directory, previous: context.previousMemory)
+        recording = supervisor.memoryRecording(options, directory: directory, previous: context.previousMemory, ramBytes: Int64(spec.memoryMiB) << 20)
     }
 
     func mark(_ phase: String) {

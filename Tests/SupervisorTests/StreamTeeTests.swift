@@ -14,6 +14,69 @@ import Testing
 /// sends reaches the destination and the spool, in order, and the spool's
 /// digest is the file's.
 @Suite struct StreamTeeTests {
+
+    static let blocks = [MigrationStream.Block(name: "pc.ram", length: 16 * 4096), MigrationStream.Block(name: "pc.bios", length: 4096)]
+
+    static func content(_ n: Int) -> [UInt8] { (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ n &* 7 &+ 1) } }
+
+    /// A stream of two RAM blocks, sent in two rounds and a final section,
+    /// and each RAM page's last version (nil: zero).
+    static func pageStream() -> (stream: [UInt8], last: [Int: [UInt8]?]) {
+        let page = 4096
+        var b = MigrationStreamBuilder()
+        b.header()
+        b.configuration()
+        b.ramStart(blocks: Self.blocks)
+        // Round 1: every page; round 2: three again, one of them now zero.
+        var last: [Int: [UInt8]?] = [:]
+        b.section(MigrationStream.SectionType.part, id: 1)
+        for p in 0..<16 {
+            let data: [UInt8]? = p % 4 == 0 ? nil : content(p)
+            b.page(block: "pc.ram", offset: UInt64(p * page), data: data)
+            last[p] = .some(data)
+        }
+        b.page(block: "pc.bios", offset: 0, data: content(99))
+        b.endSection(id: 1)
+        b.section(MigrationStream.SectionType.part, id: 1)
+        for (p, data) in [(1, content(101)), (2, nil), (5, content(105))] as [(Int, [UInt8]?)] {
+            b.page(block: "pc.ram", offset: UInt64(p * page), data: data, named: true)
+            last[p] = .some(data)
+        }
+        b.endSection(id: 1)
+        b.command(MigrationStream.Command.switchoverStart)
+        b.section(MigrationStream.SectionType.end, id: 1)
+        b.page(block: "pc.ram", offset: UInt64(7 * page), data: content(107), named: true)
+        last[7] = .some(content(107))
+        b.endSection(id: 1)
+        b.tail()
+        return (b.bytes, last)
+    }
+
+    /// Stop-and-save's spooled pages: the raw stream is kept in a scratch
+    /// file while it flows and parsed at the end; the record is the one
+    /// parsing as it comes makes, and the scratch file is gone.
+    @Test func spooledPagesRecordWhatInlinePagesRecord() async throws {
+        let scratch = try Scratch()
+        let (stream, _) = Self.pageStream()
+        var records: [(RecordedMemory, String)] = []
+        for (name, spooled) in [("inline", false), ("spooled", true)] {
+            let directory = scratch.file(name)
+            try Files.makeDirectory(directory)
+            let sink = try MigrationSink(
+                socketPath: scratch.file("\(name).sock"),
+                recording: spooled ? .spooledPages(directory: directory, parent: nil) : .pages(directory: directory, parent: nil))
+            let source = try UnixSocket.connect(path: sink.socketPath)
+            try Files.writeAll(source, stream, subject: "source")
+            close(source)
+            records.append((try await sink.finish(), directory))
+        }
+        let (inline, spooled) = (records[0], records[1])
+        #expect(spooled.0.memory == inline.0.memory)
+        #expect(spooled.0.streamBytes == Int64(stream.count))
+        #expect(spooled.0.files.map(\.sha256) == inline.0.files.map(\.sha256))
+        #expect(!Files.exists("\(spooled.1)/\(StreamRecording.spoolName)"), "the raw spool is removed once parsed")
+        #expect(try Files.list(spooled.1).sorted() == Files.list(inline.1).sorted())
+    }
     @Test(arguments: [1, 70_000, 5 << 20 | 12_345])
     func everyByteReachesTheDestinationAndTheSpool(size: Int) async throws {
         let scratch = try Scratch()
@@ -68,35 +131,8 @@ import Testing
     @Test func aTeeRecordingPagesForwardsTheStreamUnchanged() async throws {
         let scratch = try Scratch()
         let page = 4096
-        func content(_ n: Int) -> [UInt8] { (0..<page).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ n &* 7 &+ 1) } }
-        let blocks = [MigrationStream.Block(name: "pc.ram", length: 16 * 4096), MigrationStream.Block(name: "pc.bios", length: 4096)]
-        var b = MigrationStreamBuilder()
-        b.header()
-        b.configuration()
-        b.ramStart(blocks: blocks)
-        // Round 1: every page; round 2: three again, one of them now zero.
-        var last: [Int: [UInt8]?] = [:]
-        b.section(MigrationStream.SectionType.part, id: 1)
-        for p in 0..<16 {
-            let data: [UInt8]? = p % 4 == 0 ? nil : content(p)
-            b.page(block: "pc.ram", offset: UInt64(p * page), data: data)
-            last[p] = .some(data)
-        }
-        b.page(block: "pc.bios", offset: 0, data: content(99))
-        b.endSection(id: 1)
-        b.section(MigrationStream.SectionType.part, id: 1)
-        for (p, data) in [(1, content(101)), (2, nil), (5, content(105))] as [(Int, [UInt8]?)] {
-            b.page(block: "pc.ram", offset: UInt64(p * page), data: data, named: true)
-            last[p] = .some(data)
-        }
-        b.endSection(id: 1)
-        b.command(MigrationStream.Command.switchoverStart)
-        b.section(MigrationStream.SectionType.end, id: 1)
-        b.page(block: "pc.ram", offset: UInt64(7 * page), data: content(107), named: true)
-        last[7] = .some(content(107))
-        b.endSection(id: 1)
-        b.tail()
-        let stream = b.bytes
+        let (stream, last) = Self.pageStream()
+        func content(_ n: Int) -> [UInt8] { Self.content(n) }
 
         let destinationPath = scratch.file("in.sock")
         let listener = try UnixSocket.listen(path: destinationPath)
@@ -143,7 +179,7 @@ import Testing
         let prologue = try Files.read("\(directory)/\(memory.prologue)")
         let epilogue = try Files.read("\(directory)/\(memory.epilogue)")
         let writer = try MigrationStreamWriter(prologue: prologue, epilogue: epilogue)
-        #expect(writer.blocks == blocks)
+        #expect(writer.blocks == Self.blocks)
     }
 
     /// A stream the parser does not understand fails the recording, naming it.
