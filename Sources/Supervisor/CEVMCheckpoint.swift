@@ -399,7 +399,7 @@ final class CEVMRun: CheckpointRun {
         await supervisor.state.adopt(new)
         // First, so that the forwarded ports are unbound as briefly as can be.
         if spec.nics.contains(where: { !$0.hostForwards.isEmpty }) {
-            let lost = await supervisor.moveHostForwards(spec: spec, from: old, to: new) { log($0) }
+            let lost = await Supervisor.moveHostForwards(spec.nics, from: old, to: new) { log($0) }
             await supervisor.update { $0.lostHostForwards = lost.isEmpty ? nil : lost }
         }
         let (sourceWatch, oldRunState, newRunState) = made.withLock { ($0.sourceWatch, $0.oldRunState, $0.newRunState) }

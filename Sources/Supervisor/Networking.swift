@@ -78,9 +78,9 @@ extension Supervisor {
     /// lost: the checkpoint still succeeds and the VM runs on, the status
     /// lists the forward under `lostHostForwards`, and the error is logged.
     /// Returns the rules lost.
-    func moveHostForwards(spec: VMSpec, from old: QEMUInstance, to new: QEMUInstance, log: (String) -> Void) async -> [String] {
+    static func moveHostForwards(_ nics: [NIC], from old: QEMUInstance, to new: QEMUInstance, log: (String) -> Void) async -> [String] {
         var lost: [String] = []
-        for (index, nic) in spec.nics.enumerated() {
+        for (index, nic) in nics.enumerated() {
             for forward in nic.hostForwards {
                 // Old_VM is paused for good, or already gone (its ports with it).
                 if old.process.isRunning {

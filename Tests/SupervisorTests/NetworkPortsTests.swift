@@ -1,6 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CEVMSystem
+import Foundation
 import QEMU
 import Synchronization
 import Testing
@@ -60,4 +62,77 @@ final class SocketPairPorts: NetworkPorts {
         nics.close()
         #expect(fcntl(fd, F_GETFD) == -1, "the supervisor's copy is closed")
     }
+}
+
+/// `moveHostForwards` on two real (paused) QEMU instances, as a CEVM
+/// checkpoint has them at its switch-over.
+@Suite(.enabled(if: Executables.find(QEMUCommandLine.defaultBinary) != nil, "qemu-system-x86_64 is not installed"))
+struct HostForwardMoveTests {
+    func launch(_ dir: String, _ name: String, forwards: [String], withhold: Bool) async throws -> QEMUInstance {
+        let config = InstanceConfig(
+            name: name, memoryMiB: 32, vcpus: 1, accel: .tcg, boot: .disk, drive: nil, qmpSocket: "\(dir)/\(name).sock", incoming: true,
+            nics: [.init(mac: "52:54:00:00:00:01", backend: .user(hostForwards: forwards))], withholdHostForwards: withhold)
+        return try await QEMUInstance.launch(config, stderrLog: "\(dir)/\(name).stderr", console: { _ in })
+    }
+
+    func nics(port: Int) throws -> [NIC] {
+        try NIC.make([try NIC.Request.parse("user,hostfwd=tcp:127.0.0.1:\(port)-:7")])
+    }
+
+    @Test func forwardsMoveFromOldToNew() async throws {
+        let dir = "/tmp/cevm-fwd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Files.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let probe = try listeningPort()
+        close(probe.fd)
+        let port = probe.port
+        let nics = try nics(port: port)
+        let rules = nics[0].hostForwards.map(\.description)
+        let old = try await launch(dir, "old", forwards: rules, withhold: false)
+        let new = try await launch(dir, "new", forwards: rules, withhold: true)
+        defer { Task { await old.stop(); await new.stop() } }
+        let logged = Mutex<[String]>([])
+        let lost = await Supervisor.moveHostForwards(nics, from: old, to: new) { line in logged.withLock { $0.append(line) } }
+        #expect(lost.isEmpty)
+        #expect(logged.withLock { $0 }.isEmpty)
+        // New_VM now holds it: removing it there works; Old_VM has none left.
+        try await new.removeHostForward(nic: 0, hostSide: "tcp:127.0.0.1:\(port)")
+        await #expect(throws: QEMUError.self) { try await old.removeHostForward(nic: 0, hostSide: "tcp:127.0.0.1:\(port)") }
+    }
+
+    /// Another process took the port: the forward is lost, said and logged, and nothing fails.
+    @Test func aForwardNewCannotBindIsLost() async throws {
+        let dir = "/tmp/cevm-fwd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Files.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let taken = try listeningPort()
+        defer { close(taken.fd) }
+        let nics = try nics(port: taken.port)
+        let rules = nics[0].hostForwards.map(\.description)
+        let old = try await launch(dir, "old", forwards: rules, withhold: true)
+        let new = try await launch(dir, "new", forwards: rules, withhold: true)
+        defer { Task { await old.stop(); await new.stop() } }
+        let logged = Mutex<[String]>([])
+        let lost = await Supervisor.moveHostForwards(nics, from: old, to: new) { line in logged.withLock { $0.append(line) } }
+        #expect(lost == ["nic0 tcp:127.0.0.1:\(taken.port)-:7"])
+        let lines = logged.withLock { $0 }
+        #expect(lines.contains { $0.contains("is lost") }, "\(lines)")
+    }
+}
+
+/// A socket listening on a free port of 127.0.0.1, and the port.
+func listeningPort() throws -> (fd: Int32, port: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound, listen(fd, 1) == 0 else {
+        close(fd)
+        throw SystemError("bind", errno: errno)
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
