@@ -80,6 +80,7 @@ extension Supervisor {
     /// Returns the rules lost.
     static func moveHostForwards(_ nics: [NIC], from old: QEMUInstance, to new: QEMUInstance, log: (String) -> Void) async -> [String] {
         var lost: [String] = []
+        var moved: [String] = []
         for (index, nic) in nics.enumerated() {
             for forward in nic.hostForwards {
                 // Old_VM is paused for good, or already gone (its ports with it).
@@ -91,9 +92,12 @@ extension Supervisor {
                 do { try await new.addHostForward(nic: index, rule: forward.description) } catch {
                     log("host forward \(forward) of NIC \(index) is lost: the new instance could not bind it: \(error)")
                     lost.append("nic\(index) \(forward)")
+                    continue
                 }
+                moved.append("nic\(index) \(forward)")
             }
         }
+        if !moved.isEmpty { log("host forwards moved to the new instance: \(moved.joined(separator: ", "))") }
         return lost
     }
 }

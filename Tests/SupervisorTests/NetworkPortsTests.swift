@@ -94,7 +94,7 @@ struct HostForwardMoveTests {
         let logged = Mutex<[String]>([])
         let lost = await Supervisor.moveHostForwards(nics, from: old, to: new) { line in logged.withLock { $0.append(line) } }
         #expect(lost.isEmpty)
-        #expect(logged.withLock { $0 }.isEmpty)
+        #expect(logged.withLock { $0 } == ["host forwards moved to the new instance: nic0 tcp:127.0.0.1:\(port)-:7"])
         // New_VM now holds it: removing it there works; Old_VM has none left.
         try await new.removeHostForward(nic: 0, hostSide: "tcp:127.0.0.1:\(port)")
         await #expect(throws: QEMUError.self) { try await old.removeHostForward(nic: 0, hostSide: "tcp:127.0.0.1:\(port)") }
