@@ -51,6 +51,16 @@ struct NICEndToEndTests {
         let recordNICs = (manifest["spec"] as? [String: Any])?["nics"] as? [[String: Any]]
         #expect(recordNICs?.first?["mac"] as? String == mac, "the record keeps the NIC and its MAC")
 
+        // Stop-and-save keeps the same QEMU, and its forward; a second CEVM checkpoint moves it again.
+        #expect(try cevm.run(["checkpoint", "web", "--mechanism", "stop-and-save"]).ok)
+        #expect(try qemuPID(cevm, "web") == second)
+        #expect(listeners(port: port) == [second])
+        #expect(try cevm.run(["checkpoint", "web", "--mechanism", "cevm"]).ok)
+        let moved = try #require(try qemuPID(cevm, "web"))
+        #expect(moved != second)
+        #expect(listeners(port: port) == [moved], "the next New_VM listens on the forwarded port")
+        #expect(try nics(cevm, "web").first?["mac"] as? String == mac)
+
         // Stopped: nobody listens. Restored: the forward is bound again, the MAC the same.
         #expect(try cevm.run(["stop", "web"]).ok)
         #expect(listeners(port: port).isEmpty)
