@@ -8,8 +8,11 @@ import VMStore
 /// Who connects an instance's NIC to a cevm network: given the network, the
 /// VM, the instance's number and the NIC's MAC, it returns a connected
 /// stream socket (QEMU's `-netdev stream` framing: a 4-byte big-endian
-/// length, then the frame), open in this process. The supervisor hands it
-/// to the QEMU process (which inherits it) and then closes its own copy.
+/// length, then the frame), open in this process and owned by the caller
+/// from then on (close-on-exec or not: the spawn puts a copy on the QEMU
+/// process's descriptor list). The supervisor hands it to the QEMU process
+/// and then closes its own copy. `instance` tells New_VM's port of a CEVM
+/// checkpoint (which joins before the switch-over) from Old_VM's.
 ///
 /// The switch provides the implementation. With none, a VM with a network
 /// NIC does not start ("network X does not exist").
