@@ -5,7 +5,8 @@ public enum Accelerator: String, Codable, Sendable {
 
 /// Everything that fixes one QEMU instance's command line. Two instances of
 /// the same VM (the source and destination of a migration) differ only in
-/// their sockets, their drive file and `incoming`.
+/// their sockets (QMP, network NICs' descriptors), their drive file,
+/// `incoming` and `withholdHostForwards`: never in their devices.
 public struct InstanceConfig: Sendable, Equatable {
     public enum Boot: Sendable, Equatable {
         case kernel(kernel: String, initrd: String?, append: String)
