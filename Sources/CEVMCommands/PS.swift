@@ -34,6 +34,16 @@ struct PS: AsyncParsableCommand {
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show one VM's state.")
 
+    /// One line per NIC: `nic0:        52:54:00:12:34:56, user, hostfwd tcp:127.0.0.1:8080-:22`;
+    /// a forward the running instance lost (a CEVM checkpoint could not move it) says so.
+    static func describeNICs(_ nics: [NIC], lost: [String]) -> [String] {
+        nics.enumerated().map { index, nic in
+            let label = "nic\(index):".padding(toLength: 13, withPad: " ", startingAt: 0)
+            let lostHere = nic.hostForwards.filter { lost.contains("nic\(index) \($0)") }
+            return label + "\(nic.mac), \(nic.summary)" + (lostHere.isEmpty ? "" : " (lost: \(lostHere.map(\.description).joined(separator: ", ")))")
+        }
+    }
+
     @Argument(help: "The VM's name.") var name: String
 
     @OptionGroup var common: CommonOptions
@@ -66,6 +76,8 @@ struct Status: AsyncParsableCommand {
                 if let disk = spec.disk {
                     lines.append("disk:        \(common.home.vm(report.name).overlay) over \(disk.base) (\(disk.baseFormat), \(disk.sizeBytes >> 20) MiB)")
                 }
+                let lost = report.supervisorAlive ? report.status?.lostHostForwards ?? [] : []
+                lines += Self.describeNICs(spec.nics, lost: lost)
             }
             if report.supervisorAlive, let schedule = report.status?.schedule { lines += ScheduleCommand.describe(schedule) }
             Output.line(lines.joined(separator: "\n"))

@@ -55,6 +55,13 @@ struct Run: AsyncParsableCommand {
         help: "QEMU -cpu model, with options (default auto: the host's under KVM, \(QEMUCommandLine.tcgCPUModel) under TCG).")
     var cpuModel: String?
 
+    @Option(
+        name: .customLong("nic"),
+        help: ArgumentHelp(
+            "A virtio-net NIC (repeatable): user[,hostfwd=tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT]… or net=NETWORK[,mac=MAC].",
+            discussion: "A NIC's MAC is chosen once (52:54:00:xx:xx:xx unless mac= is given) and kept by every checkpoint and restore."))
+    var nics: [String] = []
+
     @Flag(help: "Run the supervisor in this process (for service managers).")
     var foreground = false
 
@@ -65,7 +72,7 @@ struct Run: AsyncParsableCommand {
 
     var specOptionsGiven: Bool {
         memory != nil || cpus != nil || cpuset != nil || disk != nil || diskSize != nil || kernel != nil
-            || initrd != nil || append != nil || accel != nil || machine != nil || cpuModel != nil
+            || initrd != nil || append != nil || accel != nil || machine != nil || cpuModel != nil || !nics.isEmpty
     }
 
     func run() async throws {
@@ -88,6 +95,7 @@ struct Run: AsyncParsableCommand {
             } else {
                 let spec = try await makeSpec(name: name)
                 try spec.validate()
+                try Self.checkNetworks(spec)
                 try Files.makeDirectory(paths.directory, mode: 0o700)
                 try paths.writeSpec(spec)
             }
@@ -104,7 +112,25 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    /// The NICs asked for with `--nic`, each with its MAC.
+    static func parseNICs(_ values: [String]) throws -> [NIC] {
+        guard values.count <= NIC.maximumCount else { throw CLIError("at most \(NIC.maximumCount) --nic options") }
+        let requests = try values.map { value throws(NICError) in try NIC.Request.parse(value) }
+        return try NIC.make(requests)
+    }
+
+    /// A network NIC needs its network to exist; refused before the VM is
+    /// made, with the words the supervisor would use.
+    static func checkNetworks(_ spec: VMSpec) throws {
+        for nic in spec.nics {
+            if case .network(let network) = nic.attachment, Supervisor.defaultNetworkPorts == nil {
+                throw CLIError("\(NetworkError.noSuchNetwork(network))")
+            }
+        }
+    }
+
     private func makeSpec(name: VMName) async throws -> VMSpec {
+        let nicList = try Self.parseNICs(nics)
         let memoryMiB = try memory.map { Int(try parseSize($0, defaultUnit: 1 << 20) >> 20) } ?? 128
         let vcpus = cpus ?? 1
         var pinned: CPUSet?
@@ -163,7 +189,7 @@ struct Run: AsyncParsableCommand {
             name: name, memoryMiB: memoryMiB, vcpus: vcpus, cpuset: pinned, accel: accel ?? .auto,
             machine: machine ?? QEMUCommandLine.defaultMachine, boot: boot, disk: diskSpec, bundledGuest: bundled,
             readyMarker: bundled ? BundledGuest.readyMarker : nil, cpuModel: cpuModel ?? VMSpec.automaticCPUModel,
-            ramPaddingKiB: QEMUCommandLine.ramPaddingKiB(for: try? await QEMUVersion.of()))
+            ramPaddingKiB: QEMUCommandLine.ramPaddingKiB(for: try? await QEMUVersion.of()), nics: nicList)
     }
 
     private func runForeground(home: Home, name: VMName) async throws -> VMStatus {

@@ -86,7 +86,32 @@ public final class ChildProcess: Sendable {
         tiedToParent: Bool = false,
         inherit: Int32? = nil
     ) throws -> ChildProcess {
+        try spawn(
+            executable, arguments: arguments, environment: environment, stdin: stdin, stdout: stdout, stderr: stderr,
+            newSession: newSession, tiedToParent: tiedToParent, inherit: inherit.map { [$0] } ?? [])
+    }
+
+    /// The most descriptors a child inherits beyond its standard streams.
+    public static let maximumInherited = Int(CEVM_SPAWN_MAX_INHERIT)
+
+    /// `spawn` for a child tied to its parent that inherits several
+    /// descriptors: `inherit[k]` becomes its descriptor 3 + k, in order
+    /// (the VM's flock, then the sockets of its network NICs).
+    public static func spawn(
+        _ executable: String,
+        arguments: [String],
+        environment: [String: String]? = nil,
+        stdin: StandardIO = .null,
+        stdout: StandardIO = .null,
+        stderr: StandardIO = .null,
+        newSession: Bool = false,
+        tiedToParent: Bool = false,
+        inherit: [Int32]
+    ) throws -> ChildProcess {
         guard let path = Executables.find(executable) else { throw SpawnError.notFound(executable) }
+        guard inherit.count <= maximumInherited, inherit.allSatisfy({ $0 >= 0 }) else {
+            throw SpawnError.failed(executable: path, errno: inherit.count > maximumInherited ? EINVAL : EBADF)
+        }
         if tiedToParent {
             let pid = try TiedSpawner.spawn(
                 path: path, argv: [path] + arguments,
@@ -96,7 +121,7 @@ public final class ChildProcess: Sendable {
             child.startReaper()
             return child
         }
-        precondition(inherit == nil, "a descriptor is inherited only by a child tied to its parent")
+        precondition(inherit.isEmpty, "a descriptor is inherited only by a child tied to its parent")
 
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -243,7 +268,7 @@ enum TiedSpawner {
         thread.start()
     }()
 
-    static func spawn(path: String, argv: [String], environment: [String], stdio: [StandardIO], inherit: Int32?) throws -> pid_t {
+    static func spawn(path: String, argv: [String], environment: [String], stdio: [StandardIO], inherit: [Int32]) throws -> pid_t {
         // The child's standard streams, opened here close-on-exec (the child dup2s them).
         var opened: [Int32] = []
         defer { opened.forEach { close($0) } }
@@ -271,7 +296,7 @@ enum TiedSpawner {
             let cArgv = argv.map { strdup($0) } + [nil]
             let cEnv = environment.map { strdup($0) } + [nil]
             defer { for pointer in cArgv + cEnv { free(pointer) } }
-            let pid = cevm_spawn_dying_with_parent(path, cArgv, cEnv, stdioFDs, inherit ?? -1, parent)
+            let pid = cevm_spawn_dying_with_parent(path, cArgv, cEnv, stdioFDs, inherit, Int32(inherit.count), parent)
             return (pid, pid < 0 ? errno : 0)
         }
         _ = thread

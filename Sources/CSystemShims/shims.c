@@ -69,7 +69,21 @@ static void cevm_child_fail(int report) {
 }
 
 pid_t cevm_spawn_dying_with_parent(const char *path, char *const argv[], char *const envp[],
-                                   const int stdio[3], int inherit, pid_t parent) {
+                                   const int stdio[3], const int *inherit, int inherit_count, pid_t parent) {
+    if (inherit_count < 0 || inherit_count > CEVM_SPAWN_MAX_INHERIT) {
+        errno = EINVAL;
+        return -1;
+    }
+    for (int i = 0; i < inherit_count; i++) {
+        if (inherit[i] < 0) {
+            errno = EBADF;
+            return -1;
+        }
+    }
+    // Descriptors 0 .. targets-1 are set up in the child; everything it
+    // moves out of the way goes above them.
+    int targets = 3 + inherit_count;
+    int above = targets > 10 ? targets : 10;
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) return -1;
     pid_t pid = fork();
@@ -82,7 +96,7 @@ pid_t cevm_spawn_dying_with_parent(const char *path, char *const argv[], char *c
     }
     if (pid == 0) {
         // Above the descriptors set up below, so that no dup2 clobbers it.
-        int failure = fcntl(report[1], F_DUPFD_CLOEXEC, 10);
+        int failure = fcntl(report[1], F_DUPFD_CLOEXEC, above);
         if (failure < 0) _exit(127);
         if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) cevm_child_fail(failure);
         // The parent may have died between fork and prctl: then no signal comes.
@@ -97,18 +111,20 @@ pid_t cevm_spawn_dying_with_parent(const char *path, char *const argv[], char *c
         sigprocmask(SIG_SETMASK, &none, NULL);
         // Move every source above the targets first, so that no dup2 below
         // overwrites a source another one still needs.
-        int moved[4] = {-1, -1, -1, -1};
-        for (int i = 0; i < 4; i++) {
-            int source = i < 3 ? stdio[i] : inherit;
+        int moved[3 + CEVM_SPAWN_MAX_INHERIT];
+        for (int i = 0; i < targets; i++) {
+            int source = i < 3 ? stdio[i] : inherit[i - 3];
+            moved[i] = -1;
             if (source < 0) continue;
-            moved[i] = fcntl(source, F_DUPFD_CLOEXEC, 10);
+            moved[i] = fcntl(source, F_DUPFD_CLOEXEC, above);
             if (moved[i] < 0) cevm_child_fail(failure);
         }
-        for (int i = 0; i < 4; i++) {
+        // dup2 clears FD_CLOEXEC on the target: these survive the exec.
+        for (int i = 0; i < targets; i++) {
             if (moved[i] >= 0 && dup2(moved[i], i) < 0) cevm_child_fail(failure);
         }
         // Everything else goes, but the failure pipe (close-on-exec) until exec.
-        int first = moved[3] >= 0 ? 4 : 3;
+        int first = targets;
         if (syscall(SYS_close_range, (unsigned)failure + 1, ~0U, 0U) != 0) {
             // Kernels before 5.9: one by one, up to a generous bound.
             for (int fd = failure + 1; fd < 65536; fd++) close(fd);

@@ -5,7 +5,8 @@ public enum Accelerator: String, Codable, Sendable {
 
 /// Everything that fixes one QEMU instance's command line. Two instances of
 /// the same VM (the source and destination of a migration) differ only in
-/// their sockets, their drive file and `incoming`.
+/// their sockets (QMP, network NICs' descriptors), their drive file,
+/// `incoming` and `withholdHostForwards`: never in their devices.
 public struct InstanceConfig: Sendable, Equatable {
     public enum Boot: Sendable, Equatable {
         case kernel(kernel: String, initrd: String?, append: String)
@@ -51,13 +52,61 @@ public struct InstanceConfig: Sendable, Equatable {
     /// outlived its supervisor. Not part of the command line. A copy of the
     /// config (New_VM's, during a CEVM checkpoint) carries it on.
     public var heldLock: Int32?
+    /// The VM's NICs, in order: NIC i is netdev `nic<i>`, device `net<i>`.
+    public var nics: [NIC]
+    /// Start user NICs without their host forwards: New_VM of a CEVM
+    /// checkpoint, whose forwards Old_VM still binds until the switch-over
+    /// (the checkpoint moves them over with `hostfwd_add`).
+    public var withholdHostForwards: Bool
+
+    /// A virtio-net NIC and its backend.
+    public struct NIC: Sendable, Equatable {
+        public enum Backend: Sendable, Equatable {
+            /// `-netdev user`, with `hostfwd` rules written as QEMU takes
+            /// them (`tcp:127.0.0.1:8080-:22`).
+            case user(hostForwards: [String])
+            /// `-netdev stream` on a connected stream socket: `descriptor`
+            /// is open in this process, and the QEMU process inherits it
+            /// (at `InstanceConfig.childDescriptor(ofNIC:)`).
+            case stream(descriptor: Int32)
+        }
+
+        /// `52:54:00:12:34:56`.
+        public var mac: String
+        public var backend: Backend
+
+        public init(mac: String, backend: Backend) {
+            self.mac = mac
+            self.backend = backend
+        }
+    }
+
+    /// What the QEMU process inherits, from its descriptor 3 on: the held
+    /// lock, then each stream NIC's socket in NIC order.
+    public var inheritedDescriptors: [Int32] {
+        (heldLock.map { [$0] } ?? [])
+            + nics.compactMap { nic in
+                if case .stream(let descriptor) = nic.backend { return descriptor }
+                return nil
+            }
+    }
+
+    /// The descriptor number NIC `index`'s socket has in the QEMU process;
+    /// nil for a user NIC.
+    public func childDescriptor(ofNIC index: Int) -> Int32? {
+        guard nics.indices.contains(index), case .stream = nics[index].backend else { return nil }
+        let streamsBefore = nics[..<index].filter { if case .stream = $0.backend { return true } else { return false } }.count
+        return Int32(3 + (heldLock == nil ? 0 : 1) + streamsBefore)
+    }
 
     public init(
         name: String, memoryMiB: Int, vcpus: Int, machine: String = QEMUCommandLine.defaultMachine,
         accel: Accelerator, boot: Boot, drive: Drive?, qmpSocket: String, incoming: Bool = false, cpuModel: String? = nil,
-        ramPaddingKiB: Int = 0, heldLock: Int32? = nil
+        ramPaddingKiB: Int = 0, heldLock: Int32? = nil, nics: [NIC] = [], withholdHostForwards: Bool = false
     ) {
         self.heldLock = heldLock
+        self.nics = nics
+        self.withholdHostForwards = withholdHostForwards
         self.cpuModel = cpuModel
         self.ramPaddingKiB = ramPaddingKiB
         self.name = name
@@ -123,8 +172,42 @@ public enum QEMUCommandLine {
             }
             args += ["-device", "virtio-blk-pci,drive=disk0,id=vda"]
         }
+        args += nicArguments(for: config)
         if config.incoming { args += ["-incoming", "defer"] }
         return args
+    }
+
+    /// The netdev id of NIC `index`, as `hostfwd_add` and `hostfwd_remove` name it.
+    public static func netdevID(ofNIC index: Int) -> String { "nic\(index)" }
+
+    /// The NICs' `-netdev` and `-device` options. Ids and PCI slots depend
+    /// only on each NIC's place in the list, so Old_VM and New_VM of a
+    /// migration have the same devices at the same addresses (a migration
+    /// stream names devices by their id and bus address). Slots from 0x10
+    /// on, clear of q35's and the disk's automatically chosen ones.
+    public static func nicArguments(for config: InstanceConfig) -> [String] {
+        var args: [String] = []
+        for (index, nic) in config.nics.enumerated() {
+            let netdev = netdevID(ofNIC: index)
+            switch nic.backend {
+            case .user(let forwards):
+                let rules = config.withholdHostForwards ? [] : forwards.map { ",hostfwd=\(escapeOption($0))" }
+                args += ["-netdev", "user,id=\(netdev)" + rules.joined()]
+            case .stream:
+                guard let fd = config.childDescriptor(ofNIC: index) else { continue }
+                args += ["-netdev", "stream,id=\(netdev),server=off,addr.type=fd,addr.str=\(fd)"]
+            }
+            args += [
+                "-device",
+                "virtio-net-pci,netdev=\(netdev),mac=\(escapeOption(nic.mac)),id=net\(index),addr=\(pciSlot(ofNIC: index))",
+            ]
+        }
+        return args
+    }
+
+    /// NIC `index`'s PCI address on the root bus: `0x10` + index, function 0.
+    public static func pciSlot(ofNIC index: Int) -> String {
+        "0x" + String(0x10 + index, radix: 16)
     }
 
     /// `-accel`'s value. TCG with one vCPU runs single-threaded

@@ -13,6 +13,8 @@ public enum QEMUError: Error, Sendable, CustomStringConvertible {
     case kvmUnavailable(String)
     case toolFailed(tool: String, arguments: [String], status: ExitStatus, stderr: String)
     case file(String)
+    /// A human monitor command QEMU answered with an error text.
+    case monitor(command: String, answer: String)
 
     public var description: String {
         switch self {
@@ -27,6 +29,7 @@ public enum QEMUError: Error, Sendable, CustomStringConvertible {
         case .toolFailed(let tool, let arguments, let status, let stderr):
             return "\(tool) \(arguments.joined(separator: " ")) \(status)" + (stderr.isEmpty ? "" : ": \(stderr)")
         case .file(let message): return message
+        case .monitor(let command, let answer): return "QEMU's monitor refused '\(command)': \(answer)"
         }
     }
 }

@@ -94,7 +94,7 @@ public final class QEMUInstance: Sendable {
             child = try ChildProcess.spawn(
                 binary, arguments: QEMUCommandLine.arguments(for: config),
                 stdin: .null, stdout: .descriptor(pipeFDs[1]), stderr: .appendFile(stderrLog),
-                tiedToParent: true, inherit: config.heldLock)
+                tiedToParent: true, inherit: config.inheritedDescriptors)
         } catch {
             close(pipeFDs[0])
             close(pipeFDs[1])

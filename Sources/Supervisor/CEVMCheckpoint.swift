@@ -274,6 +274,15 @@ final class CEVMRun: CheckpointRun {
         var config = old.config
         config.qmpSocket = paths.qmpSocket(instance: index)
         config.incoming = true
+        // The same NICs (ids, slots, MACs): network NICs on new ports of
+        // their networks, user NICs without their host forwards, which
+        // Old_VM binds until the switch-over (`moveHostForwards`).
+        let nics = try await step(.newVM) {
+            try await InstanceNICs.make(spec: spec, instance: index, ports: supervisor.options.networkPorts)
+        }
+        defer { nics.close() }
+        config.nics = nics.nics
+        config.withholdHostForwards = true
         let incoming = "\(paths.runDirectory)/in\(index).sock"
         unlink(incoming)
         let instance = try await step(.newVM) {
@@ -388,6 +397,11 @@ final class CEVMRun: CheckpointRun {
     private func adoptNew() async {
         guard let new = made.withLock({ $0.new }) else { return }
         await supervisor.state.adopt(new)
+        // First, so that the forwarded ports are unbound as briefly as can be.
+        if spec.nics.contains(where: { !$0.hostForwards.isEmpty }) {
+            let lost = await Supervisor.moveHostForwards(spec.nics, from: old, to: new) { log($0) }
+            await supervisor.update { $0.lostHostForwards = lost.isEmpty ? nil : lost }
+        }
         let (sourceWatch, oldRunState, newRunState) = made.withLock { ($0.sourceWatch, $0.oldRunState, $0.newRunState) }
         // New_VM has the whole stream, so the switch-over stands even if
         // Old_VM is gone before it answers: the record then lacks QEMU's own figures.

@@ -36,6 +36,9 @@ public final class Supervisor: Sendable {
         /// process-wide: only the process the supervisor owns (the CLI's
         /// entry points) asks for it, not a test running several.
         public var handlesSignals = false
+        /// Connects network NICs to their cevm network; nil: there are no
+        /// networks, and a VM with a network NIC does not start.
+        public var networkPorts: (any NetworkPorts)? = Supervisor.defaultNetworkPorts
 
         public init() {}
 
@@ -44,6 +47,10 @@ public final class Supervisor: Sendable {
             try Validate.duration(seconds: seconds, "--boot-grace", in: 0...3600)
         }
     }
+
+    /// How network NICs reach their networks when nobody says otherwise:
+    /// nowhere yet (no cevm network exists).
+    public static var defaultNetworkPorts: (any NetworkPorts)? { nil }
 
     public let home: Home
     public let name: VMName
@@ -214,12 +221,16 @@ public final class Supervisor: Sendable {
         // A restored guest is already past its boot: no marker to wait for.
         let ready = options.restore == nil ? spec.readyMarker.map { console.signal(whenLineContains: $0) } : nil
         func launch(_ accel: AccelProbe.Result) async throws -> QEMUInstance {
+            // With every host forward bound: a restore too (the record's
+            // host connections are gone with the process that held them).
+            let nics = try await InstanceNICs.make(spec: spec, instance: 0, ports: options.networkPorts)
+            defer { nics.close() }
             let config = InstanceConfig(
                 name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine,
                 accel: accel.accelerator, boot: spec.boot.instanceBoot, drive: drive,
                 qmpSocket: paths.qmpSocket(instance: 0), incoming: options.restore != nil,
                 cpuModel: spec.cpuModel.map { $0 == VMSpec.automaticCPUModel ? QEMUCommandLine.defaultCPUModel(for: accel.accelerator) : $0 },
-                ramPaddingKiB: spec.ramPaddingKiB ?? 0, heldLock: lock)
+                ramPaddingKiB: spec.ramPaddingKiB ?? 0, heldLock: lock, nics: nics.nics)
             return try await QEMUInstance.launch(
                 config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
                 cpuset: spec.cpuset, console: console.sink(instance: 0))

@@ -32,6 +32,10 @@ public struct VMSpec: Codable, Sendable, Equatable {
     /// made (`VMSpec.ramPaddingKiB`; nil in older specs: none). A record's
     /// memory restores only into the same RAM size, so it never changes.
     public var ramPaddingKiB: Int?
+    /// The VM's NICs, in the order the guest sees them; each keeps its MAC
+    /// for the VM's life (checkpoints and restores copy the spec). Specs
+    /// older than the field have none.
+    public var nics: [NIC]
 
     public static let automaticCPUModel = "auto"
 
@@ -90,8 +94,9 @@ public struct VMSpec: Codable, Sendable, Equatable {
     public init(
         name: VMName, memoryMiB: Int, vcpus: Int, cpuset: CPUSet?, accel: AccelChoice, machine: String,
         boot: Boot, disk: Disk?, bundledGuest: Bool, readyMarker: String? = nil, createdAt: String = Timestamp.now(),
-        cpuModel: String? = VMSpec.automaticCPUModel, ramPaddingKiB: Int? = VMSpec.ramPaddingKiB
+        cpuModel: String? = VMSpec.automaticCPUModel, ramPaddingKiB: Int? = VMSpec.ramPaddingKiB, nics: [NIC] = []
     ) {
+        self.nics = nics
         self.cpuModel = cpuModel
         self.ramPaddingKiB = ramPaddingKiB
         self.readyMarker = readyMarker
@@ -105,6 +110,33 @@ public struct VMSpec: Codable, Sendable, Equatable {
         self.disk = disk
         self.bundledGuest = bundledGuest
         self.createdAt = createdAt
+    }
+}
+
+extension VMSpec {
+    private enum CodingKeys: String, CodingKey {
+        case name, memoryMiB, vcpus, cpuset, accel, machine, boot, disk, bundledGuest, readyMarker, createdAt, cpuModel
+        case ramPaddingKiB, nics
+    }
+
+    /// Decodes every field as the synthesized decoder would, and `nics` as
+    /// none when absent (a spec or a record manifest from before NICs).
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        name = try container.decode(VMName.self, forKey: .name)
+        memoryMiB = try container.decode(Int.self, forKey: .memoryMiB)
+        vcpus = try container.decode(Int.self, forKey: .vcpus)
+        cpuset = try container.decodeIfPresent(CPUSet.self, forKey: .cpuset)
+        accel = try container.decode(AccelChoice.self, forKey: .accel)
+        machine = try container.decode(String.self, forKey: .machine)
+        boot = try container.decode(Boot.self, forKey: .boot)
+        disk = try container.decodeIfPresent(Disk.self, forKey: .disk)
+        bundledGuest = try container.decode(Bool.self, forKey: .bundledGuest)
+        readyMarker = try container.decodeIfPresent(String.self, forKey: .readyMarker)
+        createdAt = try container.decode(String.self, forKey: .createdAt)
+        cpuModel = try container.decodeIfPresent(String.self, forKey: .cpuModel)
+        ramPaddingKiB = try container.decodeIfPresent(Int.self, forKey: .ramPaddingKiB)
+        nics = try container.decodeIfPresent([NIC].self, forKey: .nics) ?? []
     }
 }
 
@@ -132,5 +164,13 @@ extension VMSpec: Validatable {
             throw InvalidValue(what: "--machine", value: "'\(machine)'", expected: "a QEMU machine type (letters, digits, '_', '.', '-')")
         }
         if let disk { try Validate.integer(disk.sizeBytes, "disk size (bytes)", in: 1...(Int64(1) << 56)) }
+        try Validate.integer(nics.count, "number of NICs", in: 0...NIC.maximumCount)
+        for nic in nics { try nic.validate() }
+        if Set(nics.map(\.mac)).count != nics.count {
+            throw InvalidValue(what: "NIC MACs", value: nics.map(\.mac.description).joined(separator: " "), expected: "a different MAC for every NIC")
+        }
+        if let clash = HostForward.firstClash(in: nics.flatMap(\.hostForwards)) {
+            throw InvalidValue(what: "NIC host forward", value: "'\(clash)'", expected: "a host port no other forward of the VM binds")
+        }
     }
 }

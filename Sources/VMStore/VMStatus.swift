@@ -34,6 +34,11 @@ public struct VMStatus: Codable, Sendable, Equatable {
     public var message: String?
     /// Scheduled checkpoints, when a schedule is on.
     public var schedule: ScheduleState?
+    /// Host forwards of user NICs ("nic0 tcp:127.0.0.1:8080-:22") that a
+    /// CEVM checkpoint could not move to the new instance: the running
+    /// instance does not forward them (nil: none lost). A restart or a
+    /// restore binds them again.
+    public var lostHostForwards: [String]?
 
     public init(name: VMName, state: State) {
         self.name = name

@@ -71,6 +71,42 @@ import Testing
         #expect(lines == ["0", "1", "2", "3", "\(dir)/lock"])
     }
 
+    /// Several inherited descriptors land on 3, 4, 5… in the order given,
+    /// whatever their numbers here (one above the targets, one among them).
+    @Test func aTiedChildInheritsSeveralDescriptorsInOrder() async throws {
+        let dir = NSTemporaryDirectory() + "cevm-tied-many-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try Files.makeDirectory(dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let lock = try #require(try FileLock.tryAcquire("\(dir)/lock"))
+        var pair: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+        defer { pair.forEach { close($0) } }
+        let high = fcntl(pair[0], F_DUPFD_CLOEXEC, 40)
+        defer { close(high) }
+        let file = open("\(dir)/data", O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+        defer { close(file) }
+        let child = try ChildProcess.spawn(
+            "/bin/sh", arguments: ["-c", "ls /proc/$$/fd; readlink /proc/$$/fd/3; readlink /proc/$$/fd/5; echo hello >&6; echo four >&4"],
+            stdout: .truncateFile("\(dir)/out"), tiedToParent: true, inherit: [lock.descriptor, high, pair[1], file])
+        #expect(await child.wait() == .exited(0))
+        let lines = try Files.readString("\(dir)/out").split(separator: "\n").map(String.init)
+        #expect(lines.prefix(7) == ["0", "1", "2", "3", "4", "5", "6"])
+        #expect(lines.count == 9)
+        #expect(lines.dropFirst(7).first == "\(dir)/lock")
+        #expect(lines.last?.hasPrefix("socket:") == true)
+        #expect(try Files.readString("\(dir)/data") == "hello\n")
+        // The child's descriptor 4 was this process's `high`, pair[0]'s duplicate: its peer reads what it wrote.
+        var buffer = [UInt8](repeating: 0, count: 16)
+        #expect(read(pair[1], &buffer, 16) == 5)
+        #expect(buffer.prefix(5) == Array("four\n".utf8)[...])
+    }
+
+    @Test func aNegativeInheritedDescriptorIsRefused() {
+        #expect(throws: ChildProcess.SpawnError.self) {
+            try ChildProcess.spawn("sleep", arguments: ["1"], tiedToParent: true, inherit: [-1])
+        }
+    }
+
     /// The inherited descriptor keeps the lock held after the parent closed
     /// its own, until the child ends.
     @Test func aTiedChildHoldsAnInheritedLock() async throws {

@@ -37,18 +37,22 @@ long cevm_tee(int in, int out, unsigned long len);
 /// returns the capacity the pipe has, or -1 with errno.
 int cevm_pipe(int fds[2], int capacity);
 
+/// The most descriptors a child tied to its parent inherits beyond stdio.
+#define CEVM_SPAWN_MAX_INHERIT 64
+
 /// fork(2) + execve(2) of a child that dies with its parent: between fork
 /// and exec the child sets PR_SET_PDEATHSIG(SIGKILL), then re-checks that
 /// its parent is still `parent` (the parent may have died before prctl),
 /// resets every signal disposition and the signal mask, puts `stdio[i]` on
-/// descriptor i, puts `inherit` (when >= 0) on descriptor 3 without
-/// FD_CLOEXEC, closes every other descriptor and execs.
+/// descriptor i, puts `inherit[k]` on descriptor 3 + k (k < `inherit_count`,
+/// at most CEVM_SPAWN_MAX_INHERIT; each >= 0) without FD_CLOEXEC, closes
+/// every other descriptor and execs.
 ///
 /// The death signal fires when the *thread* that forked ends, so call this
 /// from a thread that lives as long as the process. Only async-signal-safe
 /// calls run in the child. Returns the pid, or -1 with errno (a failed exec
 /// is reported through a close-on-exec pipe and the child is reaped here).
 pid_t cevm_spawn_dying_with_parent(const char *path, char *const argv[], char *const envp[],
-                                   const int stdio[3], int inherit, pid_t parent);
+                                   const int stdio[3], const int *inherit, int inherit_count, pid_t parent);
 
 #endif
