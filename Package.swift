@@ -160,5 +160,9 @@ let package = Package(
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands"], swiftSettings: strict),
         .testTarget(name: "CEVMBenchTests", dependencies: ["CEVMBench", "CEVMSystem", "Records", "VMStore"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records", "TestSupport"], swiftSettings: strict),
+
+        // cevm networks: the switch as a pure value (learning, flooding, bounds, checkpoint holds; no dependencies).
+        .target(name: "NetSwitch", exclude: ["README.md"], swiftSettings: strict),
+        .testTarget(name: "NetSwitchTests", dependencies: ["NetSwitch"], swiftSettings: strict),
     ]
 )
