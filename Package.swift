@@ -117,7 +117,6 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
-
         // A measurement tool, not shipped: depth-1 NBD latency around disk cuts (Docs/benchmarks.md).
         .executableTarget(
             name: "disk-cut-latency",
@@ -164,5 +163,20 @@ let package = Package(
         // cevm networks: the switch as a pure value (learning, flooding, bounds, checkpoint holds; no dependencies).
         .target(name: "NetSwitch", exclude: ["README.md"], swiftSettings: strict),
         .testTarget(name: "NetSwitchTests", dependencies: ["NetSwitch"], swiftSettings: strict),
+        // The switch's control protocol, network names and paths, and a blocking client (CLI and supervisor).
+        .target(name: "NetSwitchControl", dependencies: ["CEVMSystem"], swiftSettings: strict),
+        // The switch process: the NetSwitch value driven over socket pairs with SwiftNIO, and its control socket.
+        .target(
+            name: "NetSwitchServer",
+            dependencies: [
+                "NetSwitch", "NetSwitchControl", "CEVMSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "NetSwitchServerTests",
+            dependencies: ["NetSwitchServer", "NetSwitchControl", "NetSwitch", "CEVMSystem", "TestSupport"],
+            swiftSettings: strict),
     ]
 )
