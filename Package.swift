@@ -113,7 +113,7 @@ let package = Package(
             name: "CEVMCommands",
             dependencies: [
                 "Supervisor", "Control", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "DiskExportNBD", "Turnaround",
-                "TurnaroundReport", "CEVMBench",
+                "TurnaroundReport", "CEVMBench", "NetSwitchControl", "NetSwitchServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
