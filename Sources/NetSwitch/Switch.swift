@@ -479,49 +479,62 @@ public struct Switch: Sendable {
         return actions
     }
 
-    /// The frames of the old port's stream that its reader never took:
-    /// those overlapping the last `unread.count` bytes of what reached the
-    /// socket, and every write that never reached it.
+    /// The frames of the old port's stream that its reader never took.
+    ///
+    /// `unread` is the tail of the bytes that reached the socket. Those end
+    /// at the confirmed writes' end, or inside the first unconfirmed frame
+    /// when the socket took only part of it (a partial write to a full
+    /// socket): the end is found by matching `unread` against the stream,
+    /// the shortest candidate first (a wrong guess resends a frame rather
+    /// than loses one). Every confirmed frame overlapping the unread bytes
+    /// is resent whole, then every unconfirmed one.
     private mutating func recover(from port: inout Port, unread: [UInt8]) -> [[UInt8]] {
         let confirmed = port.log.filter(\.confirmed)
         let unconfirmed = port.log.filter { !$0.confirmed }
+        guard !unread.isEmpty else { return unconfirmed.map(\.frame) }
         let confirmedEnd = confirmed.last?.end ?? port.logStart
-        let unreadCount = UInt64(unread.count)
-        var frames: [[UInt8]] = []
-        if unreadCount > 0 {
-            let from = unreadCount > confirmedEnd ? 0 : confirmedEnd - unreadCount
-            if unreadCount > confirmedEnd { totals.unreadMismatches += 1 }
-            if from < port.logStart {
-                // Older than the window: those frames are lost; counted once.
-                port.counters.drop(.lostAtSwitchOver)
-                totals.copiesWritten -= 1
-                totals.copiesDropped += 1
-            }
-            let partial = confirmed.filter { $0.end > from }
-            frames = partial.map(\.frame)
-            if !matches(unread, partial, from: from) { totals.unreadMismatches += 1 }
+        // The stream from logStart through the first unconfirmed frame.
+        var stream: [UInt8] = []
+        for w in confirmed + unconfirmed.prefix(1) { stream += Self.wire(w.frame) }
+        let partialLimit = unconfirmed.first.map { UInt64(Limits.lengthPrefixBytes + $0.frame.count) } ?? 1
+        var budget = 64 << 20
+        var end: UInt64?
+        for p in 0..<partialLimit where end == nil {
+            if Self.tail(unread, matches: stream, base: port.logStart, end: confirmedEnd + p, budget: &budget) { end = confirmedEnd + p }
+            if budget <= 0 { break }
         }
-        return frames + unconfirmed.map(\.frame)
+        if end == nil { totals.unreadMismatches += 1 }
+        let streamEnd = end ?? confirmedEnd
+        let unreadCount = UInt64(unread.count)
+        let from = unreadCount > streamEnd ? 0 : streamEnd - unreadCount
+        if from < port.logStart {
+            // Older than the window: those frames are lost; counted once.
+            port.counters.drop(.lostAtSwitchOver)
+            totals.copiesWritten -= 1
+            totals.copiesDropped += 1
+        }
+        return confirmed.filter { $0.end > from }.map(\.frame) + unconfirmed.map(\.frame)
     }
 
-    /// True when `unread` is the tail of the stream made of `frames` from offset `from`.
-    private func matches(_ unread: [UInt8], _ frames: [Written], from: UInt64) -> Bool {
-        var expected: [UInt8] = []
-        for w in frames {
-            let n = UInt32(w.frame.count)
-            expected += [UInt8(n >> 24), UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n)]
-            expected += w.frame
+    static func wire(_ frame: [UInt8]) -> [UInt8] {
+        let n = UInt32(frame.count)
+        return [UInt8(n >> 24), UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n)] + frame
+    }
+
+    /// True when `unread` ends at stream offset `end` and agrees with
+    /// `stream` (which starts at offset `base`) wherever both have bytes.
+    /// Compares from the end, stopping at the first difference.
+    private static func tail(_ unread: [UInt8], matches stream: [UInt8], base: UInt64, end: UInt64, budget: inout Int) -> Bool {
+        guard end >= base, end - base <= UInt64(stream.count), UInt64(unread.count) <= end else { return false }
+        var s = Int(end - base) - 1
+        var u = unread.count - 1
+        while u >= 0 && s >= 0 {
+            budget -= 1
+            if unread[u] != stream[s] { return false }
+            u -= 1
+            s -= 1
         }
-        guard let first = frames.first else { return false }
-        if from >= first.start {
-            let skip = Int(from - first.start)
-            guard skip <= expected.count else { return false }
-            return expected[skip...].elementsEqual(unread)
-        }
-        // The unread bytes start before the window: compare what the window still has.
-        let older = Int(first.start - from)
-        guard older <= unread.count else { return false }
-        return unread[older...].elementsEqual(expected)
+        return true
     }
 }
 

@@ -256,6 +256,26 @@ struct Three {
         #expect(t.sw.isBalanced)
     }
 
+    /// A full socket took only the head of a frame (its write never
+    /// completed): the unread bytes end inside it, and it is resent once.
+    @Test(arguments: [1, 4, 30, 63])
+    func aPartlyWrittenFrameIsFoundAndResentOnce(head: Int) throws {
+        var t = try Three()
+        _ = t.send(frame(hostA, everyone), on: t.a)
+        let done = (0..<2).map { frame(hostB, hostA, tag: UInt8($0), size: 60) }
+        for f in done { _ = t.send(f, on: t.b) }
+        let partial = frame(hostB, hostA, tag: 7, size: 60)
+        _ = t.sw.handle(.frameReceived(t.b, partial))
+        let a2 = try t.sw.standby(vm: "a", instance: 2)
+        try t.sw.hold(vm: "a")
+        // QEMU read the first frame and 10 bytes of the second; the socket holds `head` bytes of the third.
+        let inSocket = Array(wire(done + [partial])[0..<(128 + head)])
+        let actions = try t.sw.promote(vm: "a", newPort: a2, unread: Array(inSocket[(64 + 10)...]))
+        #expect(writes(actions) == [a2: [done[1], partial]])
+        #expect(t.sw.totals.unreadMismatches == 0)
+        #expect(t.sw.isBalanced)
+    }
+
     @Test func releaseDeliversHeldFramesToTheOldPort() throws {
         var t = try Three()
         _ = t.send(frame(hostA, everyone), on: t.a)
