@@ -202,6 +202,47 @@ final class Harness {
         await h.stop()
     }
 
+    /// QEMU stops reading: the socket fills, NIO buffers, the switch queues
+    /// (bounded) and drops. At the switch-over New_VM gets every frame Old_VM
+    /// did not read and the switch did not count as dropped: in order, none twice.
+    @Test func aFullSocketThenPromoteLosesOnlyCountedDrops() async throws {
+        let h = try Harness()
+        let a = try h.attach("a")
+        let b = try h.attach("b")
+        try a.send(ethernet(macA, broadcast, tag: 0))
+        #expect(try b.frame() != nil)
+        let count = 1500
+        func numbered(_ i: Int) -> [UInt8] {
+            var f = ethernet(macB, macA, tag: UInt8(truncatingIfNeeded: i), size: 1000)
+            f[14] = UInt8(i >> 8)
+            f[15] = UInt8(truncatingIfNeeded: i)
+            return f
+        }
+        func number(_ f: [UInt8]) -> Int { Int(f[14]) << 8 | Int(f[15]) }
+        for i in 0..<count { try b.send(numbered(i)) }
+        #expect(try h.eventually { $0.framesReceived == count + 1 })
+        // a's QEMU reads ten frames and part of the eleventh, then pauses.
+        var seen: [Int] = []
+        for _ in 0..<10 { seen.append(number(try #require(try a.frame()))) }
+        #expect(try a.read(exactly: 300) != nil)
+        let before = try h.port(a)
+        let dropped = before.drops["queueFull"] ?? 0
+        #expect(dropped > 0, "the queue bound was never reached")
+
+        let a2 = try h.attach("a", instance: 2, standby: true)
+        #expect(try h.request(NetRequest(op: .hold, vm: "a")).ok)
+        let reply = try h.request(NetRequest(op: .promote, vm: "a", port: a2.port))
+        #expect(reply.ok, "\(reply.error ?? "")")
+        while let f = try a2.frame(timeout: 500) { seen.append(number(f)) }
+        // New_VM's socket may fill too while the redelivered frames go out.
+        let droppedToo = try h.port(a2).drops.values.reduce(0, +)
+        #expect(seen == seen.sorted() && Set(seen).count == seen.count, "out of order or duplicated")
+        #expect(seen.count + dropped + droppedToo == count, "\(seen.count) delivered + \(dropped) + \(droppedToo) dropped != \(count)")
+        #expect(seen.first == 0)
+        #expect(try h.status().ports.allSatisfy { ($0.drops["lostAtSwitchOver"] ?? 0) == 0 })
+        await h.stop()
+    }
+
     @Test func releaseDeliversHeldFramesToTheOldPort() async throws {
         let h = try Harness()
         let a = try h.attach("a")
