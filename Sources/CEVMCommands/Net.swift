@@ -195,7 +195,17 @@ struct NetServe: AsyncParsableCommand {
                 FileHandle.standardError.write(Data("\(Timestamp.now()) \(message)\n".utf8))
             })
             let server = try NetSwitchServer.start(name: name, paths: common.net(name), configuration: configuration)
+            // SIGTERM (the system, `cevm net rm --force`'s fallback), SIGINT and SIGHUP stop it
+            // as a `shutdown` request does: ports closed, control.sock and the pid file removed.
+            let sources = [SIGTERM, SIGINT, SIGHUP].map { number in
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+                source.setEventHandler { server.stop() }
+                source.resume()
+                return source
+            }
             await server.waitUntilStopped()
+            for source in sources { source.cancel() }
         }
     }
 }

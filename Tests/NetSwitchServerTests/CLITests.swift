@@ -46,6 +46,25 @@ import Glibc
         if let fd { close(fd) }
         #expect(!Files.exists(paths.directory))
 
+        // SIGTERM stops the switch cleanly; create starts it again.
+        let second = try cevm(["net", "create", "lab2"], home: scratch.path)
+        #expect(second.status == 0, "\(second.output)")
+        let paths2 = NetPaths(root: scratch.path, name: try NetworkName("lab2"))
+        let pidText = try Files.readString(paths2.pid).trimmingCharacters(in: .whitespacesAndNewlines)
+        let pid = try #require(pid_t(pidText))
+        #expect(kill(pid, SIGTERM) == 0)
+        var waited = 0
+        while FileLock.isHeld(paths2.lock) && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(!FileLock.isHeld(paths2.lock))
+        #expect(!Files.exists(paths2.controlSocket) && !Files.exists(paths2.pid))
+        let stopped = try cevm(["net", "ls"], home: scratch.path)
+        #expect(stopped.output.contains("stopped"))
+        #expect(try cevm(["net", "create", "lab2"], home: scratch.path).status == 0)
+        #expect(try cevm(["net", "rm", "lab2"], home: scratch.path).status == 0)
+
         let bad = try cevm(["net", "create", "../evil"], home: scratch.path)
         #expect(bad.status != 0 && bad.output.contains("network name"))
         let missing = try cevm(["net", "status", "nope"], home: scratch.path)
