@@ -149,9 +149,10 @@ public final class NetSwitchServer: @unchecked Sendable {
         close(listener)
         unlink(paths.controlSocket)
         let closing = loop.submit { [self] in
-            for (_, channel) in channels { channel.close(promise: nil) }
-            for (_, fd) in peers { close(fd) }
+            let open = channels
             channels = [:]
+            for (_, channel) in open { channel.close(promise: nil) }
+            for (_, fd) in peers { close(fd) }
             peers = [:]
         }
         _ = try? closing.wait()
@@ -395,6 +396,15 @@ public final class NetSwitchServer: @unchecked Sendable {
         }
     }
 
+    /// On the loop: a port's channel closed without `detach` or `promote`
+    /// (a socket error): the port leaves, so nothing piles up for it.
+    func channelClosed(_ port: PortID) {
+        guard channels.removeValue(forKey: port) != nil else { return }
+        if let fd = peers.removeValue(forKey: port) { close(fd) }
+        _ = try? sw.leave(port)
+        log("\(port) closed by an error; removed")
+    }
+
     func writabilityChanged(_ port: PortID, _ writable: Bool) {
         guard channels[port] != nil else { return }
         perform(sw.handle(.writabilityChanged(port, writable)))
@@ -435,6 +445,11 @@ final class PortHandler: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         server.writabilityChanged(port, context.channel.isWritable)
         context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        server.channelClosed(port)
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
