@@ -164,7 +164,7 @@ let package = Package(
         .target(name: "NetSwitch", exclude: ["README.md"], swiftSettings: strict),
         .testTarget(name: "NetSwitchTests", dependencies: ["NetSwitch"], swiftSettings: strict),
         // The switch's control protocol, network names and paths, and a blocking client (CLI and supervisor).
-        .target(name: "NetSwitchControl", dependencies: ["CEVMSystem"], swiftSettings: strict),
+        .target(name: "NetSwitchControl", dependencies: ["CEVMSystem"], exclude: ["README.md"], swiftSettings: strict),
         // The switch process: the NetSwitch value driven over socket pairs with SwiftNIO, and its control socket.
         .target(
             name: "NetSwitchServer",
