@@ -178,6 +178,8 @@ public struct Switch: Sendable {
         var streamBytes: UInt64 = 0
         /// Frames dropped from `log` by the window: their bytes are still counted in `streamBytes`.
         var logStart: UInt64 = 0
+        /// `log[unconfirmedFrom...]` never reached the socket (yet).
+        var unconfirmedFrom = 0
 
         public var queuedFrames: Int { queue.count }
         public var queuedBytes: Int { queue.bytes }
@@ -340,23 +342,25 @@ public struct Switch: Sendable {
     /// One copy to a port: held if its VM is paused, queued if its socket is
     /// full, else written.
     private mutating func deliver(_ frame: [UInt8], to id: PortID) -> [Action] {
-        guard let port = ports[id] else {
+        // Scalars only: a copy of the Port alive across the mutations below
+        // would make them copy its queue and log.
+        guard let vm = ports[id]?.owner.vm, let writable = ports[id]?.writable, let queued = ports[id]?.queue.count,
+            let queuedBytes = ports[id]?.queue.bytes
+        else {
             totals.copiesDropped += 1
             return []
         }
-        let vm = port.owner.vm
-        if var held = vms[vm]?.held {
-            if held.count >= limits.holdFrames || held.bytes + frame.count > limits.holdBytes {
+        if let heldCount = vms[vm]?.held?.count, let heldBytes = vms[vm]?.held?.bytes {
+            if heldCount >= limits.holdFrames || heldBytes + frame.count > limits.holdBytes {
                 totals.copiesDropped += 1
                 ports[id]?.counters.drop(.holdFull)
                 return []
             }
-            held.append(frame)
-            vms[vm]?.held = held
+            vms[vm]?.held?.append(frame)
             return []
         }
-        if !port.writable || !port.queue.isEmpty {
-            if port.queue.count >= limits.queueFrames || port.queue.bytes + frame.count > limits.queueBytes {
+        if !writable || queued > 0 {
+            if queued >= limits.queueFrames || queuedBytes + frame.count > limits.queueBytes {
                 totals.copiesDropped += 1
                 ports[id]?.counters.drop(.queueFull)
                 return []
@@ -370,12 +374,11 @@ public struct Switch: Sendable {
 
     /// Records a write in the port's stream and counters.
     private mutating func emit(_ frame: [UInt8], to id: PortID) -> Action {
-        if var port = ports[id] {
+        modifyPort(id) { port in
             port.log.append(Written(start: port.streamBytes, frame: frame, confirmed: false))
             port.streamBytes += UInt64(Limits.lengthPrefixBytes + frame.count)
             port.counters.framesOut += 1
             port.counters.bytesOut += frame.count
-            ports[id] = port
         }
         return .write(id, frame)
     }
@@ -383,34 +386,40 @@ public struct Switch: Sendable {
     /// Writes what a port has queued, while it is writable.
     private mutating func flush(_ id: PortID) -> [Action] {
         var actions: [Action] = []
-        while let port = ports[id], port.writable, let frame = ports[id]?.queue.popFirst() {
+        while ports[id]?.writable == true, let frame = ports[id]?.queue.popFirst() {
             totals.copiesWritten += 1
             actions.append(emit(frame, to: id))
         }
         return actions
     }
 
+    /// Confirmations come in write order, so the unconfirmed writes are
+    /// always the log's tail, from `port.unconfirmedFrom`.
     private mutating func confirm(_ id: PortID, frames: Int) {
-        guard var port = ports[id] else { return }
-        var remaining = frames
-        var confirmedEnd: UInt64 = port.logStart
-        for i in port.log.indices {
-            if !port.log[i].confirmed {
-                if remaining == 0 { break }
-                port.log[i].confirmed = true
-                remaining -= 1
+        let window = UInt64(limits.redeliveryWindowBytes)
+        modifyPort(id) { port in
+            let n = min(max(frames, 0), port.log.count - port.unconfirmedFrom)
+            for i in port.unconfirmedFrom..<(port.unconfirmedFrom + n) { port.log[i].confirmed = true }
+            port.unconfirmedFrom += n
+            let confirmedEnd = port.unconfirmedFrom > 0 ? port.log[port.unconfirmedFrom - 1].end : port.logStart
+            // Keep at least the window: confirmed frames wholly older than it
+            // go, in batches (an array's front is dropped in O(count)).
+            let floor = confirmedEnd > window ? confirmedEnd - window : 0
+            var drop = 0
+            while drop < port.unconfirmedFrom, port.log[drop].end <= floor { drop += 1 }
+            if drop > 0 && (drop >= 64 || drop == port.log.count || drop * 2 > port.log.count) {
+                port.logStart = port.log[drop - 1].end
+                port.log.removeFirst(drop)
+                port.unconfirmedFrom -= drop
             }
-            confirmedEnd = port.log[i].end
         }
-        // Keep only the window: confirmed frames wholly older than it go.
-        let floor = confirmedEnd > UInt64(limits.redeliveryWindowBytes) ? confirmedEnd - UInt64(limits.redeliveryWindowBytes) : 0
-        var drop = 0
-        while drop < port.log.count, port.log[drop].confirmed, port.log[drop].end <= floor { drop += 1 }
-        if drop > 0 {
-            port.logStart = port.log[drop - 1].end
-            port.log.removeFirst(drop)
-        }
-        ports[id] = port
+    }
+
+    /// Changes a port in place (no copy of its queues and log).
+    @discardableResult
+    private mutating func modifyPort<R>(_ id: PortID, _ body: (inout Port) -> R) -> R? {
+        guard let index = ports.index(forKey: id) else { return nil }
+        return body(&ports.values[index])
     }
 
     // MARK: Checkpoint transitions
@@ -462,6 +471,7 @@ public struct Switch: Sendable {
             while let frame = oldPort.queue.popFirst() { resend.append(frame) }
             oldPort.state = .retired
             oldPort.log = []
+            oldPort.unconfirmedFrom = 0
             ports[old] = oldPort
             for (mac, port) in macTable where port == old { macTable[mac] = newPort }
             actions.append(.close(old))
