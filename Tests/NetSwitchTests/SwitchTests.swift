@@ -408,3 +408,26 @@ struct Three {
         #expect(t.sw.totals.framesReceived > 1000)
     }
 }
+
+/// Many frames through one port pair: the work per frame stays flat (the
+/// redelivery log is trimmed to its window) and the counts balance.
+@Suite struct VolumeTests {
+    @Test func fiftyThousandFrames() throws {
+        var limits = Limits()
+        limits.redeliveryWindowBytes = 64 << 10
+        var t = try Three(limits: limits)
+        _ = t.send(frame(hostA, everyone), on: t.a)
+        _ = t.send(frame(hostB, everyone), on: t.b)
+        let f = frame(hostA, hostB, size: 1000)
+        let clock = ContinuousClock()
+        let elapsed = try clock.measure {
+            for _ in 0..<50_000 { _ = t.send(f, on: t.a) }
+            let b2 = try t.sw.standby(vm: "b", instance: 2)
+            let actions = try t.sw.promote(vm: "b", newPort: b2, unread: Array(wire([f, f]).suffix(1500)))
+            #expect(writes(actions)[b2]?.count == 2)
+        }
+        #expect(t.sw.ports[t.a]?.counters.framesIn == 50_001)
+        #expect(t.sw.isBalanced)
+        #expect(elapsed < .seconds(30), "\(elapsed)")
+    }
+}
