@@ -42,8 +42,6 @@ public enum DropReason: String, Sendable, Codable, CaseIterable, Comparable {
     case queueFull
     /// The paused VM's hold queue was full.
     case holdFull
-    /// Queued or held for a port or VM that went away.
-    case portGone
     /// Unread by Old_VM but older than the redelivery window: not resent.
     case lostAtSwitchOver
 

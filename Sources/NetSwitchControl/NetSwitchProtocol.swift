@@ -82,7 +82,7 @@ public struct NetStatus: Codable, Sendable, Equatable {
         public var framesOut: Int
         public var bytesOut: Int
         public var queuedFrames: Int
-        /// Drops by reason (oversize, runt, notActive, sameSegment, queueFull, holdFull, portGone, lostAtSwitchOver).
+        /// Drops by reason (oversize, runt, notActive, sameSegment, queueFull, holdFull, lostAtSwitchOver; copies queued for a port that leaves count in the network's total only).
         public var drops: [String: Int]
 
         public init(
