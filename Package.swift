@@ -113,11 +113,10 @@ let package = Package(
             name: "CEVMCommands",
             dependencies: [
                 "Supervisor", "Control", "QEMU", "VMStore", "CEVMSystem", "Records", "QCOW2", "DiskTools", "DiskManager", "DiskExportNBD", "Turnaround",
-                "TurnaroundReport", "CEVMBench",
+                "TurnaroundReport", "CEVMBench", "NetSwitchControl", "NetSwitchServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
-
         // A measurement tool, not shipped: depth-1 NBD latency around disk cuts (Docs/benchmarks.md).
         .executableTarget(
             name: "disk-cut-latency",
@@ -160,5 +159,24 @@ let package = Package(
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands", "VMStore"], swiftSettings: strict),
         .testTarget(name: "CEVMBenchTests", dependencies: ["CEVMBench", "CEVMSystem", "Records", "VMStore"], swiftSettings: strict),
         .testTarget(name: "IntegrationTests", dependencies: ["CEVMSystem", "VMStore", "Records", "TestSupport"], swiftSettings: strict),
+
+        // cevm networks: the switch as a pure value (learning, flooding, bounds, checkpoint holds; no dependencies).
+        .target(name: "NetSwitch", exclude: ["README.md"], swiftSettings: strict),
+        .testTarget(name: "NetSwitchTests", dependencies: ["NetSwitch"], swiftSettings: strict),
+        // The switch's control protocol, network names and paths, and a blocking client (CLI and supervisor).
+        .target(name: "NetSwitchControl", dependencies: ["CEVMSystem"], exclude: ["README.md"], swiftSettings: strict),
+        // The switch process: the NetSwitch value driven over socket pairs with SwiftNIO, and its control socket.
+        .target(
+            name: "NetSwitchServer",
+            dependencies: [
+                "NetSwitch", "NetSwitchControl", "CEVMSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
+        .testTarget(
+            name: "NetSwitchServerTests",
+            dependencies: ["NetSwitchServer", "NetSwitchControl", "NetSwitch", "CEVMSystem", "TestSupport"],
+            swiftSettings: strict),
     ]
 )

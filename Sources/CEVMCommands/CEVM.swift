@@ -11,7 +11,7 @@ public struct CEVM: AsyncParsableCommand {
             """,
         subcommands: [
             Run.self, PS.self, Status.self, Logs.self, Stop.self, Remove.self, Checkpoint.self, RecordsCommand.self, Restore.self,
-            Disk.self, Inspect.self, ScheduleCommand.self, ReportCommand.self, Bench.self,
+            Disk.self, Inspect.self, ScheduleCommand.self, ReportCommand.self, Bench.self, Net.self,
             Supervise.self,
         ]
     )

@@ -1,0 +1,125 @@
+/// The switch's control protocol: one JSON object per line each way, over
+/// `control.sock`. A reply to `attach` or `standby` carries QEMU's end of
+/// the new port's socket pair as SCM_RIGHTS on its first byte.
+///
+///     → {"op":"attach","vm":"a","instance":1,"mac":"52:54:00:12:34:56"}
+///     ← {"ok":true,"port":3}                       + descriptor
+///     → {"op":"status"}
+///     ← {"ok":true,"status":{...}}
+///     → {"op":"frobnicate"}
+///     ← {"ok":false,"error":"bad request: ..."}
+public struct NetRequest: Codable, Sendable, Equatable {
+    public enum Op: String, Codable, Sendable, CaseIterable {
+        /// A VM's first instance: an active port; the reply carries QEMU's end.
+        case attach
+        /// New_VM's port before the switch-over; the reply carries QEMU's end.
+        case standby
+        /// Remove a port (`port`).
+        case detach
+        /// The VM (`vm`) is paused: frames for it are held.
+        case hold
+        /// The switch-over is done: `port` (the VM's standby port) becomes active.
+        case promote
+        /// The pause ended without a switch-over.
+        case release
+        case status
+        /// Stop the switch (refused while ports are attached unless `force`).
+        case shutdown
+    }
+
+    public var op: Op
+    public var vm: String?
+    public var instance: Int?
+    public var mac: String?
+    public var port: Int?
+    public var force: Bool?
+
+    public init(op: Op, vm: String? = nil, instance: Int? = nil, mac: String? = nil, port: Int? = nil, force: Bool? = nil) {
+        self.op = op
+        self.vm = vm
+        self.instance = instance
+        self.mac = mac
+        self.port = port
+        self.force = force
+    }
+
+    /// Longest request line the switch reads; a longer one is refused and the connection closed.
+    public static let maximumLineBytes = 64 << 10
+}
+
+public struct NetResponse: Codable, Sendable, Equatable {
+    public var ok: Bool
+    public var error: String?
+    public var port: Int?
+    /// `promote`: frames written again to New_VM (unread by Old_VM).
+    public var redelivered: Int?
+    public var status: NetStatus?
+
+    public init(ok: Bool, error: String? = nil, port: Int? = nil, redelivered: Int? = nil, status: NetStatus? = nil) {
+        self.ok = ok
+        self.error = error
+        self.port = port
+        self.redelivered = redelivered
+        self.status = status
+    }
+
+    public static func failure(_ message: String) -> NetResponse { NetResponse(ok: false, error: message) }
+}
+
+/// What `status` returns: the switch, its ports and counters.
+public struct NetStatus: Codable, Sendable, Equatable {
+    public struct Port: Codable, Sendable, Equatable {
+        public var port: Int
+        public var vm: String
+        public var instance: Int
+        public var mac: String?
+        /// active, standby or retired
+        public var state: String
+        /// The port's VM is paused: frames for it are held.
+        public var held: Bool
+        public var framesIn: Int
+        public var bytesIn: Int
+        public var framesOut: Int
+        public var bytesOut: Int
+        public var queuedFrames: Int
+        /// Drops by reason (oversize, runt, notActive, sameSegment, queueFull, holdFull, lostAtSwitchOver; copies queued for a port that leaves count in the network's total only).
+        public var drops: [String: Int]
+
+        public init(
+            port: Int, vm: String, instance: Int, mac: String?, state: String, held: Bool, framesIn: Int, bytesIn: Int,
+            framesOut: Int, bytesOut: Int, queuedFrames: Int, drops: [String: Int]
+        ) {
+            self.port = port
+            self.vm = vm
+            self.instance = instance
+            self.mac = mac
+            self.state = state
+            self.held = held
+            self.framesIn = framesIn
+            self.bytesIn = bytesIn
+            self.framesOut = framesOut
+            self.bytesOut = bytesOut
+            self.queuedFrames = queuedFrames
+            self.drops = drops
+        }
+    }
+
+    public var network: String
+    public var pid: Int32
+    public var ports: [Port]
+    public var framesReceived: Int
+    public var forwarded: Int
+    public var drops: Int
+    /// MAC → port number, as learned.
+    public var macTable: [String: Int]
+
+    public init(network: String, pid: Int32, ports: [Port], framesReceived: Int, forwarded: Int, drops: Int, macTable: [String: Int]) {
+        self.network = network
+        self.pid = pid
+        self.ports = ports
+        self.framesReceived = framesReceived
+        self.forwarded = forwarded
+        self.drops = drops
+        self.macTable = macTable
+    }
+}

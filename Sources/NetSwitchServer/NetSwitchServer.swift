@@ -1,0 +1,458 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CEVMSystem
+import Foundation
+import NIOCore
+import NIOPosix
+import NetSwitch
+import NetSwitchControl
+import Synchronization
+
+/// One cevm network's switch process: the `Switch` value driven over real
+/// sockets.
+///
+/// ```swift
+/// let server = try NetSwitchServer.start(name: name, paths: NetPaths(root: home, name: name))
+/// await server.waitUntilStopped()     // a `shutdown` request, or stop()
+/// ```
+///
+/// Ports are socket pairs, not listening sockets: for `attach` the switch
+/// makes a `socketpair(2)`, keeps one end as a SwiftNIO channel, hands the
+/// other (QEMU's) to the requester with SCM_RIGHTS, and keeps a duplicate
+/// of QEMU's end that it never reads while the instance lives: at
+/// `promote` it drains that duplicate to learn what Old_VM's QEMU never
+/// read, and the `Switch` resends those frames whole to New_VM. Because of
+/// that duplicate, the switch's end never sees QEMU exit: a port lives
+/// until `detach` (or until it is replaced by `promote`).
+///
+/// Threads: the `Switch` value, the channels and the duplicates belong to
+/// one event loop (a group of one thread) and are touched only on it;
+/// control requests come in on a thread per connection (blocking I/O) and
+/// run their switch work on the loop with `submit(...).wait()`.
+public final class NetSwitchServer: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        public var limits: Limits
+        /// SO_SNDBUF of the switch's end of each port: bounds what QEMU can
+        /// leave unread in its socket, which must stay within
+        /// `limits.redeliveryWindowBytes` (Linux doubles the value).
+        public var socketBufferBytes: Int
+        /// Control connections served at once; more are closed on accept.
+        public var maximumControlConnections: Int
+        public var log: (@Sendable (String) -> Void)?
+
+        public init(
+            limits: Limits = Limits(), socketBufferBytes: Int = 256 << 10, maximumControlConnections: Int = 32,
+            log: (@Sendable (String) -> Void)? = nil
+        ) {
+            self.limits = limits
+            self.socketBufferBytes = socketBufferBytes
+            self.maximumControlConnections = maximumControlConnections
+            self.log = log
+        }
+    }
+
+    public enum Error: Swift.Error, Sendable, CustomStringConvertible {
+        case alreadyRunning(NetworkName, [pid_t])
+        case request(String)
+
+        public var description: String {
+            switch self {
+            case .alreadyRunning(let name, let pids):
+                return "network '\(name)' already has a running switch" + (pids.isEmpty ? "" : " (pid \(pids.map(String.init).joined(separator: ", ")))")
+            case .request(let message): return message
+            }
+        }
+    }
+
+    public let name: NetworkName
+    public let paths: NetPaths
+    public let configuration: Configuration
+
+    private let group: MultiThreadedEventLoopGroup
+    private let loop: any EventLoop
+    private let lock: FileLock
+    private let listener: Int32
+    private let stopping = Atomic<Bool>(false)
+    private let connections = Atomic<Int>(0)
+    private let stopped = Latch<Bool>()
+
+    // Owned by `loop`.
+    private var sw: Switch
+    private var channels: [PortID: any Channel] = [:]
+    private var peers: [PortID: Int32] = [:]
+
+    private init(name: NetworkName, paths: NetPaths, configuration: Configuration, lock: FileLock, listener: Int32) {
+        self.name = name
+        self.paths = paths
+        self.configuration = configuration
+        self.lock = lock
+        self.listener = listener
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.loop = group.next()
+        self.sw = Switch(network: name.value, limits: configuration.limits)
+    }
+
+    /// Makes the network's directory (0700), takes its lock, listens on
+    /// `control.sock` (0600 from the bind on) and serves until stopped.
+    public static func start(name: NetworkName, paths: NetPaths, configuration: Configuration = Configuration()) throws -> NetSwitchServer {
+        try Files.makeDirectory(paths.directory, mode: 0o700)
+        guard let lock = try FileLock.tryAcquire(paths.lock) else {
+            throw Error.alreadyRunning(name, FileLock.processesHolding(paths.lock))
+        }
+        let listener = try UnixSocket.listen(path: paths.controlSocket)
+        try Files.writeAtomically(Array("\(getpid())\n".utf8), to: paths.pid)
+        let server = NetSwitchServer(name: name, paths: paths, configuration: configuration, lock: lock, listener: listener)
+        let thread = Thread { server.acceptLoop() }
+        thread.name = "net-\(name.value)-control"
+        thread.start()
+        server.log("switch of network '\(name)' serving on \(paths.controlSocket) (pid \(getpid()))")
+        return server
+    }
+
+    /// Stops accepting, closes every port and the control socket. Idempotent.
+    public func stop() {
+        stopping.store(true, ordering: .sequentiallyConsistent)
+    }
+
+    /// Returns once the switch has stopped (ports closed, socket removed).
+    public func waitUntilStopped() async {
+        _ = await stopped.waitIgnoringCancellation()
+    }
+
+    private func log(_ message: String) {
+        configuration.log?(message)
+    }
+
+    // MARK: Control connections
+
+    private func acceptLoop() {
+        while !stopping.load(ordering: .sequentiallyConsistent) {
+            let accepted: Int32?
+            do { accepted = try UnixSocket.accept(listener, timeoutMilliseconds: 100) } catch {
+                log("accept failed: \(error)")
+                usleep(100_000)
+                continue
+            }
+            guard let fd = accepted else { continue }
+            if connections.add(1, ordering: .sequentiallyConsistent).newValue > configuration.maximumControlConnections {
+                connections.subtract(1, ordering: .sequentiallyConsistent)
+                close(fd)
+                continue
+            }
+            let thread = Thread { [self] in
+                serve(connection: fd)
+                connections.subtract(1, ordering: .sequentiallyConsistent)
+            }
+            thread.start()
+        }
+        close(listener)
+        unlink(paths.controlSocket)
+        let closing = loop.submit { [self] in
+            let open = channels
+            channels = [:]
+            for (_, channel) in open { channel.close(promise: nil) }
+            for (_, fd) in peers { close(fd) }
+            peers = [:]
+        }
+        _ = try? closing.wait()
+        try? group.syncShutdownGracefully()
+        Files.remove(paths.pid)
+        log("stopped")
+        _ = stopped.set(true)
+    }
+
+    private func serve(connection fd: Int32) {
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buffer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while !stopping.load(ordering: .sequentiallyConsistent) {
+            if let newline = buffer.firstIndex(of: 0x0A) {
+                let line = Array(buffer[..<newline])
+                buffer.removeFirst(newline + 1)
+                let (reply, descriptor, stop) = answer(line)
+                do {
+                    var bytes = Array((try JSONEncoder().encode(reply)))
+                    bytes.append(0x0A)
+                    try FDPassing.send(fd, bytes: bytes, descriptor: descriptor)
+                } catch {
+                    log("reply failed: \(error)")
+                }
+                if let descriptor { close(descriptor) }
+                if stop { self.stop() }
+                continue
+            }
+            if buffer.count > NetRequest.maximumLineBytes {
+                let reply = NetResponse.failure("request longer than \(NetRequest.maximumLineBytes) bytes without a newline; closing")
+                if var bytes = try? JSONEncoder().encode(reply) {
+                    bytes.append(0x0A)
+                    try? Files.writeAll(fd, bytes)
+                }
+                return
+            }
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { return }
+            if n < 0 {
+                if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { continue }
+                return
+            }
+            buffer += chunk[0..<n]
+        }
+    }
+
+    /// One request line → its reply, the descriptor to pass with it, and whether to stop.
+    private func answer(_ line: [UInt8]) -> (NetResponse, Int32?, Bool) {
+        let request: NetRequest
+        do { request = try JSONDecoder().decode(NetRequest.self, from: Data(line)) } catch {
+            let ops = NetRequest.Op.allCases.map(\.rawValue).joined(separator: ", ")
+            log("refused a malformed request (\(line.count) bytes)")
+            return (.failure("bad request: expected one JSON object per line with \"op\" one of \(ops) (\(Self.brief(error)))"), nil, false)
+        }
+        do {
+            switch request.op {
+            case .attach, .standby:
+                let (port, fd) = try attach(request)
+                return (NetResponse(ok: true, port: port.value), fd, false)
+            case .detach:
+                let port = try Self.port(request)
+                try onLoop { server in
+                    _ = try server.sw.leave(port)
+                    server.channels.removeValue(forKey: port)?.close(promise: nil)
+                    if let fd = server.peers.removeValue(forKey: port) { close(fd) }
+                }
+                log("detached \(port)")
+                return (NetResponse(ok: true, port: port.value), nil, false)
+            case .hold:
+                let vm = try Self.vm(request)
+                try onLoop { try $0.sw.hold(vm: vm) }
+                log("holding frames for \(vm)")
+                return (NetResponse(ok: true), nil, false)
+            case .release:
+                let vm = try Self.vm(request)
+                try onLoop { $0.perform(try $0.sw.release(vm: vm)) }
+                log("released \(vm)")
+                return (NetResponse(ok: true), nil, false)
+            case .promote:
+                let vm = try Self.vm(request)
+                let port = try Self.port(request)
+                let redelivered = try onLoop { try $0.promote(vm: vm, newPort: port) }
+                log("promoted \(port) for \(vm); \(redelivered) unread frame(s) redelivered")
+                return (NetResponse(ok: true, port: port.value, redelivered: redelivered), nil, false)
+            case .status:
+                return (NetResponse(ok: true, status: try onLoop { $0.status() }), nil, false)
+            case .shutdown:
+                let attached = try onLoop { $0.sw.portList.map { "\($0.owner.vm) instance \($0.owner.instance)" } }
+                if !attached.isEmpty && request.force != true {
+                    throw Error.request("\(attached.count) port(s) attached (\(attached.joined(separator: ", "))); force to stop anyway")
+                }
+                log("shutdown requested")
+                return (NetResponse(ok: true), nil, true)
+            }
+        } catch {
+            return (.failure("\(request.op.rawValue): \(error)"), nil, false)
+        }
+    }
+
+    private static func brief(_ error: any Swift.Error) -> String {
+        switch error {
+        case DecodingError.dataCorrupted(let context): return context.debugDescription
+        case DecodingError.keyNotFound(let key, _): return "missing \"\(key.stringValue)\""
+        case DecodingError.typeMismatch(_, let context): return "wrong type at \(context.codingPath.map(\.stringValue).joined(separator: "."))"
+        case DecodingError.valueNotFound(_, let context): return "null at \(context.codingPath.map(\.stringValue).joined(separator: "."))"
+        default: return "\(error)"
+        }
+    }
+
+    private static func vm(_ request: NetRequest) throws -> String {
+        guard let vm = request.vm else { throw Error.request("missing \"vm\"") }
+        try NetworkName.check(vm, kind: "VM")
+        return vm
+    }
+
+    private static func port(_ request: NetRequest) throws -> PortID {
+        guard let port = request.port, port > 0 else { throw Error.request("missing or bad \"port\"") }
+        return PortID(port)
+    }
+
+    /// Runs `body` on the switch's loop and waits for it.
+    private func onLoop<T: Sendable>(_ body: @escaping @Sendable (NetSwitchServer) throws -> T) throws -> T {
+        try loop.submit { [self] in try body(self) }.wait()
+    }
+
+    // MARK: Ports
+
+    private func attach(_ request: NetRequest) throws -> (PortID, Int32) {
+        let vm = try Self.vm(request)
+        guard let instance = request.instance, instance >= 0 else { throw Error.request("missing or bad \"instance\"") }
+        var parsedMAC: MACAddress?
+        if let text = request.mac {
+            guard let parsed = MACAddress(text) else { throw Error.request("bad \"mac\" '\(text)': expected six hex bytes like 52:54:00:12:34:56") }
+            parsedMAC = parsed
+        }
+        let mac = parsedMAC
+        let standby = request.op == .standby
+        let (mine, qemu) = try FDPassing.socketPair()
+        var size = Int32(configuration.socketBufferBytes)
+        setsockopt(mine, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        let peer: Int32
+        do { peer = try FDPassing.duplicate(qemu) } catch {
+            close(mine)
+            close(qemu)
+            throw error
+        }
+        let port: PortID
+        do {
+            port = try onLoop { server in
+                let port = standby
+                    ? try server.sw.standby(vm: vm, instance: instance, mac: mac) : try server.sw.join(vm: vm, instance: instance, mac: mac)
+                // Frames for it wait in its queue until its channel exists.
+                _ = server.sw.handle(.writabilityChanged(port, false))
+                return port
+            }
+        } catch {
+            close(mine)
+            close(qemu)
+            close(peer)
+            throw error
+        }
+        let maximum = configuration.limits.maximumFrameBytes
+        let channel: any Channel
+        do {
+            channel = try ClientBootstrap(group: loop)
+                .channelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandlers(
+                            ByteToMessageHandler(StreamFrameDecoder(maximumFrameBytes: maximum)), PortHandler(server: self, port: port))
+                    }
+                }
+                .withConnectedSocket(mine).wait()
+        } catch {
+            close(qemu)
+            close(peer)
+            _ = try? onLoop { try $0.sw.leave(port) }
+            throw error
+        }
+        try onLoop { server in
+            server.channels[port] = channel
+            server.peers[port] = peer
+            server.perform(server.sw.handle(.writabilityChanged(port, channel.isWritable)))
+        }
+        log("\(standby ? "standby" : "attached") \(port): \(vm) instance \(instance)\(mac.map { " mac \($0)" } ?? "")")
+        return (port, qemu)
+    }
+
+    /// On the loop: closes Old_VM's port, drains what its QEMU never read,
+    /// and lets the switch resend it, then the held frames, to `newPort`.
+    private func promote(vm: String, newPort: PortID) throws -> Int {
+        guard sw.standbyPort(of: vm) == newPort else { throw SwitchError.notStandby(vm, newPort) }
+        var unread: [UInt8] = []
+        let old = sw.activePort(of: vm)
+        if let old {
+            // Closing fails the writes still in the channel (never in the
+            // socket, so never confirmed); nothing more enters the socket.
+            channels.removeValue(forKey: old)?.close(promise: nil)
+            if let fd = peers.removeValue(forKey: old) {
+                defer { close(fd) }
+                unread = try FDPassing.drain(fd, limit: configuration.limits.redeliveryWindowBytes * 2)
+            }
+        }
+        let before = sw.totals.redelivered
+        perform(try sw.promote(vm: vm, newPort: newPort, unread: unread))
+        if let old { _ = try? sw.leave(old) }
+        return sw.totals.redelivered - before
+    }
+
+    /// On the loop: carries out the switch's actions.
+    func perform(_ actions: [Switch.Action]) {
+        var touched: [PortID: any Channel] = [:]
+        for action in actions {
+            switch action {
+            case .write(let port, let frame):
+                guard let channel = channels[port] else { continue }
+                var buffer = channel.allocator.buffer(capacity: Limits.lengthPrefixBytes + frame.count)
+                buffer.writeInteger(UInt32(frame.count), endianness: .big)
+                buffer.writeBytes(frame)
+                let promise = loop.makePromise(of: Void.self)
+                promise.futureResult.whenSuccess { [self] in perform(sw.handle(.wrote(port, frames: 1))) }
+                channel.write(buffer, promise: promise)
+                touched[port] = channel
+            case .close(let port):
+                channels.removeValue(forKey: port)?.close(promise: nil)
+                if let fd = peers.removeValue(forKey: port) { close(fd) }
+            }
+        }
+        for channel in touched.values { channel.flush() }
+    }
+
+    /// On the loop: a frame (or a refused one) from a port's channel.
+    func received(_ input: PortInput, on port: PortID) {
+        switch input {
+        case .frame(let bytes): perform(sw.handle(.frameReceived(port, bytes)))
+        case .refused(let length):
+            log("\(port): refused a \(length)-byte frame (over \(configuration.limits.maximumFrameBytes))")
+            perform(sw.handle(.frameRefused(port, length: length)))
+        }
+    }
+
+    /// On the loop: a port's channel closed without `detach` or `promote`
+    /// (a socket error): the port leaves, so nothing piles up for it.
+    func channelClosed(_ port: PortID) {
+        guard channels.removeValue(forKey: port) != nil else { return }
+        if let fd = peers.removeValue(forKey: port) { close(fd) }
+        _ = try? sw.leave(port)
+        log("\(port) closed by an error; removed")
+    }
+
+    func writabilityChanged(_ port: PortID, _ writable: Bool) {
+        guard channels[port] != nil else { return }
+        perform(sw.handle(.writabilityChanged(port, writable)))
+    }
+
+    private func status() -> NetStatus {
+        let ports = sw.portList.map { p in
+            NetStatus.Port(
+                port: p.id.value, vm: p.owner.vm, instance: p.owner.instance, mac: p.mac?.description, state: p.state.rawValue,
+                held: sw.isHeld(p.owner.vm) && sw.activePort(of: p.owner.vm) == p.id,
+                framesIn: p.counters.framesIn, bytesIn: p.counters.bytesIn, framesOut: p.counters.framesOut, bytesOut: p.counters.bytesOut,
+                queuedFrames: p.queuedFrames, drops: Dictionary(uniqueKeysWithValues: p.counters.drops.map { ($0.key.rawValue, $0.value) }))
+        }
+        let t = sw.totals
+        return NetStatus(
+            network: name.value, pid: getpid(), ports: ports, framesReceived: t.framesReceived, forwarded: t.forwarded,
+            drops: t.ingressDrops + t.copiesDropped,
+            macTable: Dictionary(uniqueKeysWithValues: sw.macTable.map { ($0.key.description, $0.value.value) }))
+    }
+}
+
+/// A port's channel: frames in, writability changes; everything goes to the server on its loop.
+final class PortHandler: ChannelInboundHandler {
+    typealias InboundIn = PortInput
+
+    let server: NetSwitchServer
+    let port: PortID
+
+    init(server: NetSwitchServer, port: PortID) {
+        self.server = server
+        self.port = port
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        server.received(unwrapInboundIn(data), on: port)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        server.writabilityChanged(port, context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        server.channelClosed(port)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
