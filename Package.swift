@@ -59,6 +59,7 @@ let package = Package(
             name: "Supervisor",
             dependencies: [
                 "CheckpointProtocol", "Control", "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "DiskExportNBD", "NBDServer", "QCOW2", "Turnaround",
+                "NetSwitchControl",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ],

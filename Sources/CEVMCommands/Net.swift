@@ -6,6 +6,8 @@ import CEVMSystem
 import Foundation
 import NetSwitchControl
 import NetSwitchServer
+import Supervisor
+import VMStore
 
 /// `cevm net`: cevm networks, each a user-space learning L2 switch in a
 /// process of its own under `$CEVM_HOME/nets/NET/`.
@@ -49,27 +51,48 @@ struct NetCreate: AsyncParsableCommand {
                 throw CLIError("network '\(name)' exists and its switch is running\(pids.isEmpty ? "" : " (pid \(pids))")")
             }
             try Files.makeDirectory(paths.directory, mode: 0o700)
-            var environment = Executables.currentEnvironment()
-            environment["CEVM_HOME"] = common.home.root
-            let child = try ChildProcess.spawn(
-                Executables.currentExecutable(), arguments: ["net", "serve", name.value], environment: environment, stdin: .null,
-                stdout: .appendFile(paths.log), stderr: .appendFile(paths.log), newSession: true)
-            let started = ContinuousClock.now
-            while true {
-                if let status = try? netStatus(paths) {
-                    if common.json { return try Output.json(status) }
-                    return Output.line("\(name): running (pid \(status.pid))")
-                }
-                if let exit = child.exitStatus {
-                    let log = (try? Files.readTail(paths.log, bytes: 2000)) ?? ""
-                    throw CLIError("the switch of network '\(name)' \(exit)" + (log.isEmpty ? "" : ": \(log)"))
-                }
-                if ContinuousClock.now - started > .seconds(30) {
-                    throw CLIError("the switch of network '\(name)' is not answering after 30 s; see \(paths.log)")
-                }
-                try await Task.sleep(for: .milliseconds(50))
-            }
+            let status = try await startSwitch(name, home: common.home)
+            if common.json { return try Output.json(status) }
+            return Output.line("\(name): running (pid \(status.pid))")
         }
+    }
+}
+
+/// Starts the switch of network `name` (its directory made) and waits
+/// until it answers: by `cevm net create`, and by `cevm run` and `cevm
+/// restore` for a network whose switch is not running.
+func startSwitch(_ name: NetworkName, home: Home) async throws -> NetStatus {
+    let paths = NetPaths(root: home.root, name: name)
+    var environment = Executables.currentEnvironment()
+    environment["CEVM_HOME"] = home.root
+    let child = try ChildProcess.spawn(
+        Executables.currentExecutable(), arguments: ["net", "serve", name.value], environment: environment, stdin: .null,
+        stdout: .appendFile(paths.log), stderr: .appendFile(paths.log), newSession: true)
+    let started = ContinuousClock.now
+    while true {
+        if let status = try? netStatus(paths) { return status }
+        if let exit = child.exitStatus {
+            // Another `cevm run` may have started it at the same moment.
+            if let status = try? netStatus(paths) { return status }
+            let log = (try? Files.readTail(paths.log, bytes: 2000)) ?? ""
+            throw CLIError("the switch of network '\(name)' \(exit)" + (log.isEmpty ? "" : ": \(log)"))
+        }
+        if ContinuousClock.now - started > .seconds(30) {
+            throw CLIError("the switch of network '\(name)' is not answering after 30 s; see \(paths.log)")
+        }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+}
+
+/// Every network a VM's NICs name must exist; a network whose switch is
+/// not running (the host rebooted, it was killed) gets it started again.
+func ensureNetworks(of spec: VMSpec, home: Home) async throws {
+    for nic in spec.nics {
+        guard case .network(let network) = nic.attachment else { continue }
+        let name = try parseNetworkName(network)
+        let paths = NetPaths(root: home.root, name: name)
+        guard Files.exists(paths.directory) else { throw CLIError("\(NetworkError.noSuchNetwork(network))") }
+        if !FileLock.isHeld(paths.lock) { _ = try await startSwitch(name, home: home) }
     }
 }
 

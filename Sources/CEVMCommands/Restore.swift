@@ -57,6 +57,7 @@ struct Restore: AsyncParsableCommand {
             var spec = record.manifest.spec
             spec.name = target
             spec.boot = record.resolvedBoot(located: located)
+            try await ensureNetworks(of: spec, home: home)
             try home.prepare()
             try Files.makeDirectory(paths.directory, mode: 0o700)
             if let disk = record.manifest.spec.disk, let recordDisk = record.diskPath {

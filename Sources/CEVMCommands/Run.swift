@@ -92,10 +92,11 @@ struct Run: AsyncParsableCommand {
                     throw CLIError(
                         "VM '\(name)' already exists (stopped); it starts again with its stored spec, so drop the options or remove it with `cevm rm \(name)`")
                 }
+                try await ensureNetworks(of: try paths.readSpec(), home: common.home)
             } else {
                 let spec = try await makeSpec(name: name)
                 try spec.validate()
-                try Self.checkNetworks(spec)
+                try await ensureNetworks(of: spec, home: common.home)
                 try Files.makeDirectory(paths.directory, mode: 0o700)
                 try paths.writeSpec(spec)
             }
@@ -117,16 +118,6 @@ struct Run: AsyncParsableCommand {
         guard values.count <= NIC.maximumCount else { throw CLIError("at most \(NIC.maximumCount) --nic options") }
         let requests = try values.map { value throws(NICError) in try NIC.Request.parse(value) }
         return try NIC.make(requests)
-    }
-
-    /// A network NIC needs its network to exist; refused before the VM is
-    /// made, with the words the supervisor would use.
-    static func checkNetworks(_ spec: VMSpec) throws {
-        for nic in spec.nics {
-            if case .network(let network) = nic.attachment, Supervisor.defaultNetworkPorts == nil {
-                throw CLIError("\(NetworkError.noSuchNetwork(network))")
-            }
-        }
     }
 
     private func makeSpec(name: VMName) async throws -> VMSpec {

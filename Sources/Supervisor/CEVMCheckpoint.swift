@@ -64,6 +64,8 @@ final class CEVMRun: CheckpointRun {
     /// What the checkpoint has made so far.
     struct Made: Sendable {
         var new: QEMUInstance?
+        /// New_VM's standby ports on cevm networks, promoted at the switch-over.
+        var newPorts: [NetworkPort] = []
         var tee: MigrationSink?
         var prepared: VMDisk.PreparedCut?
         var cut: VMDisk.Cut?
@@ -278,8 +280,9 @@ final class CEVMRun: CheckpointRun {
         // their networks, user NICs without their host forwards, which
         // Old_VM binds until the switch-over (`moveHostForwards`).
         let nics = try await step(.newVM) {
-            try await InstanceNICs.make(spec: spec, instance: index, ports: supervisor.options.networkPorts)
+            try await InstanceNICs.make(spec: spec, instance: index, ports: supervisor.networkPorts, standby: true)
         }
+        made.withLock { $0.newPorts = nics.ports }
         defer { nics.close() }
         config.nics = nics.nics
         config.withholdHostForwards = true
@@ -397,6 +400,20 @@ final class CEVMRun: CheckpointRun {
     private func adoptNew() async {
         guard let new = made.withLock({ $0.new }) else { return }
         await supervisor.state.adopt(new)
+        // New_VM's ports become the VM's on its networks, first: frames
+        // the switch wrote to Old_VM that its QEMU never read go to New_VM.
+        let newPorts = made.withLock { $0.newPorts }
+        if !newPorts.isEmpty {
+            for port in newPorts {
+                do {
+                    let again = try await supervisor.networkPorts.promote(network: port.network, vm: spec.name, port: port.id)
+                    log("network \(port.network): port \(port.id) promoted, \(again) frame(s) Old_VM never read delivered to it")
+                } catch {
+                    log("network \(port.network): port \(port.id) not promoted: \(error)")
+                }
+            }
+            await supervisor.state.setNetworkPorts(newPorts)
+        }
         // First, so that the forwarded ports are unbound as briefly as can be.
         if spec.nics.contains(where: { !$0.hostForwards.isEmpty }) {
             let lost = await Supervisor.moveHostForwards(spec.nics, from: old, to: new) { log($0) }
@@ -517,6 +534,7 @@ final class CEVMRun: CheckpointRun {
             if options.autoConverge { try? await MigrationSettings.setCapability(old.qmp, "auto-converge", false) }
         case .stopNew:
             if let new = state.new { _ = await new.stop(grace: .seconds(1)) }
+            await supervisor.detach(made.withLock { $0.newPorts })
         case .stopOld:
             _ = await old.stop(grace: .seconds(2))
         case .abortTee:

@@ -17,33 +17,62 @@ import VMStore
 /// The switch provides the implementation. With none, a VM with a network
 /// NIC does not start ("network X does not exist").
 public protocol NetworkPorts: Sendable {
-    func port(network: String, vm: VMName, instance: Int, mac: MACAddress) async throws -> Int32
+    /// A port for NIC `mac` of instance `instance`: the VM's active port
+    /// (`standby` false: a boot or a restore), or New_VM's port of a CEVM
+    /// checkpoint, which receives nothing until `promote`.
+    func port(network: String, vm: VMName, instance: Int, mac: MACAddress, standby: Bool) async throws -> NetworkPort
+    /// The switch-over is done: the standby `port` becomes the VM's active
+    /// one, and what Old_VM's QEMU never read is delivered to it. Returns
+    /// the frames delivered again.
+    func promote(network: String, vm: VMName, port: Int) async throws -> Int
+    /// The port's instance ended (best effort: a switch that is gone has
+    /// no port to remove).
+    func detach(network: String, port: Int) async
+}
+
+/// A port of a cevm network, and the socket QEMU gets for it.
+public struct NetworkPort: Sendable, Equatable {
+    public var network: String
+    public var id: Int
+    public var descriptor: Int32
+
+    public init(network: String, id: Int, descriptor: Int32) {
+        self.network = network
+        self.id = id
+        self.descriptor = descriptor
+    }
 }
 
 /// Why a NIC could not be connected.
 public enum NetworkError: Error, Sendable, Equatable, CustomStringConvertible {
     case noSuchNetwork(String)
     case badDescriptor(network: String, Int32)
+    case switchDown(String, String)
+    case refused(String, String)
 
     public var description: String {
         switch self {
         case .noSuchNetwork(let name): return "network '\(name)' does not exist (create it with `cevm net create \(name)`)"
+        case .switchDown(let name, let why): return "the switch of network '\(name)' is not running (\(why)); `cevm net create \(name)` starts it"
+        case .refused(let name, let why): return "the switch of network '\(name)' refused: \(why)"
         case .badDescriptor(let name, let fd): return "network '\(name)' gave descriptor \(fd), not an open socket"
         }
     }
 }
 
-/// The NICs of one instance, with the sockets opened for it.
+/// The NICs of one instance, with the ports opened for it.
 struct InstanceNICs {
     var nics: [InstanceConfig.NIC]
-    /// Sockets of network NICs, open in this process until `close()`.
-    var descriptors: [Int32]
+    /// Ports of network NICs; their sockets open in this process until `close()`.
+    var ports: [NetworkPort]
+    var descriptors: [Int32] { ports.map(\.descriptor) }
 
     /// The NICs of `spec` for instance `instance`; each network NIC's
-    /// socket comes from `ports`, which must exist when there is one.
-    static func make(spec: VMSpec, instance: Int, ports: (any NetworkPorts)?) async throws -> InstanceNICs {
+    /// port comes from `ports`, which must exist when there is one.
+    /// `standby`: New_VM's ports, promoted at the switch-over.
+    static func make(spec: VMSpec, instance: Int, ports: (any NetworkPorts)?, standby: Bool = false) async throws -> InstanceNICs {
         var nics: [InstanceConfig.NIC] = []
-        var descriptors: [Int32] = []
+        var opened: [NetworkPort] = []
         do {
             for nic in spec.nics {
                 switch nic.attachment {
@@ -51,17 +80,22 @@ struct InstanceNICs {
                     nics.append(.init(mac: nic.mac.description, backend: .user(hostForwards: forwards.map(\.description))))
                 case .network(let name):
                     guard let ports else { throw NetworkError.noSuchNetwork(name) }
-                    let fd = try await ports.port(network: name, vm: spec.name, instance: instance, mac: nic.mac)
-                    guard fd >= 0, fcntl(fd, F_GETFD) >= 0 else { throw NetworkError.badDescriptor(network: name, fd) }
-                    descriptors.append(fd)
+                    let port = try await ports.port(network: name, vm: spec.name, instance: instance, mac: nic.mac, standby: standby)
+                    let fd = port.descriptor
+                    guard fd >= 0, fcntl(fd, F_GETFD) >= 0 else {
+                        await ports.detach(network: name, port: port.id)
+                        throw NetworkError.badDescriptor(network: name, fd)
+                    }
+                    opened.append(port)
                     nics.append(.init(mac: nic.mac.description, backend: .stream(descriptor: fd)))
                 }
             }
         } catch {
-            descriptors.forEach { _ = Glibc.close($0) }
+            opened.forEach { _ = Glibc.close($0.descriptor) }
+            if let ports { for port in opened { await ports.detach(network: port.network, port: port.id) } }
             throw error
         }
-        return InstanceNICs(nics: nics, descriptors: descriptors)
+        return InstanceNICs(nics: nics, ports: opened)
     }
 
     /// Closes this process's copies (QEMU keeps its own).

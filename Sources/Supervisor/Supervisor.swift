@@ -36,9 +36,9 @@ public final class Supervisor: Sendable {
         /// process-wide: only the process the supervisor owns (the CLI's
         /// entry points) asks for it, not a test running several.
         public var handlesSignals = false
-        /// Connects network NICs to their cevm network; nil: there are no
-        /// networks, and a VM with a network NIC does not start.
-        public var networkPorts: (any NetworkPorts)? = Supervisor.defaultNetworkPorts
+        /// Connects network NICs to their cevm network; nil: the switches
+        /// of the cevm networks under `$CEVM_HOME` (`SwitchPorts`).
+        public var networkPorts: (any NetworkPorts)?
 
         public init() {}
 
@@ -48,9 +48,13 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// How network NICs reach their networks when nobody says otherwise:
-    /// nowhere yet (no cevm network exists).
-    public static var defaultNetworkPorts: (any NetworkPorts)? { nil }
+    /// How network NICs reach their networks.
+    var networkPorts: any NetworkPorts { options.networkPorts ?? SwitchPorts(root: home.root) }
+
+    /// Removes ports whose instance ended (or never started) from their networks.
+    func detach(_ ports: [NetworkPort]) async {
+        for port in ports { await networkPorts.detach(network: port.network, port: port.id) }
+    }
 
     public let home: Home
     public let name: VMName
@@ -153,6 +157,7 @@ public final class Supervisor: Sendable {
             try await boot()
         } catch {
             await stopDisk()
+            await detach(await state.networkPorts)
             await update {
                 $0.state = .failed
                 $0.message = "\(error)"
@@ -165,6 +170,9 @@ public final class Supervisor: Sendable {
         // finishes first: it commits its record or fails on its own terms,
         // and its caller gets the answer before the control socket closes.
         await state.checkpointEnded()
+        // The instance is gone: its ports leave their networks.
+        await detach(await state.networkPorts)
+        await state.setNetworkPorts([])
     }
 
     /// Answers the control socket until cancelled.
@@ -223,7 +231,7 @@ public final class Supervisor: Sendable {
         func launch(_ accel: AccelProbe.Result) async throws -> QEMUInstance {
             // With every host forward bound: a restore too (the record's
             // host connections are gone with the process that held them).
-            let nics = try await InstanceNICs.make(spec: spec, instance: 0, ports: options.networkPorts)
+            let nics = try await InstanceNICs.make(spec: spec, instance: 0, ports: networkPorts)
             defer { nics.close() }
             let config = InstanceConfig(
                 name: spec.name.value, memoryMiB: spec.memoryMiB, vcpus: spec.vcpus, machine: spec.machine,
@@ -231,9 +239,16 @@ public final class Supervisor: Sendable {
                 qmpSocket: paths.qmpSocket(instance: 0), incoming: options.restore != nil,
                 cpuModel: spec.cpuModel.map { $0 == VMSpec.automaticCPUModel ? QEMUCommandLine.defaultCPUModel(for: accel.accelerator) : $0 },
                 ramPaddingKiB: spec.ramPaddingKiB ?? 0, heldLock: lock, nics: nics.nics)
-            return try await QEMUInstance.launch(
-                config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
-                cpuset: spec.cpuset, console: console.sink(instance: 0))
+            do {
+                let instance = try await QEMUInstance.launch(
+                    config, binary: options.qemuBinary, stderrLog: "\(paths.runDirectory)/qemu0.stderr",
+                    cpuset: spec.cpuset, console: console.sink(instance: 0))
+                await state.setNetworkPorts(nics.ports)
+                return instance
+            } catch {
+                await detach(nics.ports)
+                throw error
+            }
         }
         let instance: QEMUInstance
         do {

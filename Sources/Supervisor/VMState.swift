@@ -38,6 +38,9 @@ actor VMState {
     private var scheduleChanged = AsyncSignal()
     /// A checkpoint is under way (one at a time).
     private var busy = false
+    /// The running instance's ports on cevm networks (their sockets are
+    /// QEMU's alone; the ids are what the switch knows them by).
+    private(set) var networkPorts: [NetworkPort] = []
 
     private let writer: StatusWriter
     private let onStatus: (@Sendable (VMStatus) -> Void)?
@@ -80,6 +83,8 @@ actor VMState {
     }
 
     // MARK: Disk
+
+    func setNetworkPorts(_ ports: [NetworkPort]) { networkPorts = ports }
 
     func setDisk(_ service: DiskService) {
         disk = service

@@ -15,14 +15,27 @@ final class SocketPairPorts: NetworkPorts {
     let asked = Mutex<[(network: String, vm: String, instance: Int, mac: String)]>([])
     let kept = Mutex<[Int32]>([])
 
-    func port(network: String, vm: VMName, instance: Int, mac: MACAddress) async throws -> Int32 {
+    let detached = Mutex<[Int]>([])
+    let promoted = Mutex<[Int]>([])
+
+    func promote(network: String, vm: VMName, port: Int) async throws -> Int {
+        promoted.withLock { $0.append(port) }
+        return 0
+    }
+
+    func detach(network: String, port: Int) async { detached.withLock { $0.append(port) } }
+
+    func port(network: String, vm: VMName, instance: Int, mac: MACAddress, standby: Bool) async throws -> NetworkPort {
         var pair: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
             throw NetworkError.noSuchNetwork(network)
         }
         asked.withLock { $0.append((network, vm.value, instance, mac.description)) }
-        kept.withLock { $0.append(pair[0]) }
-        return pair[1]
+        let id = kept.withLock {
+            $0.append(pair[0])
+            return $0.count
+        }
+        return NetworkPort(network: network, id: id, descriptor: pair[1])
     }
 
     deinit { kept.withLock { $0.forEach { close($0) } } }
@@ -40,7 +53,6 @@ final class SocketPairPorts: NetworkPorts {
         let error = await #expect(throws: NetworkError.self) { try await InstanceNICs.make(spec: spec, instance: 0, ports: nil) }
         #expect(error == .noSuchNetwork("lab"))
         #expect(error?.description.contains("network 'lab' does not exist") == true)
-        #expect(Supervisor.defaultNetworkPorts == nil)
         // User NICs alone need no network.
         let user = try await InstanceNICs.make(spec: try self.spec(["user,hostfwd=tcp::8080-:22"]), instance: 0, ports: nil)
         #expect(user.nics.map(\.backend) == [.user(hostForwards: ["tcp::8080-:22"])])
