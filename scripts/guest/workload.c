@@ -739,8 +739,8 @@ static void net_send(const char *host, unsigned port, uint64_t rate)
             tlast = t;
             if (rate && off == 0 && credit < 1) {
                 uint64_t wait_us = (uint64_t)((1 - credit) * 1e6 / (double)rate) + 1;
-                if (wait_us < 1000)
-                    wait_us = 1000; /* batch: never more than 1000 wake-ups a second */
+                if (wait_us < 10000)
+                    wait_us = 10000; /* batches: at most 100 wake-ups a second */
                 nap_ms((unsigned)(wait_us / 1000));
                 continue;
             }
