@@ -226,13 +226,11 @@ struct GuestNetworkTests {
         return UInt16(bigEndian: address.sin_port)
     }
 
-    /// Connects to 127.0.0.1:port, reads the banner line, sends `probe` and
-    /// reads it back; nil when the connection closed early (hostfwd accepts
-    /// before the guest does: its own refusal shows as an empty read).
-    static func echoExchange(port: UInt16, probe: String) -> (banner: String, echoed: String)? {
+    /// A blocking TCP connection to 127.0.0.1:port with 20 s send and
+    /// receive timeouts, or nil.
+    static func connectLocal(port: UInt16) -> Int32? {
         let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return nil }
-        defer { close(fd) }
         var timeout = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -245,7 +243,19 @@ struct GuestNetworkTests {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
             }
         }
-        guard connected else { return nil }
+        guard connected else {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+
+    /// Connects to 127.0.0.1:port, reads the banner line, sends `probe` and
+    /// reads it back; nil when the connection closed early (hostfwd accepts
+    /// before the guest does: its own refusal shows as an empty read).
+    static func echoExchange(port: UInt16, probe: String) -> (banner: String, echoed: String)? {
+        guard let fd = connectLocal(port: port) else { return nil }
+        defer { close(fd) }
         func readLine() -> String? {
             var bytes: [UInt8] = []
             var byte: UInt8 = 0
@@ -290,6 +300,92 @@ struct GuestNetworkTests {
             #expect(echoed == "cevm-test \(port)")
             try await guest.waitForLine("the accepted connection", timeout: .seconds(30)) { $0.hasPrefix("cevm-net echo accepted from=10.0.2.2:") }
             try await guest.waitForLine("the closed connection", timeout: .seconds(30)) { $0.hasPrefix("cevm-net echo closed from=10.0.2.2:") }
+        } catch {
+            await Self.stop([guest])
+            throw error
+        }
+        await Self.stop([guest])
+    }
+
+    // The guest's network record (Docs/guest.md, "Network mode"), written here
+    // from its description to play the sender's part from the host.
+    static func mix64(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9e37_79b9_7f4a_7c15
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+
+    static func record(_ number: UInt64, corrupt: Bool = false) -> [UInt8] {
+        var w = [UInt64](repeating: 0, count: 128)
+        w[0] = 0x3143_4552_4e56_4543  // "CEVNREC1"
+        w[1] = number
+        w[2] = 1024
+        for i in 3..<127 { w[i] = mix64((number &* 0x9e37_79b9_7f4a_7c15) ^ UInt64(i)) }
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for i in 0..<127 { h = mix64(h ^ w[i]) &+ UInt64(i) }
+        w[127] = h
+        if corrupt { w[50] ^= 1 }
+        return w.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }
+    }
+
+    static func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var at = 0
+        while at < bytes.count {
+            let n = bytes[at...].withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { return false }
+            at += n
+        }
+        return true
+    }
+
+    /// The receiver in a real guest reports what goes wrong, one line each:
+    /// the host plays a sender through hostfwd that cuts a record short and
+    /// closes (a broken connection), then skips, repeats and corrupts records.
+    @Test(.timeLimit(.minutes(3)))
+    func receiverReportsGapsDuplicatesBadRecordsAndResets() async throws {
+        let dir = try Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = try Self.freePort()
+        let guest = try Self.boot(
+            dir, name: "recv", append: "cevm.ip=10.0.2.15/24 cevm.gw=10.0.2.2 cevm.net=recv:9000",
+            netdev: "user,hostfwd=tcp:127.0.0.1:\(port)-:9000", mac: "52:54:00:77:00:09")
+        do {
+            try await Self.requireNetworkUp(guest)
+            try #require(
+                await guest.waitForLine("recv listening", timeout: .seconds(60)) { $0 == "cevm-net recv listening port=9000" } != nil)
+
+            // Connection 1: records 1...100 and half of 101, then closed.
+            let first = try #require(Self.connectLocal(port: port))
+            #expect(Self.sendAll(first, (1...100).flatMap { Self.record($0) } + Self.record(101).prefix(512)))
+            close(first)
+            let reset1 = try #require(
+                await guest.waitForLine("the first reset", timeout: .seconds(60)) { $0.hasPrefix("cevm-net reset ") })
+            #expect(Self.fields(reset1)["records"] == "100" && Self.fields(reset1)["partial"] == "512", "\(reset1)")
+            #expect(Self.fields(reset1)["next"] == "101" && Self.fields(reset1)["reason"] == "eof", "\(reset1)")
+
+            // Connection 2: 101...110, then 115, 116 (gap of 4), 105, 106 (a
+            // run of two duplicates), 117 corrupted, 117, then closed.
+            let second = try #require(Self.connectLocal(port: port))
+            var bytes = (101...110).flatMap { Self.record($0) }
+            bytes += Self.record(115) + Self.record(116) + Self.record(105) + Self.record(106)
+            bytes += Self.record(117, corrupt: true) + Self.record(117)
+            #expect(Self.sendAll(second, bytes))
+            close(second)
+            let summary = try #require(
+                await guest.waitForLine("a progress line after two resets", timeout: .seconds(60)) {
+                    $0.hasPrefix("cevm-net recv=") && Self.fields($0)["resets"] == "2"
+                })
+            let f = Self.fields(summary)
+            #expect(f["recv"] == "113" && f["gaps"] == "1" && f["missing"] == "4", "\(summary)")
+            #expect(f["dups"] == "2" && f["bad"] == "1" && f["next"] == "118", "\(summary)")
+            let lines = guest.lines
+            #expect(lines.contains("cevm-net gap expected=111 found=115 missing=4"))
+            #expect(lines.contains("cevm-net dup first=105 last=106 count=2 next=117"))
+            #expect(lines.contains { $0.hasPrefix("cevm-net bad from=10.0.2.2:") && $0.hasSuffix(" record=15 magic=314345524e564543 seq=117 next=117") })
+            #expect(lines.filter { $0.hasPrefix("cevm-net reset ") }.count == 2)
+            #expect(lines.contains { $0.hasPrefix("cevm-net reset ") && $0.hasSuffix(" records=16 partial=0 next=118 reason=eof") })
+            #expect(!lines.contains { $0.hasPrefix("cevm-error") })
         } catch {
             await Self.stop([guest])
             throw error
