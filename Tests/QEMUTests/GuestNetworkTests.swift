@@ -392,4 +392,107 @@ struct GuestNetworkTests {
         }
         await Self.stop([guest])
     }
+
+    /// A listening socket on 127.0.0.1 (the kernel's port) whose accept(2)
+    /// gives up after `seconds`.
+    static func listenLocal(seconds: Int) throws -> (fd: Int32, port: UInt16) {
+        let fd = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw SystemError("socket", errno: errno) }
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0 && listen(fd, 4) == 0
+            }
+        }
+        guard ok else {
+            close(fd)
+            throw SystemError("listen", errno: errno)
+        }
+        return (fd, UInt16(bigEndian: address.sin_port))
+    }
+
+    /// accept(2) with the listener's timeout, then 20 s receive timeouts; nil on timeout.
+    static func acceptOne(_ listener: Int32) -> Int32? {
+        let fd = accept(listener, nil, nil)
+        guard fd >= 0 else { return nil }
+        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        return fd
+    }
+
+    static func readExactly(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var at = 0
+        while at < count {
+            let n = bytes[at...].withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { return nil }
+            at += n
+        }
+        return bytes
+    }
+
+    static func number(ofRecord bytes: ArraySlice<UInt8>) -> UInt64 {
+        bytes.dropFirst(8).prefix(8).reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+    }
+
+    /// The sender in a real guest reports a broken connection, connects again
+    /// and goes on with the first record not fully written: the host plays the
+    /// receiver (the guest reaches it as user-mode networking's gateway) and
+    /// resets the first connection.
+    @Test(.timeLimit(.minutes(3)))
+    func senderReportsABrokenConnectionAndGoesOn() async throws {
+        let dir = try Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (listener, port) = try Self.listenLocal(seconds: 90)
+        defer { close(listener) }
+        let guest = try Self.boot(
+            dir, name: "send", append: "cevm.ip=10.0.2.15/24 cevm.gw=10.0.2.2 cevm.net=send:10.0.2.2:\(port) cevm.netrate=200",
+            netdev: "user", mac: "52:54:00:77:00:0a")
+        do {
+            // Connection 1: the first 20 records, exactly as documented; then a reset (RST).
+            let first = try #require(Self.acceptOne(listener), "the guest's sender did not connect")
+            let received = Self.readExactly(first, 20 * 1024)
+            var hardClose = linger(l_onoff: 1, l_linger: 0)
+            setsockopt(first, SOL_SOCKET, SO_LINGER, &hardClose, socklen_t(MemoryLayout<linger>.size))
+            close(first)
+            let records = try #require(received, "fewer than 20 records on the first connection")
+            #expect(Array(records.prefix(1024)) == Self.record(1), "record 1 is not as Docs/guest.md describes it")
+            let numbers: [UInt64] = (0..<20).map { (k: Int) -> UInt64 in
+                let start = k * 1024
+                return Self.number(ofRecord: records[start..<(start + 1024)])
+            }
+            #expect(numbers == Array(1...20))
+
+            // Connection 2 starts with the first record the guest did not finish writing.
+            let second = try #require(Self.acceptOne(listener), "the guest's sender did not connect again")
+            defer { close(second) }
+            let head = try #require(Self.readExactly(second, 1024))
+            let resumed = Self.number(ofRecord: head[...])
+            #expect(resumed > 20 && head == Self.record(resumed))
+
+            let broken = try #require(
+                await guest.waitForLine("the broken connection", timeout: .seconds(30)) { $0.hasPrefix("cevm-net send broken ") })
+            #expect(broken.hasSuffix("error=Connection reset by peer"), "\(broken)")
+            let sent = UInt64(Self.fields(broken)["sent"] ?? "") ?? 0
+            #expect(sent >= 20 && sent + 1 == resumed, "\(broken), resumed at \(resumed)")
+            try #require(
+                await guest.waitForLine("the second connection", timeout: .seconds(30)) {
+                    $0.hasPrefix("cevm-net send connected ") && $0.hasSuffix(" next=\(resumed)")
+                } != nil)
+            try #require(
+                await guest.waitForLine("a progress line counting the reset", timeout: .seconds(30)) {
+                    $0.hasPrefix("cevm-net send=") && Self.fields($0)["resets"] == "1" && Self.fields($0)["connected"] == "1"
+                } != nil)
+            #expect(!guest.lines.contains { $0.hasPrefix("cevm-error") })
+        } catch {
+            await Self.stop([guest])
+            throw error
+        }
+        await Self.stop([guest])
+    }
 }
