@@ -200,10 +200,10 @@ static void parse_cmdline(const char *s, struct params *P)
         size_t nk = sizeof netkey - 1;
         if ((size_t)(e - s) >= nk && strncmp(s, netkey, nk) == 0) {
             size_t vl = (size_t)(e - s) - nk; /* empty value: no role (last wins) */
-            if (vl < sizeof P->net) {
-                memcpy(P->net, s + nk, vl);
-                P->net[vl] = 0;
-            }
+            if (vl >= sizeof P->net)
+                vl = sizeof P->net - 1; /* the cut role is then reported as bad */
+            memcpy(P->net, s + nk, vl);
+            P->net[vl] = 0;
         }
         for (unsigned k = 0; k < sizeof keys / sizeof keys[0]; k++) {
             size_t kl = strlen(keys[k]);
