@@ -8,12 +8,15 @@
  *
  * Parameters come from /proc/cmdline (the last occurrence of a key wins):
  *   cevm.mem=MiB cevm.pages=N cevm.disk=N cevm.tick=MS cevm.verify=N cevm.job=N
+ *   cevm.net=ROLE[,ROLE...] (send:HOST:PORT, recv:PORT, echo:PORT) cevm.netrate=N
+ * (cevm.ip= and cevm.gw= are applied by /init before the workload starts.)
  * Console lines (exact formats, see Docs/guest.md):
  *   cevm-workload start mem=<MiB> pages=<n> disk=<n> tick=<ms> verify=<n> job=<units>
  *   cevm-tick counter=<c> sum=<16 hex> mem=<ok|BAD> disk=<ok|BAD|off>
  *   cevm-error ...
  *   cevm-job done=<units> total=<N> rate=<x.y>
  *   cevm-job complete units=<N> seconds=<s.mmm>
+ *   cevm-net ... (network roles, one process each, beside the tick loop)
  *
  * Build: gcc -static -O2 -o cevm-workload workload.c
  * Outside the guest (pid != 1) the environment variables CEVM_CMDLINE (used
@@ -40,6 +43,14 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -165,15 +176,18 @@ static uint64_t csum(const uint64_t *w, unsigned n)
 
 /* ---------- parameters ---------- */
 
+#define NET_SPEC_MAX 256
+
 struct params {
-    uint64_t mem, pages, disk, tick, verify, job;
+    uint64_t mem, pages, disk, tick, verify, job, netrate;
+    char net[NET_SPEC_MAX]; /* cevm.net=ROLE[,ROLE...], "" = no network role */
 };
 
 static void parse_cmdline(const char *s, struct params *P)
 {
     static const char *const keys[] = {"cevm.mem=", "cevm.pages=", "cevm.disk=",
-                                       "cevm.tick=", "cevm.verify=", "cevm.job="};
-    uint64_t *dst[] = {&P->mem, &P->pages, &P->disk, &P->tick, &P->verify, &P->job};
+                                       "cevm.tick=", "cevm.verify=", "cevm.job=", "cevm.netrate="};
+    uint64_t *dst[] = {&P->mem, &P->pages, &P->disk, &P->tick, &P->verify, &P->job, &P->netrate};
     while (*s) {
         while (*s == ' ' || *s == '\t' || *s == '\n')
             s++;
@@ -182,6 +196,15 @@ static void parse_cmdline(const char *s, struct params *P)
         const char *e = s;
         while (*e && *e != ' ' && *e != '\t' && *e != '\n')
             e++;
+        static const char netkey[] = "cevm.net=";
+        size_t nk = sizeof netkey - 1;
+        if ((size_t)(e - s) >= nk && strncmp(s, netkey, nk) == 0) {
+            size_t vl = (size_t)(e - s) - nk; /* empty value: no role (last wins) */
+            if (vl >= sizeof P->net)
+                vl = sizeof P->net - 1; /* the cut role is then reported as bad */
+            memcpy(P->net, s + nk, vl);
+            P->net[vl] = 0;
+        }
         for (unsigned k = 0; k < sizeof keys / sizeof keys[0]; k++) {
             size_t kl = strlen(keys[k]);
             if ((size_t)(e - s) > kl && strncmp(s, keys[k], kl) == 0) {
@@ -204,7 +227,7 @@ static void parse_cmdline(const char *s, struct params *P)
 
 static void read_params(struct params *P)
 {
-    *P = (struct params){.mem = 16, .pages = 64, .disk = 4, .tick = 200, .verify = 0, .job = 0};
+    *P = (struct params){.mem = 16, .pages = 64, .disk = 4, .tick = 200, .verify = 0, .job = 0, .netrate = 1000};
     const char *env = pid1 ? NULL : getenv("CEVM_CMDLINE");
     if (env) {
         parse_cmdline(env, P);
@@ -237,6 +260,8 @@ static void read_params(struct params *P)
         P->pages = 1000000;
     if (P->disk > 1024)
         P->disk = 1024;
+    if (P->netrate > 1000000)
+        P->netrate = 1000000;
 }
 
 /* ---------- time ---------- */
@@ -557,6 +582,446 @@ static int disk_tick(uint64_t c)
     return ok;
 }
 
+/* ---------- network roles (cevm.net=, each in its own forked process) ----------
+ *
+ * The roles run beside the tick loop, never in it: each is a child process
+ * forked before the working set is allocated (so no copy-on-write of it),
+ * niced so that on a 1-vCPU guest the ticks keep their pace. Console lines
+ * start with "cevm-net " (the echo banner, sent to the client, with
+ * "cevm-echo "). A broken connection is reported, never hidden.
+ *
+ * Record (NET_REC = 1024 bytes, little-endian u64 words):
+ *   w[0] magic "CEVNREC1"  w[1] seq (1, 2, ...)  w[2] NET_REC
+ *   w[3..126] filler(seq, i)  w[127] checksum = csum(w[0..126]) */
+
+#define NET_REC 1024u
+#define NET_WORDS (NET_REC / 8u)
+#define NET_MAGIC UINT64_C(0x314345524e564543) /* "CEVNREC1" */
+#define NET_BAD_LINES 8                         /* bad-record lines per second */
+
+static volatile uint64_t *shared_counter; /* the tick counter, for the echo banner */
+
+static void make_net_record(uint64_t *w, uint64_t seq)
+{
+    w[0] = NET_MAGIC;
+    w[1] = seq;
+    w[2] = NET_REC;
+    for (unsigned i = 3; i < NET_WORDS - 1; i++)
+        w[i] = mix64(seq * UINT64_C(0x9e3779b97f4a7c15) ^ i);
+    w[NET_WORDS - 1] = csum(w, NET_WORDS - 1);
+}
+
+static int net_record_ok(const uint64_t *w)
+{
+    if (w[0] != NET_MAGIC || w[2] != NET_REC || w[NET_WORDS - 1] != csum(w, NET_WORDS - 1))
+        return 0;
+    for (unsigned i = 3; i < NET_WORDS - 1; i++)
+        if (w[i] != mix64(w[1] * UINT64_C(0x9e3779b97f4a7c15) ^ i))
+            return 0;
+    return 1;
+}
+
+static void peer_name(const struct sockaddr_in *sa, char *buf, size_t len)
+{
+    char a[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &sa->sin_addr, a, sizeof a);
+    snprintf(buf, len, "%s:%u", a, (unsigned)ntohs(sa->sin_port));
+}
+
+static void nap_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000u, .tv_nsec = (long)(ms % 1000u) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/* A listening TCP socket on 0.0.0.0:port; retried once a second (the
+ * interface may not be up yet), the first failure reported. */
+static int net_listen(const char *role, unsigned port)
+{
+    int reported = 0;
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd >= 0) {
+            int one = 1;
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                                     .sin_addr.s_addr = htonl(INADDR_ANY)};
+            if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(fd, 8) == 0) {
+                out("cevm-net %s listening port=%u", role, port);
+                return fd;
+            }
+            close(fd);
+        }
+        if (!reported++)
+            out("cevm-net %s listen-failed port=%u error=%s", role, port, strerror(errno));
+        nap_ms(1000);
+    }
+}
+
+/* the sender's counters (each role is its own process) */
+static struct {
+    uint64_t sent, sent_at_report, resets, t_report;
+    int connected;
+} snd;
+
+/* once a second: cevm-net send=<records written> rate=<records/s> resets=<n> connected=<0|1> */
+static void send_report(uint64_t t)
+{
+    if (t - snd.t_report < 1000000000u)
+        return;
+    double secs = (double)(t - snd.t_report) / 1e9;
+    out("cevm-net send=%" PRIu64 " rate=%.0f resets=%" PRIu64 " connected=%d",
+        snd.sent, (double)(snd.sent - snd.sent_at_report) / secs, snd.resets, snd.connected);
+    snd.sent_at_report = snd.sent;
+    snd.t_report = t;
+}
+
+/* cevm.net=send:HOST:PORT */
+static void net_send(const char *host, unsigned port, uint64_t rate)
+{
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &to.sin_addr) != 1)
+        fatal("cevm.net=send:%s:%u: HOST must be an IPv4 address", host, port);
+    out("cevm-net start role=send to=%s:%u rate=%" PRIu64, host, port, rate);
+    static uint64_t rec[NET_WORDS];
+    uint64_t seq = 1;
+    int last_err = -1;
+    double credit = 0;
+    snd.t_report = now_ns();
+
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+            fatal("net send: socket: %s", strerror(errno));
+        int err = 0;
+        if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
+            err = errno;
+            if (err == EINPROGRESS) {
+                struct pollfd p = {.fd = fd, .events = POLLOUT};
+                int r;
+                while ((r = poll(&p, 1, 3000)) < 0 && errno == EINTR)
+                    ;
+                socklen_t l = sizeof err;
+                if (r == 0)
+                    err = ETIMEDOUT;
+                else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0)
+                    err = errno;
+            }
+        }
+        if (err != 0) {
+            close(fd);
+            if (err != last_err) /* once per kind of failure, not every retry */
+                out("cevm-net send connect-failed to=%s:%u error=%s", host, port, strerror(err));
+            last_err = err;
+            nap_ms(1000);
+            send_report(now_ns());
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        last_err = -1;
+        snd.connected = 1;
+        out("cevm-net send connected to=%s:%u next=%" PRIu64, host, port, seq);
+        size_t off = 0;              /* bytes of the current record already written */
+        make_net_record(rec, seq);
+        uint64_t tlast = now_ns();
+        credit = rate ? 1 : 0;
+        for (;;) {
+            uint64_t t = now_ns();
+            send_report(t);
+            if (rate) {
+                credit += (double)(t - tlast) * (double)rate / 1e9;
+                double cap = (double)rate / 10 + 1; /* at most 100 ms of backlog */
+                if (credit > cap)
+                    credit = cap;
+            }
+            tlast = t;
+            if (rate && off == 0 && credit < 1) {
+                uint64_t wait_us = (uint64_t)((1 - credit) * 1e6 / (double)rate) + 1;
+                if (wait_us < 10000)
+                    wait_us = 10000; /* batches: at most 100 wake-ups a second */
+                nap_ms((unsigned)(wait_us / 1000));
+                continue;
+            }
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int r = poll(&p, 1, 1000);
+            if (r == 0 || (r < 0 && errno == EINTR))
+                continue;
+            ssize_t w = send(fd, (char *)rec + off, NET_REC - off, MSG_NOSIGNAL);
+            if (w < 0) {
+                if (errno == EAGAIN || errno == EINTR)
+                    continue;
+                err = errno;
+                snd.resets++;
+                snd.connected = 0;
+                out("cevm-net send broken to=%s:%u sent=%" PRIu64 " partial=%zu error=%s",
+                    host, port, snd.sent, off, strerror(err));
+                break;
+            }
+            off += (size_t)w;
+            if (off == NET_REC) {
+                snd.sent++;
+                seq++;
+                off = 0;
+                if (rate)
+                    credit -= 1;
+                make_net_record(rec, seq);
+            }
+        }
+        close(fd);
+        nap_ms(1000);
+    }
+}
+
+/* the receiver's state (each role is its own process) */
+static struct {
+    uint64_t buf[64 * NET_WORDS]; /* 64 KiB: whole records are checked in place */
+    size_t have;
+    int cfd;
+    char peer[64];
+    uint64_t next, total, gaps, missing, dups, bad, resets;
+    uint64_t conn_records, dup_first, dup_last, dup_run;
+    unsigned bad_lines;
+} rcv = {.cfd = -1, .next = 1};
+
+/* a run of duplicates is one line */
+static void recv_flush_dups(void)
+{
+    if (rcv.dup_run)
+        out("cevm-net dup first=%" PRIu64 " last=%" PRIu64 " count=%" PRIu64 " next=%" PRIu64,
+            rcv.dup_first, rcv.dup_last, rcv.dup_run, rcv.next);
+    rcv.dup_run = 0;
+}
+
+static void recv_broken(const char *reason)
+{
+    recv_flush_dups();
+    rcv.resets++;
+    out("cevm-net reset from=%s records=%" PRIu64 " partial=%zu next=%" PRIu64 " reason=%s",
+        rcv.peer, rcv.conn_records, rcv.have, rcv.next, reason);
+    close(rcv.cfd);
+    rcv.cfd = -1;
+    rcv.have = 0;
+}
+
+static void recv_record(const uint64_t *w)
+{
+    rcv.conn_records++;
+    if (!net_record_ok(w)) {
+        rcv.bad++;
+        if (rcv.bad_lines++ < NET_BAD_LINES)
+            out("cevm-net bad from=%s record=%" PRIu64 " magic=%016" PRIx64 " seq=%" PRIu64 " next=%" PRIu64,
+                rcv.peer, rcv.conn_records, w[0], w[1], rcv.next);
+        return;
+    }
+    uint64_t s = w[1];
+    if (s < rcv.next) { /* already received */
+        rcv.dups++;
+        if (rcv.dup_run && s == rcv.dup_last + 1) {
+            rcv.dup_last = s;
+            rcv.dup_run++;
+        } else {
+            recv_flush_dups();
+            rcv.dup_first = rcv.dup_last = s;
+            rcv.dup_run = 1;
+        }
+        return;
+    }
+    recv_flush_dups();
+    rcv.total++;
+    if (s > rcv.next) {
+        rcv.gaps++;
+        rcv.missing += s - rcv.next;
+        out("cevm-net gap expected=%" PRIu64 " found=%" PRIu64 " missing=%" PRIu64, rcv.next, s, s - rcv.next);
+    }
+    rcv.next = s + 1;
+}
+
+/* cevm.net=recv:PORT */
+static void net_recv(unsigned port)
+{
+    out("cevm-net start role=recv port=%u", port);
+    int lfd = net_listen("recv", port);
+    uint64_t t_report = now_ns(), total_at_report = 0;
+
+    for (;;) {
+        uint64_t t = now_ns();
+        if (t - t_report >= 1000000000u) {
+            recv_flush_dups();
+            double secs = (double)(t - t_report) / 1e9;
+            out("cevm-net recv=%" PRIu64 " gaps=%" PRIu64 " dups=%" PRIu64 " bad=%" PRIu64 " resets=%" PRIu64
+                " missing=%" PRIu64 " next=%" PRIu64 " rate=%.0f connected=%d",
+                rcv.total, rcv.gaps, rcv.dups, rcv.bad, rcv.resets, rcv.missing, rcv.next, (double)(rcv.total - total_at_report) / secs, rcv.cfd >= 0);
+            if (rcv.bad_lines > NET_BAD_LINES)
+                out("cevm-net bad lines-suppressed=%u", rcv.bad_lines - NET_BAD_LINES);
+            rcv.bad_lines = 0;
+            total_at_report = rcv.total;
+            t_report = t;
+        }
+        struct pollfd p[2] = {{.fd = lfd, .events = POLLIN}, {.fd = rcv.cfd, .events = POLLIN}};
+        uint64_t left_ms = (t_report + 1000000000u - t) / 1000000u + 1;
+        int r = poll(p, rcv.cfd >= 0 ? 2 : 1, (int)left_ms);
+        if (r <= 0)
+            continue;
+        if (p[0].revents & POLLIN) {
+            struct sockaddr_in sa;
+            socklen_t sl = sizeof sa;
+            int nfd = accept4(lfd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC | SOCK_NONBLOCK);
+            if (nfd >= 0) {
+                if (rcv.cfd >= 0)
+                    recv_broken("replaced"); /* the sender reconnected before we saw the old one end */
+                rcv.cfd = nfd;
+                rcv.conn_records = 0;
+                peer_name(&sa, rcv.peer, sizeof rcv.peer);
+                out("cevm-net recv connected from=%s next=%" PRIu64, rcv.peer, rcv.next);
+            }
+        }
+        if (rcv.cfd >= 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            for (;;) {
+                ssize_t n = read(rcv.cfd, (char *)rcv.buf + rcv.have, sizeof rcv.buf - rcv.have);
+                if (n == 0) {
+                    recv_broken("eof");
+                    break;
+                }
+                if (n < 0) {
+                    if (errno == EINTR)
+                        continue;
+                    if (errno != EAGAIN)
+                        recv_broken(strerror(errno));
+                    break;
+                }
+                rcv.have += (size_t)n;
+                size_t whole = rcv.have / NET_REC;
+                for (size_t k = 0; k < whole; k++)
+                    recv_record(rcv.buf + k * NET_WORDS);
+                rcv.have -= whole * NET_REC;
+                if (rcv.have)
+                    memmove(rcv.buf, (char *)rcv.buf + whole * NET_REC, rcv.have);
+                if ((size_t)n < sizeof rcv.buf / 2)
+                    break; /* drained for now */
+            }
+        }
+    }
+}
+
+/* cevm.net=echo:PORT: "cevm-echo counter=<c>\n" on connect, then every byte received is sent back. */
+#define ECHO_CLIENTS 8
+static void net_echo(unsigned port)
+{
+    out("cevm-net start role=echo port=%u", port);
+    int lfd = net_listen("echo", port);
+    struct pollfd p[1 + ECHO_CLIENTS];
+    char names[ECHO_CLIENTS][64];
+    uint64_t bytes[ECHO_CLIENTS];
+    for (unsigned i = 0; i < ECHO_CLIENTS; i++)
+        p[1 + i].fd = -1;
+    p[0].fd = lfd;
+    p[0].events = POLLIN;
+    for (;;) {
+        for (unsigned i = 0; i < ECHO_CLIENTS; i++)
+            p[1 + i].events = POLLIN;
+        if (poll(p, 1 + ECHO_CLIENTS, -1) <= 0)
+            continue;
+        if (p[0].revents & POLLIN) {
+            struct sockaddr_in sa;
+            socklen_t sl = sizeof sa;
+            int fd = accept4(lfd, (struct sockaddr *)&sa, &sl, SOCK_CLOEXEC);
+            if (fd >= 0) {
+                unsigned i = 0;
+                while (i < ECHO_CLIENTS && p[1 + i].fd >= 0)
+                    i++;
+                char banner[96];
+                int n = snprintf(banner, sizeof banner, "cevm-echo counter=%" PRIu64 "\n",
+                                 shared_counter ? __atomic_load_n(shared_counter, __ATOMIC_RELAXED) : 0);
+                if (send(fd, banner, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) != n || i == ECHO_CLIENTS) {
+                    close(fd); /* full: the banner (if it went) is all this client gets */
+                } else {
+                    p[1 + i].fd = fd;
+                    bytes[i] = 0;
+                    peer_name(&sa, names[i], sizeof names[i]);
+                    out("cevm-net echo accepted from=%s", names[i]);
+                }
+            }
+        }
+        for (unsigned i = 0; i < ECHO_CLIENTS; i++) {
+            if (p[1 + i].fd < 0 || !(p[1 + i].revents & (POLLIN | POLLHUP | POLLERR)))
+                continue;
+            char b[4096];
+            ssize_t n = read(p[1 + i].fd, b, sizeof b);
+            if (n < 0 && errno == EINTR)
+                continue;
+            /* a blocking send back: a client that does not read stalls only itself and then us, briefly */
+            if (n <= 0 || send(p[1 + i].fd, b, (size_t)n, MSG_NOSIGNAL) != n) {
+                out("cevm-net echo closed from=%s bytes=%" PRIu64 "%s%s", names[i], bytes[i],
+                    n < 0 ? " error=" : "", n < 0 ? strerror(errno) : "");
+                close(p[1 + i].fd);
+                p[1 + i].fd = -1;
+                continue;
+            }
+            bytes[i] += (uint64_t)n;
+        }
+    }
+}
+
+/* Forks one process per role of cevm.net= (comma separated):
+ * send:HOST:PORT, recv:PORT, echo:PORT. */
+static void net_start(void)
+{
+    if (!prm.net[0])
+        return;
+    shared_counter = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (shared_counter == MAP_FAILED)
+        shared_counter = NULL;
+    char spec[NET_SPEC_MAX];
+    memcpy(spec, prm.net, sizeof spec);
+    char *save = NULL;
+    for (char *role = strtok_r(spec, ",", &save); role; role = strtok_r(NULL, ",", &save)) {
+        char host[64] = "";
+        unsigned port = 0;
+        int kind = 0, used = 0;
+        if (sscanf(role, "send:%63[0-9.]:%u%n", host, &port, &used) == 2 && role[used] == 0)
+            kind = 1;
+        else if (sscanf(role, "recv:%u%n", &port, &used) == 1 && role[used] == 0)
+            kind = 2;
+        else if (sscanf(role, "echo:%u%n", &port, &used) == 1 && role[used] == 0)
+            kind = 3;
+        if (!kind || port == 0 || port > 65535) {
+            out("cevm-error net bad role '%s' (send:HOST:PORT, recv:PORT or echo:PORT)", role);
+            continue;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+            out("cevm-error net fork: %s", strerror(errno));
+            continue;
+        }
+        if (pid > 0)
+            continue;
+        /* the role's process */
+        if (!pid1)
+            prctl(PR_SET_PDEATHSIG, SIGKILL); /* testing on a host: die with the workload */
+        pid1 = 0;                             /* fatal() then exits this process only */
+        setpriority(PRIO_PROCESS, 0, 10);     /* the tick loop comes first */
+        if (kind == 1)
+            net_send(host, port, prm.netrate);
+        else if (kind == 2)
+            net_recv(port);
+        else
+            net_echo(port);
+        _exit(1);
+    }
+}
+
+/* PID 1 reaps; a role that ends (it should not) is reported. */
+static void net_reap(void)
+{
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+        out("cevm-error net role process %d ended (%s %d)", (int)pid,
+            WIFSIGNALED(st) ? "signal" : "status", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+}
+
 /* ---------- main ---------- */
 
 static const char *disk_word(int ok)
@@ -604,6 +1069,7 @@ int main(void)
     read_params(&prm);
     out("cevm-workload start mem=%" PRIu64 " pages=%" PRIu64 " disk=%" PRIu64 " tick=%" PRIu64
         " verify=%" PRIu64 " job=%" PRIu64, prm.mem, prm.pages, prm.disk, prm.tick, prm.verify, prm.job);
+    net_start(); /* before the working set exists: the roles do not share it */
     mem_init();
     disk_init();
 
@@ -620,6 +1086,8 @@ int main(void)
                 double secs = (double)(t - t0) / 1e9;
                 out("cevm-tick counter=%" PRIu64 " sum=%016" PRIx64 " mem=%s disk=%s",
                     c, digest, mok_all ? "ok" : "BAD", disk_word(dok_all));
+                if (shared_counter)
+                    __atomic_store_n(shared_counter, c, __ATOMIC_RELAXED);
                 out("cevm-job done=%" PRIu64 " total=%" PRIu64 " rate=%.1f",
                     c, prm.job, secs > 0 ? (double)c / secs : 0.0);
                 sync_log();
@@ -639,6 +1107,10 @@ int main(void)
         out("cevm-tick counter=%" PRIu64 " sum=%016" PRIx64 " mem=%s disk=%s",
             c, digest, mok ? "ok" : "BAD", disk_word(dok));
         sync_log();
+        if (shared_counter) {
+            __atomic_store_n(shared_counter, c, __ATOMIC_RELAXED);
+            net_reap();
+        }
         next += tick_ns;
         uint64_t t = now_ns();
         if (next < t)
