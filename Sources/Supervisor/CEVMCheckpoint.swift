@@ -388,6 +388,7 @@ final class CEVMRun: CheckpointRun {
         mark("newPinned")
         let newRunState = RunStateTimes(new.qmp)
         made.withLock { $0.newRunState = newRunState }
+        try await promoteNewPorts()
         try await new.resume()
         mark("contSent")
         try await incomingWatch.end()
@@ -395,25 +396,28 @@ final class CEVMRun: CheckpointRun {
         made.withLock { $0.resumedWall = Timestamp.wallSeconds() }
     }
 
+    /// New_VM's ports become the VM's on its networks, while both
+    /// instances are paused: from here the switch writes to New_VM, first
+    /// the frames it wrote to Old_VM that Old_VM's QEMU never read, then
+    /// those held meanwhile; what New_VM sends once it runs is switched at
+    /// once (a standby port's frames would be dropped).
+    private func promoteNewPorts() async throws {
+        for port in made.withLock({ $0.newPorts }) {
+            let again: Int
+            do { again = try await supervisor.networkPorts.promote(network: port.network, vm: spec.name, port: port.id) } catch {
+                throw PartFailure(part: .newVM, message: "network \(port.network): New_VM's port \(port.id) not promoted: \(error)")
+            }
+            log("network \(port.network): port \(port.id) promoted, \(again) frame(s) Old_VM never read delivered to it")
+        }
+    }
+
     /// New_VM is the VM's instance from here on, whatever else fails; the
     /// figures of the switch-over; the old side moves to its CPU set.
     private func adoptNew() async {
         guard let new = made.withLock({ $0.new }) else { return }
         await supervisor.state.adopt(new)
-        // New_VM's ports become the VM's on its networks, first: frames
-        // the switch wrote to Old_VM that its QEMU never read go to New_VM.
         let newPorts = made.withLock { $0.newPorts }
-        if !newPorts.isEmpty {
-            for port in newPorts {
-                do {
-                    let again = try await supervisor.networkPorts.promote(network: port.network, vm: spec.name, port: port.id)
-                    log("network \(port.network): port \(port.id) promoted, \(again) frame(s) Old_VM never read delivered to it")
-                } catch {
-                    log("network \(port.network): port \(port.id) not promoted: \(error)")
-                }
-            }
-            await supervisor.state.setNetworkPorts(newPorts)
-        }
+        if !newPorts.isEmpty { await supervisor.state.setNetworkPorts(newPorts) }
         // First, so that the forwarded ports are unbound as briefly as can be.
         if spec.nics.contains(where: { !$0.hostForwards.isEmpty }) {
             let lost = await Supervisor.moveHostForwards(spec.nics, from: old, to: new) { log($0) }
