@@ -51,7 +51,10 @@ struct BenchTurnaroundTests {
             let n = Double(row["checkpoints"] as? Int ?? 0)
             let predicted = try #require(row["predicted"] as? Double, "\(row)")
             let own = try #require(row["computeTime"] as? Double, "the run's own T_comp")
-            #expect(abs(own - computeTime) < computeTime * 0.5, "own \(own) against QEMU alone \(computeTime)")
+            // The same quantity as QEMU alone's (seconds of the same job):
+            // within a factor of three, which a loaded machine's timing
+            // noise stays inside and a wrong unit or run does not.
+            #expect(own > computeTime / 3 && own < computeTime * 3, "own \(own) against QEMU alone \(computeTime)")
             #expect(abs(predicted - (own + n * delta + fixed)) < 1e-6, "\(row) \(term)")
             let measured = row["measured"] as? Double ?? 0
             #expect(abs((row["errorPercent"] as? Double ?? .nan) - (predicted - measured) / measured * 100) < 1e-6)
