@@ -132,7 +132,7 @@ let package = Package(
             name: "QMPTests",
             dependencies: ["QMP", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
             swiftSettings: strict),
-        .testTarget(name: "QEMUTests", dependencies: ["QEMU", "QMP"], swiftSettings: strict),
+        .testTarget(name: "QEMUTests", dependencies: ["QEMU", "QMP", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VMStoreTests", dependencies: ["VMStore"], swiftSettings: strict),
         .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem", "QCOW2", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "QCOW2Tests", dependencies: ["QCOW2", "DiskTools", "CEVMSystem", "TestSupport"], swiftSettings: strict),

@@ -64,6 +64,9 @@ public final class ChildProcess: Sendable {
         }
     }
 
+    /// The most descriptors a child inherits beyond its standard streams.
+    public static let maximumInherited = Int(CEVM_SPAWN_MAX_INHERIT)
+
     /// Spawns `executable` (a path, or a name looked up on PATH) with
     /// `arguments` (argv[1...]). Every descriptor above 2 is closed in the
     /// child. `newSession` makes the child a session leader (setsid), detached
@@ -73,8 +76,10 @@ public final class ChildProcess: Sendable {
     /// forked by one dedicated thread that lives as long as the process (the
     /// kernel's parent-death signal fires when the forking *thread* ends)
     /// and sets PR_SET_PDEATHSIG(SIGKILL) before it execs. Such a child may
-    /// also `inherit` one descriptor, as its descriptor 3 (for instance a
-    /// flock(2) that must stay held while the child lives).
+    /// also inherit descriptors: `inherit[k]` becomes its descriptor 3 + k,
+    /// in order (for instance a flock(2) that must stay held while the
+    /// child lives, then the sockets of a VM's network NICs).
+
     public static func spawn(
         _ executable: String,
         arguments: [String],
@@ -84,29 +89,7 @@ public final class ChildProcess: Sendable {
         stderr: StandardIO = .null,
         newSession: Bool = false,
         tiedToParent: Bool = false,
-        inherit: Int32? = nil
-    ) throws -> ChildProcess {
-        try spawn(
-            executable, arguments: arguments, environment: environment, stdin: stdin, stdout: stdout, stderr: stderr,
-            newSession: newSession, tiedToParent: tiedToParent, inherit: inherit.map { [$0] } ?? [])
-    }
-
-    /// The most descriptors a child inherits beyond its standard streams.
-    public static let maximumInherited = Int(CEVM_SPAWN_MAX_INHERIT)
-
-    /// `spawn` for a child tied to its parent that inherits several
-    /// descriptors: `inherit[k]` becomes its descriptor 3 + k, in order
-    /// (the VM's flock, then the sockets of its network NICs).
-    public static func spawn(
-        _ executable: String,
-        arguments: [String],
-        environment: [String: String]? = nil,
-        stdin: StandardIO = .null,
-        stdout: StandardIO = .null,
-        stderr: StandardIO = .null,
-        newSession: Bool = false,
-        tiedToParent: Bool = false,
-        inherit: [Int32]
+        inherit: [Int32] = []
     ) throws -> ChildProcess {
         guard let path = Executables.find(executable) else { throw SpawnError.notFound(executable) }
         guard inherit.count <= maximumInherited, inherit.allSatisfy({ $0 >= 0 }) else {

@@ -65,7 +65,7 @@ import Testing
         let lock = try #require(try FileLock.tryAcquire("\(dir)/lock"))
         let child = try ChildProcess.spawn(
             "/bin/sh", arguments: ["-c", "ls /proc/$$/fd; readlink /proc/$$/fd/3"], stdout: .truncateFile("\(dir)/out"),
-            tiedToParent: true, inherit: lock.descriptor)
+            tiedToParent: true, inherit: [lock.descriptor])
         #expect(await child.wait() == .exited(0))
         let lines = try Files.readString("\(dir)/out").split(separator: "\n").map(String.init)
         #expect(lines == ["0", "1", "2", "3", "\(dir)/lock"])
@@ -114,7 +114,7 @@ import Testing
         defer { unlink(path) }
         var lock = try FileLock.tryAcquire(path)
         let descriptor = try #require(lock?.descriptor)
-        let child = try ChildProcess.spawn("sleep", arguments: ["30"], tiedToParent: true, inherit: descriptor)
+        let child = try ChildProcess.spawn("sleep", arguments: ["30"], tiedToParent: true, inherit: [descriptor])
         lock = nil
         #expect(FileLock.isHeld(path))
         #expect(FileLock.processesHolding(path) == [child.pid])

@@ -124,7 +124,7 @@ struct CEVMFailureTests {
         guard let descriptor = lock?.descriptor else { throw HarnessError("the lock of a lost VM is held") }
         let holder = try ChildProcess.spawn(
             "qemu-system-x86_64", arguments: ["-machine", "none", "-display", "none", "-nodefaults", "-S", "-name", "\(paths)/run"],
-            tiedToParent: true, inherit: descriptor)
+            tiedToParent: true, inherit: [descriptor])
         lock = nil
         #expect(cevm.wait(timeout: 10) { cevm.qemuProcesses() == [holder.pid] })
         #expect(FileLock.isHeld("\(paths)/lock"), "the child keeps the inherited lock")

@@ -4,6 +4,7 @@ import Glibc
 import CEVMSystem
 import Foundation
 import Testing
+import TestSupport
 
 /// User-mode NICs end to end: the NIC and its MAC in the spec and the
 /// status, its host forward bound by whichever QEMU runs the VM — New_VM
@@ -33,7 +34,7 @@ struct NICEndToEndTests {
 
         let first = try #require(try qemuPID(cevm, "web"))
         #expect(listeners(port: port) == [first], "the first instance listens on the forwarded port")
-        #expect(connects(port: port))
+        #expect(canConnectTCP(port: port))
         _ = try cevm.waitForTicks("web", count: 3)
 
         // CEVM checkpoint: New_VM started without the forward, and holds it after the switch-over.
@@ -42,7 +43,7 @@ struct NICEndToEndTests {
         let second = try #require(try qemuPID(cevm, "web"))
         #expect(second != first)
         #expect(listeners(port: port) == [second], "New_VM listens on the forwarded port")
-        #expect(connects(port: port))
+        #expect(canConnectTCP(port: port))
         #expect((try cevm.status("web")["status"] as? [String: Any])?["lostHostForwards"] == nil)
         #expect(try nics(cevm, "web").first?["mac"] as? String == mac)
         let record = try JSONSerialization.jsonObject(with: Data(checkpoint.stdout.utf8)) as? [String: Any]
@@ -68,7 +69,7 @@ struct NICEndToEndTests {
         #expect(restore.ok, "\(restore.stderr)")
         let third = try #require(try qemuPID(cevm, "web"))
         #expect(listeners(port: port) == [third], "the restored instance listens on the forwarded port")
-        #expect(connects(port: port))
+        #expect(canConnectTCP(port: port))
         #expect(try nics(cevm, "web").first?["mac"] as? String == mac)
         #expect(try cevm.run(["stop", "web"]).ok)
     }
@@ -85,33 +86,6 @@ struct NICEndToEndTests {
     }
 }
 
-/// A TCP port on 127.0.0.1 nobody listens on now.
-func freeTCPPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw HarnessError("cannot bind a TCP port: errno \(errno)") }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
-/// Whether a TCP connection to 127.0.0.1:`port` is accepted.
-func connects(port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-    }
-}
 
 /// The processes with a socket listening on TCP `port` (IPv4): the
 /// listening sockets' inodes from /proc/net/tcp, found among each

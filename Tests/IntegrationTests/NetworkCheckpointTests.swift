@@ -4,6 +4,7 @@ import Glibc
 import CEVMSystem
 import Foundation
 import Testing
+import TestSupport
 
 /// VMs with networks end to end, on the bundled guest's network mode
 /// (Docs/guest.md): two guests on a cevm network stream checked records
@@ -119,10 +120,7 @@ func echoBanner(port: Int) -> String? {
     defer { close(fd) }
     var timeout = timeval(tv_sec: 3, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
+    var address = loopback(port: port)
     let connected = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
     }

@@ -29,7 +29,7 @@ import Testing
                 "-netdev", "stream,id=s1,addr.type=fd,addr.str=3", "-netdev", "user,id=u1",
                 "-netdev", "hubport,id=h1,hubid=0,netdev=s1", "-netdev", "hubport,id=h2,hubid=0,netdev=u1",
             ],
-            stdout: .appendFile(scratchLog), stderr: .appendFile(scratchLog), tiedToParent: true, inherit: qemuEnd)
+            stdout: .appendFile(scratchLog), stderr: .appendFile(scratchLog), tiedToParent: true, inherit: [qemuEnd])
         close(qemuEnd)
 
         let fake = try h.attach("fake")

@@ -6,6 +6,7 @@ import Foundation
 import QEMU
 import QMP
 import Testing
+import TestSupport
 
 @Suite struct NICCommandLineTests {
     func config(heldLock: Int32? = 7, nics: [InstanceConfig.NIC], withhold: Bool = false) -> InstanceConfig {
@@ -93,7 +94,7 @@ struct NICInstanceTests {
         var pair: [Int32] = [-1, -1]
         #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
         defer { pair.forEach { close($0) } }
-        let port = try freePort()
+        let port = try freeTCPPort()
         let config = InstanceConfig(
             name: "t", memoryMiB: 32, vcpus: 1, accel: .tcg, boot: .disk, drive: nil, qmpSocket: "\(dir)/qmp.sock",
             incoming: true,
@@ -110,42 +111,14 @@ struct NICInstanceTests {
         // QEMU holds the socket: its end (descriptor 3, no lock here) is the peer of ours.
         let link = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(instance.pid)/fd/3")
         #expect(link.hasPrefix("socket:"))
-        #expect(canConnect(port: port))
+        #expect(canConnectTCP(port: port))
         try await instance.removeHostForward(nic: 1, hostSide: "tcp:127.0.0.1:\(port)")
-        #expect(!canConnect(port: port))
+        #expect(!canConnectTCP(port: port))
         await #expect(throws: QEMUError.self) { try await instance.removeHostForward(nic: 1, hostSide: "tcp:127.0.0.1:\(port)") }
         try await instance.addHostForward(nic: 1, rule: "tcp:127.0.0.1:\(port)-:7")
-        #expect(canConnect(port: port))
+        #expect(canConnectTCP(port: port))
         // The port is bound: a second forward on it is refused, in words.
         await #expect(throws: QEMUError.self) { try await instance.addHostForward(nic: 1, rule: "tcp:127.0.0.1:\(port)-:7") }
     }
 }
 
-/// A TCP port on 127.0.0.1 nobody listens on now.
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw SystemError("bind", errno: errno) }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
-/// Whether a TCP connection to 127.0.0.1:`port` is accepted.
-func canConnect(port: Int) -> Bool {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = UInt16(port).bigEndian
-    return withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
-    }
-}
