@@ -175,6 +175,31 @@ struct DebianGuestTests {
             ["EXT4-fs error", "I/O error", "PANIC", "FATAL", "Kernel panic", "database system was not properly shut down"].contains { line.contains($0) }
         }
         #expect(alarming.isEmpty, "errors on the restored console: \(alarming)")
+
+        // The contrast that makes `recovery=no` mean something: the same VM
+        // lost without a checkpoint and booted again on its disk does crash
+        // recovery, and loses no committed row (at most one was committed
+        // but not yet printed when it died).
+        let detail2 = try cevm.status(name)["status"] as? [String: Any]
+        for key in ["qemuPID", "supervisorPID"] {
+            if let pid = detail2?[key] as? Int { kill(pid_t(pid), SIGKILL) }
+        }
+        #expect(try cevm.wait(timeout: 10) { (try cevm.status(name)["supervisorAlive"] as? Bool) == false }, "the supervisor did not end")
+        #expect(cevm.waitForQEMUCount(0, timeout: 10) == 0)
+        let lastPrinted = try pgLines(cevm, name).compactMap(\.committed).last ?? 0
+        let rebootStarted = Date().timeIntervalSince1970
+        let reboot = try cevm.run(["run", name])
+        #expect(reboot.ok, "\(reboot.stderr)")
+        var rebooted: [PGLine] = []
+        _ = try cevm.wait(timeout: 120) {
+            rebooted = try pgLines(cevm, name, after: rebootStarted)
+            return rebooted.compactMap(\.committed).count >= 10
+        }
+        #expect(rebooted.first?.kind == .ready(recovery: "yes"), "a crashed PostgreSQL recovers: \(rebooted.first.map { "\($0.kind)" } ?? "nothing")")
+        let rebootedCommits = rebooted.compactMap(\.committed)
+        let first = rebootedCommits.first ?? 0
+        #expect(first == lastPrinted + 1 || first == lastPrinted + 2, "after the crash: last printed \(lastPrinted), then \(rebootedCommits.prefix(3))")
+        for case .count(let count, let max) in rebooted.map(\.kind) { #expect(count == max, "after the crash: \(count) rows, max \(max)") }
         #expect(try cevm.run(["stop", name]).ok)
     }
 }
