@@ -4,7 +4,7 @@
 SWIFT ?= swift
 BIN_PATH = $(shell $(SWIFT) build --show-bin-path 2>/dev/null)
 
-.PHONY: all setup guest build test unit-test verify-protocols demo clean
+.PHONY: all setup guest debian-guest build test unit-test verify-protocols demo clean
 
 all: build
 
@@ -14,6 +14,11 @@ setup:
 guest:
 	bash scripts/build-guest
 
+# The Debian guest (Debian 12, systemd, PostgreSQL) of DebianGuestTests;
+# cached, so only the first run builds it (a few minutes, network needed).
+debian-guest: setup
+	bash scripts/build-debian-guest
+
 build:
 	$(SWIFT) build
 
@@ -22,7 +27,7 @@ build:
 # imports a target it does not declare. Tests run one at a time: the
 # end-to-end ones boot TCG guests, and on two cores running them all at once
 # turns every timeout into a coin toss.
-test: setup
+test: setup debian-guest
 	bash scripts/fuzz
 	bash scripts/fuzz-nbd
 	bash scripts/fuzz-stream
