@@ -101,19 +101,6 @@ enum BenchSocket {
 
     /// A path a socket can be created at: short enough, not another kind of file.
     static func check(_ path: String) throws {
-        let length = path.utf8.count
-        guard length <= VMPaths.maximumSocketPath else {
-            throw BenchError("socket path \(path) is \(length) bytes; a Unix socket path may have at most \(VMPaths.maximumSocketPath)")
-        }
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard (st.st_mode & S_IFMT) == S_IFSOCK else {
-                throw BenchError("\(path) exists and is not a socket; refusing to replace it")
-            }
-        } else if errno != ENOENT {
-            throw BenchError("cannot use socket path \(path): \(String(cString: strerror(errno)))")
-        }
-        let parent = Files.parent(of: path)
-        guard Files.isDirectory(parent) else { throw BenchError("cannot create socket \(path): \(parent) is not a directory") }
+        if let problem = VMPaths.problemCreatingSocket(at: path) { throw BenchError(problem) }
     }
 }

@@ -94,20 +94,7 @@ struct DiskServe: AsyncParsableCommand {
     }
 
     static func checkSocketPath(_ path: String) throws {
-        let length = path.utf8.count
-        guard length <= maximumSocketPath else {
-            throw CLIError("socket path \(path) is \(length) bytes; a Unix socket path may have at most \(maximumSocketPath)")
-        }
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard (st.st_mode & S_IFMT) == S_IFSOCK else {
-                throw CLIError("\(path) exists and is not a socket; refusing to replace it")
-            }
-        } else if errno != ENOENT {
-            throw CLIError("cannot use socket path \(path): \(String(cString: strerror(errno)))")
-        }
-        let parent = Files.parent(of: path)
-        guard Files.isDirectory(parent) else { throw CLIError("cannot create socket \(path): \(parent) is not a directory") }
+        if let problem = VMPaths.problemCreatingSocket(at: path) { throw CLIError(problem) }
     }
 
     static func openImage(_ path: String) throws -> QCOW2Image {

@@ -83,6 +83,24 @@ public struct VMPaths: Sendable {
     /// Unix socket paths are limited to 107 bytes (sun_path).
     public static let maximumSocketPath = 107
 
+    /// Why a socket cannot be created at `path` (too long, a file of
+    /// another kind there, no such directory), or nil when it can.
+    public static func problemCreatingSocket(at path: String) -> String? {
+        let length = path.utf8.count
+        guard length <= maximumSocketPath else {
+            return "socket path \(path) is \(length) bytes; a Unix socket path may have at most \(maximumSocketPath)"
+        }
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            guard (st.st_mode & S_IFMT) == S_IFSOCK else { return "\(path) exists and is not a socket; refusing to replace it" }
+        } else if errno != ENOENT {
+            return "cannot use socket path \(path): \(String(cString: strerror(errno)))"
+        }
+        let parent = Files.parent(of: path)
+        guard Files.isDirectory(parent) else { return "cannot create socket \(path): \(parent) is not a directory" }
+        return nil
+    }
+
     public func checkSocketPaths() throws(StoreError) {
         for path in [controlSocket, qmpSocket(instance: 99)] where path.utf8.count > VMPaths.maximumSocketPath {
             throw .socketPathTooLong(path)

@@ -96,4 +96,16 @@ import VMStore
         #expect(throws: StoreError.self) { try home.vm(try VMName("vm")).checkSocketPaths() }
         #expect(throws: Never.self) { try Home(root: "/tmp/h").vm(try VMName("vm")).checkSocketPaths() }
     }
+
+    @Test func aSocketIsCreatedOnlyWhereItCanBe() throws {
+        let dir = NSTemporaryDirectory() + "cevm-sock-\(getpid())"
+        try Files.makeDirectory(dir, mode: 0o700)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(VMPaths.problemCreatingSocket(at: "\(dir)/s.sock") == nil)
+        let long = "\(dir)/" + String(repeating: "s", count: 120)
+        #expect(VMPaths.problemCreatingSocket(at: long)?.contains("may have at most 107") == true)
+        try Files.writeAtomically(Array("x".utf8), to: "\(dir)/file")
+        #expect(VMPaths.problemCreatingSocket(at: "\(dir)/file")?.contains("is not a socket") == true)
+        #expect(VMPaths.problemCreatingSocket(at: "\(dir)/missing/s.sock")?.contains("is not a directory") == true)
+    }
 }
