@@ -24,9 +24,6 @@ struct DiskServe: AsyncParsableCommand {
             Clients: qemu-img, qemu-io, QEMU's -blockdev driver=nbd, with the URI printed at start.
             """)
 
-    /// sun_path holds 108 bytes, the terminating NUL included.
-    static let maximumSocketPath = VMPaths.maximumSocketPath
-
     @Argument(help: "A qcow2 image, opened writable (it must be clean: no dirty bit, no internal snapshots).")
     var image: String
 
