@@ -220,9 +220,10 @@ public final class QEMUInstance: Sendable {
         }
     }
 
-    /// QMP `cont`.
+    /// QMP `cont`, waiting out a migration QEMU has not finalized yet
+    /// (``QMPClient/resume(finalizeWait:)``).
     public func resume() async throws {
-        do { _ = try await qmp.execute("cont") } catch let error as QMPError { throw QEMUError.qmp(error) }
+        do { try await qmp.resume() } catch let error as QMPError { throw QEMUError.qmp(error) }
     }
 
     /// The vCPU thread ids from QMP `query-cpus-fast`.

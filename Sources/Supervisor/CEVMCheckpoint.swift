@@ -532,7 +532,7 @@ final class CEVMRun: CheckpointRun {
         case .cancelMigration:
             _ = try? await old.qmp.execute("migrate_cancel")
         case .resumeOld:
-            if let runState = try? await old.runState(), runState != "running" { _ = try? await old.qmp.execute("cont") }
+            if let runState = try? await old.runState(), runState != "running" { try? await old.resume() }
             // Old_VM runs on: no throttling capability left set (it would
             // also refuse a later background snapshot).
             if options.autoConverge { try? await MigrationSettings.setCapability(old.qmp, "auto-converge", false) }

@@ -180,7 +180,7 @@ final class SnapshotRun: CheckpointRun {
             case .resume:
                 // A background snapshot's QEMU may have restarted the guest itself.
                 let running = kind == .backgroundSnapshot ? try await instance.runState() == "running" : false
-                if !running { _ = try await qmp.execute("cont") }
+                if !running { try await instance.resume() }
                 made.withLock {
                     $0.resumedAt = Timestamp.now()
                     $0.resumedWall = Timestamp.wallSeconds()
@@ -283,7 +283,7 @@ final class SnapshotRun: CheckpointRun {
         case .cancelMigration:
             _ = try? await qmp.execute("migrate_cancel")
         case .resumeGuest:
-            if let state = try? await instance.runState(), state != "running" { _ = try? await qmp.execute("cont") }
+            if let state = try? await instance.runState(), state != "running" { try? await instance.resume() }
         case .resetCapabilities:
             // QEMU refuses to change a capability while a migration is active.
             for _ in 0..<200 {

@@ -281,3 +281,66 @@ struct QMPClientTests {
         }
     }
 }
+
+@Suite("QMPClient.resume after a migration", .timeLimit(.minutes(1)))
+struct QMPResumeTests {
+    static let notFinalized = "Migration is not finalized yet"
+
+    @Test("a cont refused while the source is in finish-migrate is retried until QEMU takes it")
+    func refusalDuringFinishMigrateIsWaitedOut() async throws {
+        try await withFakeServer { server in
+            let client = try await QMPClient.connect(unixSocketPath: server.path)
+            let resumed = Task { try await client.resume() }
+            for _ in 0..<2 {
+                let cont = try await server.nextRequest()
+                #expect(cont["execute"] == "cont")
+                try await server.replyError(to: cont, errorClass: "GenericError", description: Self.notFinalized)
+                let status = try await server.nextRequest()
+                #expect(status["execute"] == "query-status")
+                try await server.reply(to: status, with: ["status": "finish-migrate"])
+            }
+            let last = try await server.nextRequest()
+            #expect(last["execute"] == "cont")
+            try await server.reply(to: last)
+            try await resumed.value
+            await client.close()
+        }
+    }
+
+    @Test("a refusal in any other run state is thrown at once")
+    func otherRefusalsAreThrown() async throws {
+        try await withFakeServer { server in
+            let client = try await QMPClient.connect(unixSocketPath: server.path)
+            let resumed = Task { try await client.resume() }
+            let cont = try await server.nextRequest()
+            try await server.replyError(to: cont, errorClass: "GenericError", description: "Resetting the Virtual Machine is required")
+            let status = try await server.nextRequest()
+            try await server.reply(to: status, with: ["status": "internal-error"])
+            await #expect(throws: QMPError.self) { try await resumed.value }
+            await client.close()
+        }
+    }
+
+    @Test("the wait is bounded: a source stuck in finish-migrate ends in the error")
+    func theWaitIsBounded() async throws {
+        try await withFakeServer { server in
+            let client = try await QMPClient.connect(unixSocketPath: server.path)
+            let resumed = Task { try await client.resume(finalizeWait: .milliseconds(50)) }
+            let answering = Task {
+                while true {
+                    let request = try await server.nextRequest()
+                    if request["execute"] == "cont" {
+                        try await server.replyError(to: request, errorClass: "GenericError", description: Self.notFinalized)
+                    } else {
+                        try await server.reply(to: request, with: ["status": "finish-migrate"])
+                    }
+                }
+            }
+            await #expect(throws: QMPError.commandFailed(command: "cont", errorClass: "GenericError", description: Self.notFinalized)) {
+                try await resumed.value
+            }
+            answering.cancel()
+            await client.close()
+        }
+    }
+}
