@@ -165,7 +165,7 @@ extension Supervisor {
 
     /// Feeds a record's memory stream into an instance started with
     /// `-incoming defer`, then lets the guest run.
-    func restoreMemory(into instance: QEMUInstance, from recordDirectory: String) async throws {
+    func restoreMemory(into instance: QEMUInstance, from recordDirectory: String, resume: Bool = true) async throws {
         let record = try Record.load(directory: recordDirectory)
         // Version 2: the stream rebuilt from the page chain (checked page by
         // page against the digests, before QEMU loads it); version 1: the file.
@@ -188,7 +188,7 @@ extension Supervisor {
             }
             _ = try await watch.completion()
             unlink(socket)
-            try await instance.resume()
+            if resume { try await instance.resume() }
             try? Files.writeAll(
                 try Files.openForAppend(paths.supervisorLog),
                 Array("\(Timestamp.now()) restored \(record.id): \(sent) bytes of memory stream\n".utf8))
