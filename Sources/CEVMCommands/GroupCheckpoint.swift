@@ -133,7 +133,8 @@ struct GroupCheckpoint {
                 networkEntries.append(
                     GroupManifest.Network(
                         name: network, file: file, frames: summary.channelFrames, bytes: try Files.size(path),
-                        sha256: try FileDigest.sha256(of: path), framesHeld: summary.framesHeld, mostHeld: summary.mostHeld))
+                        sha256: try FileDigest.sha256(of: path), framesHeld: summary.framesHeld, mostHeld: summary.mostHeld,
+                        longestHoldMs: summary.longestHoldMs))
             }
         } catch {
             await abandon()

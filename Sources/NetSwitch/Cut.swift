@@ -47,6 +47,8 @@ public struct Cut: Sendable {
     }
 
     public var heldFrames: Int { waiting.values.reduce(0) { $0 + $1.count } }
+    /// Members with frames held for them now.
+    public var holding: [String] { waiting.filter { !$0.value.isEmpty }.keys.sorted() }
     var heldBytes: Int { waiting.values.reduce(0) { $0 + $1.bytes } }
     public var uncut: [String] { members.subtracting(cut).sorted() }
 

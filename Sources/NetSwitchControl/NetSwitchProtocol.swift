@@ -104,8 +104,13 @@ public struct CutSummary: Codable, Sendable, Equatable {
     /// Post-cut frames held for members that had not cut, in all and at most at once.
     public var framesHeld: Int
     public var mostHeld: Int
+    /// The longest a member had frames held for it (ms).
+    public var longestHoldMs: Double
 
-    public init(group: String, members: [String], channelFrames: Int, channelBytes: Int, framesHeld: Int, mostHeld: Int) {
+    public init(
+        group: String, members: [String], channelFrames: Int, channelBytes: Int, framesHeld: Int, mostHeld: Int, longestHoldMs: Double
+    ) {
+        self.longestHoldMs = longestHoldMs
         self.group = group
         self.members = members
         self.channelFrames = channelFrames

@@ -84,6 +84,10 @@ public final class NetSwitchServer: @unchecked Sendable {
     /// A duplicate of the switch's own end of each port, to ask how much
     /// QEMU sent that the switch has not read yet (FIONREAD).
     private var ownEnds: [PortID: Int32] = [:]
+    /// During a group cut: when the first frame still held for each member
+    /// was held, and the longest any member's hold lasted.
+    private var holdStarted: [String: Double] = [:]
+    private var longestHoldMs = 0.0
 
     private init(name: NetworkName, paths: NetPaths, configuration: Configuration, lock: FileLock, listener: Int32) {
         self.name = name
@@ -178,7 +182,12 @@ public final class NetSwitchServer: @unchecked Sendable {
         var ownedCut: String?
         defer {
             if let group = ownedCut {
-                if (try? onLoop({ $0.perform(try $0.sw.abortCut(group: group)) })) != nil {
+                let aborted = try? onLoop { server -> Bool in
+                    server.perform(try server.sw.abortCut(group: group))
+                    _ = server.resetHolds()
+                    return true
+                }
+                if aborted == true {
                     log("group checkpoint \(group): its coordinator left; cut aborted, held frames released")
                 }
             }
@@ -252,6 +261,10 @@ public final class NetSwitchServer: @unchecked Sendable {
             case .promote:
                 let vm = try Self.vm(request)
                 let port = try Self.port(request)
+                // Old_VM has stopped: what it sent before is read first (its
+                // frames are pre-cut and must not die with its port).
+                let unreadIn = waitUntilRead(vm: vm)
+                if unreadIn > 0 { log("\(vm): \(unreadIn) byte(s) from its old instance still unread after 2 s; promoting anyway") }
                 let redelivered = try onLoop { try $0.promote(vm: vm, newPort: port) }
                 log("promoted \(port) for \(vm); \(redelivered) unread frame(s) redelivered")
                 return (NetResponse(ok: true, port: port.value, redelivered: redelivered), nil, false)
@@ -271,7 +284,10 @@ public final class NetSwitchServer: @unchecked Sendable {
                     return name
                 }
                 if members.isEmpty { throw Error.request("missing \"members\"") }
-                try onLoop { try $0.sw.beginCut(group: group, members: Set(members)) }
+                try onLoop { server in
+                    try server.sw.beginCut(group: group, members: Set(members))
+                    _ = server.resetHolds()
+                }
                 ownedCut = group
                 log("group checkpoint \(group): cutting for \(members.sorted().joined(separator: ", "))")
                 return (NetResponse(ok: true), nil, false)
@@ -293,18 +309,25 @@ public final class NetSwitchServer: @unchecked Sendable {
                 }
                 let state = ChannelState(frames: cut.channel.map { .init(from: $0.from, to: $0.to, bytes: $0.frame) })
                 try Files.writeAtomically(state.encoded(), to: path)
-                _ = try onLoop { try $0.sw.endCut(group: group) }
+                let longestHold = try onLoop { server -> Double in
+                    _ = try server.sw.endCut(group: group)
+                    return server.resetHolds()
+                }
                 ownedCut = nil
                 let summary = CutSummary(
                     group: group, members: cut.members.sorted(), channelFrames: cut.channel.count,
-                    channelBytes: cut.channel.reduce(0) { $0 + $1.frame.count }, framesHeld: cut.framesHeld, mostHeld: cut.mostHeld)
+                    channelBytes: cut.channel.reduce(0) { $0 + $1.frame.count }, framesHeld: cut.framesHeld, mostHeld: cut.mostHeld,
+                    longestHoldMs: longestHold)
                 log("group checkpoint \(group): cut ended; \(summary.channelFrames) channel frame(s), \(summary.framesHeld) held")
                 var reply = NetResponse(ok: true)
                 reply.cut = summary
                 return (reply, nil, false)
             case .cutAbort:
                 let group = try Self.group(request)
-                try onLoop { $0.perform(try $0.sw.abortCut(group: group)) }
+                try onLoop { server in
+                    server.perform(try server.sw.abortCut(group: group))
+                    _ = server.resetHolds()
+                }
                 ownedCut = nil
                 log("group checkpoint \(group): cut aborted")
                 return (NetResponse(ok: true), nil, false)
@@ -446,6 +469,7 @@ public final class NetSwitchServer: @unchecked Sendable {
         }
         let before = sw.totals.redelivered
         perform(try sw.promote(vm: vm, newPort: newPort, unread: unread))
+        endHold(of: vm)
         if let old { _ = try? sw.leave(old) }
         return sw.totals.redelivered - before
     }
@@ -475,7 +499,11 @@ public final class NetSwitchServer: @unchecked Sendable {
     /// On the loop: a frame (or a refused one) from a port's channel.
     func received(_ input: PortInput, on port: PortID) {
         switch input {
-        case .frame(let bytes): perform(sw.handle(.frameReceived(port, bytes)))
+        case .frame(let bytes):
+            perform(sw.handle(.frameReceived(port, bytes)))
+            if let cut = sw.cut, cut.heldFrames > 0 {
+                for vm in cut.holding where holdStarted[vm] == nil { holdStarted[vm] = Timestamp.monotonic() }
+            }
         case .refused(let length):
             log("\(port): refused a \(length)-byte frame (over \(configuration.limits.maximumFrameBytes))")
             perform(sw.handle(.frameRefused(port, length: length)))
@@ -491,10 +519,39 @@ public final class NetSwitchServer: @unchecked Sendable {
         log("\(port) closed by an error; removed")
     }
 
+    /// On the loop: the member has cut, so what was held for it is released.
+    private func endHold(of vm: String) {
+        if let start = holdStarted.removeValue(forKey: vm) { longestHoldMs = max(longestHoldMs, (Timestamp.monotonic() - start) * 1000) }
+    }
+
+    /// On the loop: the cut ended or was aborted; returns its longest hold.
+    private func resetHolds() -> Double {
+        defer {
+            holdStarted = [:]
+            longestHoldMs = 0
+        }
+        return longestHoldMs
+    }
+
     /// On the loop: closes the duplicates kept of a port's two ends.
     private func closeDescriptors(of port: PortID) {
         if let fd = peers.removeValue(forKey: port) { close(fd) }
         if let fd = ownEnds.removeValue(forKey: port) { close(fd) }
+    }
+
+    /// Waits (at most two seconds) until the switch has read everything the
+    /// VM's active instance sent; returns the bytes still unread.
+    private func waitUntilRead(vm: String) -> Int {
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(2)
+        while true {
+            let pending = (try? onLoop { server -> Int in
+                guard let port = server.sw.activePort(of: vm), let own = server.ownEnds[port] else { return 0 }
+                return Int((try? FDPassing.readableBytes(own)) ?? 0)
+            }) ?? 0
+            if pending == 0 || clock.now > deadline { return pending }
+            usleep(1000)
+        }
     }
 
     /// A paused member cuts in place. Everything it sent before pausing is
@@ -514,6 +571,7 @@ public final class NetSwitchServer: @unchecked Sendable {
                 if pending > 0 { return pending }
                 let unread = try FDPassing.peek(peer, limit: server.configuration.limits.redeliveryWindowBytes * 2)
                 server.perform(try server.sw.cutInPlace(vm: vm, unread: unread))
+                server.endHold(of: vm)
                 return 0
             }
             if pending == 0 { return }

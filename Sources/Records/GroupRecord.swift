@@ -45,8 +45,13 @@ public struct GroupManifest: Codable, Sendable, Equatable {
         /// Post-cut frames held for members that had not cut: in all, and at most at once.
         public var framesHeld: Int
         public var mostHeld: Int
+        /// The longest a member had frames held for it (ms).
+        public var longestHoldMs: Double?
 
-        public init(name: String, file: String, frames: Int, bytes: Int64, sha256: String, framesHeld: Int, mostHeld: Int) {
+        public init(
+            name: String, file: String, frames: Int, bytes: Int64, sha256: String, framesHeld: Int, mostHeld: Int, longestHoldMs: Double? = nil
+        ) {
+            self.longestHoldMs = longestHoldMs
             self.name = name
             self.file = file
             self.frames = frames
