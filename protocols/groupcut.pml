@@ -51,9 +51,9 @@
  *                     frames the sender's record sent and the receiver's
  *                     record did not read, each recorded once; nothing is
  *                     recorded after commit; the restore gives each receiver
- *                     exactly those frames, in order, once, before it runs,
- *                     and the next frame it expects is the one its restored
- *                     sender sends next
+ *                     exactly those frames, in order, once, before the
+ *                     restored members run on: each member then reads
+ *                     every frame of every pair once, in order
  *   (3) live run      every read is the next frame of its pair (per-sender
  *                     FIFO, no duplicate, nothing skipped); at the end every
  *                     frame sent was read and every queue is empty; no
@@ -72,6 +72,8 @@
  *   -DBUG_FORGET_CHANNEL   a pre-cut frame delivered live to a receiver
  *                          after its cut is not recorded
  *   -DBUG_RESTORE_TWICE    the restore writes each recorded frame twice
+ *   -DBUG_RESTORE_LATE     the restored members run on before the recorded
+ *                          frames are written to them
  *   -DBUG_DROP_UNREAD      at the promote, the frames Old_VM never read are
  *                          dropped instead of moved to New_VM
  *   -DBUG_LATE_OLD_OUT     the promote does not read what is left in
@@ -185,6 +187,25 @@ inline postCut(s, d, q) {
   fi
 }
 
+/* the restored members run on: each sends, from its recorded state on,
+ * the rest of its frames to every peer */
+inline restoredSend() {
+  hk = 0;
+  do
+  :: hk < NVM * NVM ->
+     hq = recSent[hk];
+     do
+     :: hk / NVM != hk % NVM && hq < NF ->
+        printf("EV RESTORE %d sends frame %d->%d #%d\n", hk / NVM, hk / NVM, hk % NVM, hq);
+        rin[hk % NVM]!(hk / NVM), hq;
+        hq++
+     :: else -> break
+     od;
+     hk++
+  :: else -> break
+  od
+}
+
 /* the group is committed: check (1) and (2), then its restore */
 inline commit() {
   committed = true;
@@ -216,6 +237,9 @@ inline commit() {
   :: hk < NVM * NVM -> rrd[hk] = recRd[hk]; hk++
   :: else -> break
   od;
+#ifdef BUG_RESTORE_LATE
+  restoredSend();
+#endif
   /* each recorded frame is written to its receiver's port, per pair in order */
   hk = 0;
   do
@@ -239,7 +263,10 @@ inline commit() {
      hk++
   :: else -> break
   od;
-  /* then the members run: each reads its port */
+#ifndef BUG_RESTORE_LATE
+  restoredSend();                               /* then the members run */
+#endif
+  /* each reads its port */
   hd = 0;
   do
   :: hd < NVM ->
@@ -257,7 +284,7 @@ inline commit() {
   hk = 0;
   do
   :: hk < NVM * NVM ->
-     assert(rrd[hk] == recSent[hk]);            /* (2) no gap before the restored sender's next frame */
+     assert(hk / NVM == hk % NVM || rrd[hk] == NF);  /* (2) nothing missing */
      hk++
   :: else -> break
   od
