@@ -91,7 +91,7 @@
 #define NVM 2           /* members */
 #endif
 #ifndef NF
-#define NF 2            /* frames per ordered pair (sender, receiver) */
+#define NF 2            /* frames per ordered pair (sender, receiver), at most 8 */
 #endif
 #define NIO (NF * (NVM - 1))    /* frames a member sends, and receives */
 
