@@ -89,30 +89,27 @@ struct GroupCheckpoint {
         progress("\(id): checkpointing \(members.map(\.name.value).joined(separator: ", "))…")
         var memberOptions = options
         memberOptions.group = id
-        let outcomes = await withTaskGroup(of: (Int, Swift.Result<ControlResponse, any Error>).self) { group in
-            for (index, member) in members.enumerated() {
-                group.addTask { [memberOptions] in
-                    do {
-                        return (index, .success(try await ControlClient.send(.checkpoint(memberOptions), to: member.paths, name: member.name)))
-                    } catch { return (index, .failure(error)) }
+        // Every member at once; each answer awaited in member order.
+        let requests = members.map { member in
+            Task { [memberOptions] () -> Swift.Result<ControlResponse, any Error> in
+                do { return .success(try await ControlClient.send(.checkpoint(memberOptions), to: member.paths, name: member.name)) } catch {
+                    return .failure(error)
                 }
             }
-            var outcomes: [Int: Swift.Result<ControlResponse, any Error>] = [:]
-            for await (index, outcome) in group { outcomes[index] = outcome }
-            return outcomes
         }
+        var outcomes: [Swift.Result<ControlResponse, any Error>] = []
+        for request in requests { outcomes.append(await request.value) }
         var records: [(record: RecordManifest, directory: String)] = []
         var failures: [String] = []
-        for (index, member) in members.enumerated() {
-            switch outcomes[index] {
-            case .success(let response)?:
+        for (member, outcome) in zip(members, outcomes) {
+            switch outcome {
+            case .success(let response):
                 if response.ok, let record = response.record {
                     records.append((record, response.recordDirectory ?? ""))
                 } else {
                     failures.append("\(member.name): \(response.error ?? "checkpoint failed")")
                 }
-            case .failure(let error)?: failures.append("\(member.name): \(error)")
-            case nil: failures.append("\(member.name): no answer")
+            case .failure(let error): failures.append("\(member.name): \(error)")
             }
         }
         if !failures.isEmpty {

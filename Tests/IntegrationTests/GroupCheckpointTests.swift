@@ -164,6 +164,48 @@ struct GroupCheckpointTests {
         #expect(try cevm.run(["net", "rm", "lab", "--force"]).ok)
     }
 
+    enum Victim: String, CaseIterable { case theSwitch, aSupervisor, aQEMU }
+
+    /// kill -9 of the switch, of a member's supervisor or of a member's QEMU
+    /// while a group checkpoint runs: no new group record, and the earlier
+    /// group record restores both members with the stream whole.
+    @Test(arguments: Victim.allCases)
+    func aKillDuringAGroupCheckpointLeavesTheEarlierGroupRestorable(victim: Victim) throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["net", "create", "lab"]).ok)
+        try startPair(cevm, net: "lab", rx: "rx", tx: "tx", subnet: 6)
+        #expect(try cevm.wait(timeout: 120) { try received(cevm, "rx") > 150 }, "the stream starts")
+        let first = try cevm.run(["checkpoint", "rx", "tx"])
+        #expect(first.ok, "\(first.stderr)")
+        let earlier = String(first.stdout.split(separator: " ").first ?? "")
+
+        let coordinator = try cevm.spawn(["checkpoint", "--net", "lab"])
+        #expect(try cevm.wait(timeout: 20) { (try networkStatus(cevm, "lab")["cut"]) != nil }, "the cut begins")
+        switch victim {
+        case .theSwitch:
+            let pid = try #require(try networkStatus(cevm, "lab")["pid"] as? Int)
+            kill(pid_t(pid), SIGKILL)
+        case .aSupervisor:
+            let pid = cevm.supervisorPID("tx")
+            kill(try #require(pid), SIGKILL)
+        case .aQEMU:
+            let pid = try #require((try cevm.status("tx")["status"] as? [String: Any])?["qemuPID"] as? Int)
+            kill(pid_t(pid), SIGKILL)
+        }
+        coordinator.waitUntilExit()
+        #expect(coordinator.terminationStatus != 0, "\(victim): the group checkpoint must fail")
+        #expect(committedGroups(cevm) == [earlier], "\(victim): no new group record")
+
+        for vm in ["tx", "rx"] { _ = try cevm.run(["stop", vm]) }
+        #expect(cevm.waitForQEMUCount(0, timeout: 20) == 0)
+        let restored = try cevm.run(["restore", earlier])
+        #expect(restored.ok, "\(victim): \(restored.stderr)")
+        try expectStreamGoesOn(cevm, "rx", "after restoring the earlier group (\(victim))")
+        try expectStreamIntact(cevm, rx: "rx", tx: "tx")
+        for vm in ["tx", "rx"] { #expect(try cevm.run(["stop", vm]).ok) }
+        #expect(try cevm.run(["net", "rm", "lab", "--force"]).ok)
+    }
+
     /// Four guests, two streams, one network, one group.
     @Test func fourGuestsInTwoPairs() throws {
         let cevm = try CEVMHarness()
