@@ -59,18 +59,22 @@ public enum Retention {
         let after: Step
     }
 
-    /// Keeps the `keep` newest records of `store` (by id, which sorts by time).
-    public static func apply(keep: Int, store: RecordStore) async throws -> Outcome {
-        try await apply(keep: keep, store: store, stopAfter: nil)
+    /// Keeps the `keep` newest records of `store` (by id, which sorts by
+    /// time), and every record in `protected` (those a group record names:
+    /// removing one would break the group; a protected record may still be
+    /// rewritten to stand without a parent that goes, which restores the
+    /// same state).
+    public static func apply(keep: Int, store: RecordStore, protected: Set<String> = []) async throws -> Outcome {
+        try await apply(keep: keep, store: store, protected: protected, stopAfter: nil)
     }
 
-    static func apply(keep: Int, store: RecordStore, stopAfter: Step?) async throws -> Outcome {
+    static func apply(keep: Int, store: RecordStore, protected: Set<String> = [], stopAfter: Step?) async throws -> Outcome {
         guard keep >= 1 else { throw RecordError.badRetention("--keep must be at least 1") }
         try await recover(store: store)
         var outcome = Outcome()
         let records = store.list().sorted { $0.id < $1.id }
         guard records.count > keep else { return outcome }
-        for stale in records.prefix(records.count - keep) {
+        for stale in records.prefix(records.count - keep) where !protected.contains(stale.id) {
             // Reloaded: an earlier merge of this pass may have rewritten it.
             let old = try Record.load(directory: stale.directory)
             // Children: records whose disk or memory builds on this one.

@@ -70,7 +70,9 @@ extension Supervisor {
         }
         if let keep = options.keep {
             do {
-                result.removed = try await Retention.apply(keep: keep, store: RecordStore(paths: paths)).removed
+                // Records a group names stay: the group restores from them.
+                let grouped = Set(GroupStore(root: home.root).list().flatMap { $0.manifest.members.filter { $0.vm == name.value }.map(\.record) })
+                result.removed = try await Retention.apply(keep: keep, store: RecordStore(paths: paths), protected: grouped).removed
             } catch {
                 result.message = (result.message.map { $0 + "; " } ?? "") + "retention failed: \(error)"
             }

@@ -171,6 +171,18 @@ import VMStore
         #expect(try chain.record(chain.ids[3]).manifest.memory?.kind == .full)
     }
 
+    /// A record a group names is never removed; the records around it go
+    /// (merged into their children as usual) and every kept one restores.
+    @Test func aRecordAGroupNamesIsKept() async throws {
+        let chain = try Chain(shapes: Self.shapes[0], seed: 31)
+        let grouped = chain.ids[1]
+        let outcome = try await Retention.apply(keep: 1, store: chain.store, protected: [grouped])
+        #expect(outcome.removed == [chain.ids[0], chain.ids[2]])
+        #expect(Set(chain.store.list().map(\.id)) == [grouped, chain.ids[3]])
+        try chain.expectIntact(grouped)
+        try chain.expectIntact(chain.ids[3])
+    }
+
     /// Stopped after each step of the merge of record 1 into record 2 (and
     /// of the parent's removal): recover, then the next pass, leave every
     /// kept record as it was.
