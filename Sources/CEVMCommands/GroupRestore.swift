@@ -15,6 +15,8 @@ import VMStore
 struct GroupRestore {
     let home: Home
     let id: String
+    /// Copies: member NAME restored as NAME+suffix on networks NET+suffix.
+    let suffix: String?
     let json: Bool
 
     struct Summary: Encodable {
@@ -36,10 +38,14 @@ struct GroupRestore {
                 }
             }
             let members = group.manifest.members
+            let suffix = suffix ?? ""
             for member in members {
-                let name = try parseName(member.vm)
+                let name = try parseName(member.vm + suffix)
+                for network in member.networks { _ = try parseNetworkName(network + suffix) }
                 if home.vm(name).supervisorAlive {
-                    throw CLIError("group \(id): member '\(member.vm)' is running: stop every member first (`cevm stop \(member.vm)`)")
+                    throw CLIError(
+                        "group \(id): '\(name)' is running: stop it first (`cevm stop \(name)`)"
+                            + (suffix.isEmpty ? ", or restore copies with --suffix" : ""))
                 }
             }
             var restored: [VMName] = []
@@ -47,25 +53,27 @@ struct GroupRestore {
                 for name in restored { _ = try? await ControlClient.send(.stop, to: home.vm(name), name: name, timeout: .seconds(30)) }
             }
             for member in members {
-                let name = try parseName(member.vm)
+                let name = try parseName(member.vm + suffix)
                 do {
-                    var one = try Restore.parse([member.record, "--paused"])
+                    let copy = suffix.isEmpty ? [] : ["--name=\(name.value)", "--network-suffix=\(suffix)"]
+                    var one = try Restore.parse([member.record, "--paused"] + copy)
                     try await one.run()
                     restored.append(name)
                 } catch {
                     await stopRestored()
-                    throw CLIError("group \(id): member '\(member.vm)' (record \(member.record)) was not restored; the others are stopped again")
+                    throw CLIError("group \(id): member '\(member.vm)' (record \(member.record)) was not restored (\(error)); the others are stopped again")
                 }
             }
             var delivered = 0
             do {
                 for network in group.manifest.networks {
                     guard let state = channels[network.name], !state.frames.isEmpty else { continue }
-                    let session = try await SwitchSession.open(network: network.name, home: home)
+                    let session = try await SwitchSession.open(network: network.name + suffix, home: home)
                     defer { session.close() }
                     for member in members where member.networks.contains(network.name) {
-                        let reply = try await session.request(
-                            NetRequest(op: .inject, vm: member.vm, path: group.channelPath(network)))
+                        var inject = NetRequest(op: .inject, vm: member.vm + suffix, path: group.channelPath(network))
+                        inject.recordedAs = member.vm
+                        let reply = try await session.request(inject)
                         delivered += reply.injected ?? 0
                     }
                 }
@@ -77,8 +85,9 @@ struct GroupRestore {
                 await stopRestored()
                 throw CLIError("group \(id): \(error); the members are stopped again")
             }
-            if json { return try Output.json(Summary(group: id, members: members.map(\.vm), framesDelivered: delivered)) }
-            Output.line("\(id) restored: \(members.map(\.vm).joined(separator: ", ")) running; \(delivered) recorded frame(s) delivered")
+            let names = members.map { $0.vm + suffix }
+            if json { return try Output.json(Summary(group: id, members: names, framesDelivered: delivered)) }
+            Output.line("\(id) restored: \(names.joined(separator: ", ")) running; \(delivered) recorded frame(s) delivered")
         }
     }
 }

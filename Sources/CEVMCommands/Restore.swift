@@ -5,6 +5,7 @@ import ArgumentParser
 import DiskManager
 import CEVMSystem
 import Foundation
+import NetSwitchControl
 import QEMU
 import Records
 import Supervisor
@@ -29,6 +30,11 @@ struct Restore: AsyncParsableCommand {
 
     @Flag(help: .hidden) var paused = false
 
+    @Option(help: "A group restore: restore every member as NAME+SUFFIX, on copies of its networks named NET+SUFFIX (created when missing); a suffix starting with - is given as --suffix=-copy.")
+    var suffix: String?
+
+    @Option(help: .hidden) var networkSuffix: String?
+
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -36,8 +42,9 @@ struct Restore: AsyncParsableCommand {
             if name != nil || moved.kernel != nil || moved.initrd != nil || moved.base != nil {
                 throw ValidationError("a group restore takes no --name, --kernel, --initrd or --base: each member restores into its own name")
             }
-            return try await GroupRestore(home: common.home, id: record, json: common.json).run()
+            return try await GroupRestore(home: common.home, id: record, suffix: suffix, json: common.json).run()
         }
+        if suffix != nil { throw ValidationError("--suffix is for a group restore (a group id); a single record restores under another name with --name") }
         try await Output.reporting {
             let started = Timestamp.monotonic()
             let home = common.home
@@ -65,6 +72,19 @@ struct Restore: AsyncParsableCommand {
             var spec = record.manifest.spec
             spec.name = target
             spec.boot = record.resolvedBoot(located: located)
+            if let networkSuffix {
+                // A copy on copies of its networks, made when missing.
+                spec.nics = try spec.nics.map { nic in
+                    guard let network = nic.networkName else { return nic }
+                    let copy = try parseNetworkName(network + networkSuffix)
+                    if !Files.exists(NetPaths(root: home.root, name: copy).directory) {
+                        try Files.makeDirectory(NetPaths(root: home.root, name: copy).directory, mode: 0o700)
+                    }
+                    var renamed = nic
+                    renamed.attachment = .network(name: copy.value)
+                    return renamed
+                }
+            }
             try await ensureNetworks(of: spec, home: home)
             try home.prepare()
             try Files.makeDirectory(paths.directory, mode: 0o700)

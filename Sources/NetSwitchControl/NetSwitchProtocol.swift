@@ -51,6 +51,9 @@ public struct NetRequest: Codable, Sendable, Equatable {
     public var group: String?
     public var members: [String]?
     public var path: String?
+    /// `inject`: the receiver's name in the channel-state file, when the
+    /// port's VM is a copy under another name (default `vm`).
+    public var recordedAs: String?
 
     public init(
         op: Op, vm: String? = nil, instance: Int? = nil, mac: String? = nil, port: Int? = nil, force: Bool? = nil,

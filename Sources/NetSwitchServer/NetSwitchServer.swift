@@ -335,7 +335,9 @@ public final class NetSwitchServer: @unchecked Sendable {
                 let vm = try Self.vm(request)
                 guard let path = request.path else { throw Error.request("missing \"path\"") }
                 let state = try ChannelState(decoding: try Files.read(path, limit: 256 << 20))
-                let frames = state.frames(to: vm)
+                let recordedAs = request.recordedAs ?? vm
+                try NetworkName.check(recordedAs, kind: "VM")
+                let frames = state.frames(to: recordedAs)
                 try onLoop { $0.perform(try $0.sw.inject(frames, to: vm)) }
                 log("injected \(frames.count) recorded frame(s) for \(vm)")
                 var reply = NetResponse(ok: true)

@@ -92,11 +92,21 @@ struct GroupCheckpointTests {
         let status = try networkStatus(cevm, "lab")
         #expect(status["drops"] as? Int == 0, "the switch dropped frames: \(status)")
 
-        // A group restore refuses while a member runs.
+        // A group restore refuses while a member runs; copies beside the
+        // originals, on a copy of the network, stream on as well.
         let again = try cevm.run(["restore", id])
         #expect(!again.ok && again.stderr.contains("running"), "\(again.stderr)")
-        for vm in ["tx", "rx"] { #expect(try cevm.run(["stop", vm]).ok) }
+        let copies = try cevm.run(["restore", id, "--suffix=-copy"])
+        #expect(copies.ok, "\(copies.stderr)")
+        #expect(copies.stdout.contains("rx-copy, tx-copy running") || copies.stdout.contains("tx-copy, rx-copy running"), "\(copies.stdout)")
+        let copyNet = try networkStatus(cevm, "lab-copy")
+        #expect(Set((copyNet["ports"] as? [[String: Any]] ?? []).compactMap { $0["vm"] as? String }) == ["rx-copy", "tx-copy"])
+        try expectStreamGoesOn(cevm, "rx-copy", "in the copies")
+        try expectStreamIntact(cevm, rx: "rx-copy", tx: "tx-copy")
+        try expectStreamGoesOn(cevm, "rx", "in the originals beside their copies")
+        for vm in ["tx", "rx", "tx-copy", "rx-copy"] { #expect(try cevm.run(["stop", vm]).ok) }
         #expect(try cevm.run(["net", "rm", "lab", "--force"]).ok)
+        #expect(try cevm.run(["net", "rm", "lab-copy", "--force"]).ok)
     }
 
     @Test func everyMechanismAndPolicyCutsTheGroup() throws {
