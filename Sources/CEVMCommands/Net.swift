@@ -227,7 +227,16 @@ struct NetServe: AsyncParsableCommand {
                 source.resume()
                 return source
             }
+            // Group checkpoints of the network's VMs on a schedule (`cevm schedule --net`).
+            let stopped = AsyncSignal()
+            let scheduler = Task {
+                await GroupSchedule.run(network: name, home: common.home, stopped: stopped) { message in
+                    FileHandle.standardError.write(Data("\(Timestamp.now()) \(message)\n".utf8))
+                }
+            }
             await server.waitUntilStopped()
+            stopped.fire()
+            scheduler.cancel()
             for source in sources { source.cancel() }
         }
     }

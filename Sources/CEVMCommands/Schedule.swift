@@ -2,6 +2,7 @@ import Control
 import ArgumentParser
 import CEVMSystem
 import Foundation
+import NetSwitchControl
 import Records
 import Supervisor
 import VMStore
@@ -22,7 +23,9 @@ struct ScheduleCommand: AsyncParsableCommand {
             Durations accept s, m, h and d suffixes.
             """)
 
-    @OptionGroup var vm: VMArgument
+    @Argument(help: "The VM's name.") var name: String?
+    @Option(help: "Group checkpoints of every running VM on this cevm network instead (--every only; the network's switch takes them; --keep counts group records).")
+    var net: String?
     @Option(help: "Take a checkpoint every DURATION.") var every: String?
     @Option(help: "Choose the interval for this mean time between failures.") var mtbf: String?
     @Flag(help: "Stop the schedule.") var off = false
@@ -36,8 +39,13 @@ struct ScheduleCommand: AsyncParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
+        if let net {
+            if name != nil { throw ValidationError("give a VM's name or --net NET, not both") }
+            return try await runGroup(network: net)
+        }
         try await Output.reporting {
-            let (name, paths) = try vm.existing(in: common.home)
+            guard let text = self.name else { throw ValidationError("name a VM (or --net NET)") }
+            let (name, paths) = try VMArgument.existing(text, in: common.home)
             guard paths.supervisorAlive else { throw SupervisorError.notRunning(name) }
             let request: ScheduleOptions?
             if off {
@@ -74,6 +82,45 @@ struct ScheduleCommand: AsyncParsableCommand {
             if common.json { return try Output.json(status?.schedule) }
             guard let schedule = status?.schedule else { return Output.line("\(name): schedule off") }
             Output.line(Self.describe(schedule).joined(separator: "\n"))
+        }
+    }
+
+    func runGroup(network text: String) async throws {
+        try await Output.reporting {
+            let network = try parseNetworkName(text)
+            let paths = NetPaths(root: common.home.root, name: network)
+            guard Files.exists(paths.directory) else { throw CLIError("\(NetworkError.noSuchNetwork(text))") }
+            if off {
+                if every != nil || mtbf != nil || keep != nil { throw CLIError("--off takes no other schedule option") }
+                Files.remove(GroupSchedule.file(paths))
+                return Output.line("\(network): group schedule off")
+            }
+            if mtbf != nil { throw CLIError("--mtbf chooses a VM's interval from its own costs: a network's schedule takes --every") }
+            guard let every else {
+                // No change asked: what the switch reports.
+                let status = GroupSchedule.read(paths) == nil ? nil : GroupSchedule.readStatus(paths)
+                if common.json { return try Output.json(status) }
+                guard let status else { return Output.line("\(network): no group schedule (give --every DURATION)") }
+                var lines = ["schedule:    group checkpoints of \(network), \(status.summary)"]
+                if let next = status.nextDueAt { lines.append("next due:    \(next)") }
+                for result in status.recent.suffix(3) {
+                    lines.append(
+                        "last:        \(result.at) " + (result.ok ? result.group ?? "?" : "failed: \(result.message ?? "")")
+                            + (result.removed.isEmpty ? "" : ", removed \(result.removed.count) old group(s)"))
+                }
+                return Output.line(lines.joined(separator: "\n"))
+            }
+            if mechanism != .cevm && (policy != nil || cpus != nil || checkpointCPUs != nil) {
+                throw CLIError("--policy, --cpus and --checkpoint-cpus apply to --mechanism cevm")
+            }
+            let options = ScheduleOptions(
+                everySeconds: try parseDuration(every, option: "--every"), mtbfSeconds: nil,
+                checkpoint: CheckpointOptions(mechanism: mechanism, policy: policy), keep: keep)
+            try options.validate()
+            try Files.writeAtomically(Array(try JSONEncoder().encode(options)), to: GroupSchedule.file(paths))
+            if !FileLock.isHeld(paths.lock) { _ = try await startSwitch(network, home: common.home) }
+            if common.json { return try Output.json(options) }
+            Output.line("\(network): group checkpoints \(options.summary), taken by the network's switch")
         }
     }
 

@@ -179,8 +179,27 @@ public struct GroupStore: Sendable {
         return try GroupRecord.load(directory: path)
     }
 
+    /// Keeps the `keep` newest group records whose members were cut on
+    /// `network` and removes the older ones (renamed out of the way first,
+    /// so a group is whole or gone). Members' records stay: a member's own
+    /// retention may take them once no group names them. Returns the ids removed.
+    public func retain(keep: Int, network: String) throws -> [String] {
+        guard keep >= 1 else { throw RecordError.badRetention("--keep must be at least 1") }
+        let ofNetwork = list().filter { $0.manifest.networks.contains { $0.name == network } }.map(\.id).sorted()
+        guard ofNetwork.count > keep else { return [] }
+        var removed: [String] = []
+        for id in ofNetwork.prefix(ofNetwork.count - keep) {
+            let going = "\(directory)/.removing-\(id)"
+            if rename("\(directory)/\(id)", going) != 0 { throw SystemError("rename", errno: errno, subject: "\(directory)/\(id)") }
+            try? Files.fsync(path: directory)
+            try? FileManager.default.removeItem(atPath: going)
+            removed.append(id)
+        }
+        return removed
+    }
+
     /// Staging directories of group checkpoints that never committed.
     public func removeUncommitted() {
-        for name in (try? Files.list(directory)) ?? [] where name.hasPrefix(".staging-") { try? FileManager.default.removeItem(atPath: "\(directory)/\(name)") }
+        for name in (try? Files.list(directory)) ?? [] where name.hasPrefix(".staging-") || name.hasPrefix(".removing-") { try? FileManager.default.removeItem(atPath: "\(directory)/\(name)") }
     }
 }

@@ -216,6 +216,38 @@ struct GroupCheckpointTests {
         #expect(try cevm.run(["net", "rm", "lab", "--force"]).ok)
     }
 
+    /// `cevm schedule --net`: the network's switch takes group checkpoints
+    /// at the interval and keeps the newest; `--off` stops them.
+    @Test func aNetworkScheduleKeepsTheNewestGroups() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["net", "create", "lab"]).ok)
+        try startPair(cevm, net: "lab", rx: "rx", tx: "tx", subnet: 7)
+        #expect(try cevm.wait(timeout: 120) { try received(cevm, "rx") > 150 }, "the stream starts")
+        let set = try cevm.run(["schedule", "--net", "lab", "--every", "5s", "--keep", "2"])
+        #expect(set.ok, "\(set.stderr)")
+        func taken() throws -> [[String: Any]] {
+            let shown = try cevm.run(["schedule", "--net", "lab", "--json"])
+            let object = try JSONSerialization.jsonObject(with: Data(shown.stdout.utf8), options: .fragmentsAllowed) as? [String: Any]
+            return (object?["recent"] as? [[String: Any]] ?? []).filter { $0["ok"] as? Bool == true }
+        }
+        #expect(try cevm.wait(timeout: 120) { try taken().count >= 3 }, "three scheduled group checkpoints")
+        let groups = committedGroups(cevm)
+        let newest = try taken().compactMap { $0["group"] as? String }.suffix(2)
+        #expect(groups.count == 2 && groups == Array(newest).sorted(), "kept \(groups), newest \(newest)")
+        for id in groups {
+            for member in try GroupStore(root: cevm.home).load(id: id).manifest.members {
+                #expect(Files.exists("\(cevm.home)/vms/\(member.vm)/records/\(member.record)/manifest.json"))
+            }
+        }
+        #expect(try cevm.run(["schedule", "--net", "lab", "--off"]).ok)
+        Thread.sleep(forTimeInterval: 8)
+        #expect(committedGroups(cevm) == groups, "no group after --off")
+        #expect(try cevm.run(["schedule", "--net", "lab"]).stdout.contains("no group schedule"))
+        try expectStreamIntact(cevm, rx: "rx", tx: "tx")
+        for vm in ["tx", "rx"] { #expect(try cevm.run(["stop", vm]).ok) }
+        #expect(try cevm.run(["net", "rm", "lab", "--force"]).ok)
+    }
+
     /// Four guests, two streams, one network, one group.
     @Test func fourGuestsInTwoPairs() throws {
         let cevm = try CEVMHarness()
