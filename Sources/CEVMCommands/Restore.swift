@@ -88,7 +88,10 @@ struct Restore: AsyncParsableCommand {
                 if rename(paths.overlay, aside) != 0 { throw SystemError("rename", errno: errno, subject: paths.overlay) }
             }
             let status = try await SupervisorLauncher.startDetached(
-                home: home, name: target, arguments: ["--restore", record.directory, "--boot-grace", "1"])
+                home: home, name: target,
+                // Every page was checked above, before anything changed:
+                // the supervisor streams them without hashing them again.
+                arguments: ["--restore", record.directory, "--boot-grace", "1", "--restore-pages-checked"])
             Output.endProgress()
             if common.json { return try Output.json(status) }
             guard status.state == .running else {

@@ -246,12 +246,18 @@ struct Supervise: AsyncParsableCommand {
 
     @Option(help: "A record directory to restore from instead of booting.") var restore: String?
 
+    @Flag(
+        name: .customLong("restore-pages-checked"),
+        help: "The record's pages were just checked against their digests (by `cevm restore`): stream them without hashing them again.")
+    var restorePagesChecked = false
+
     func run() async throws {
         try await Output.reporting {
             let name = try parseName(name)
             var options = Supervisor.Options()
             options.bootGrace = try Supervisor.Options.bootGrace(seconds: bootGrace)
             options.restore = restore
+            options.restorePagesChecked = restorePagesChecked
             // `cevm stop`'s fallback and the system send SIGTERM: the VM stops gracefully.
             options.handlesSignals = true
             options.onStatus = { status in
