@@ -266,6 +266,45 @@ struct CheckpointRestoreTests {
         #expect(try cevm.run(["stop", "undo"]).ok)
     }
 
+    /// The VM's base image moved: a restore without `--base` is refused
+    /// naming it; with `--base` at the moved copy the restored VM runs over
+    /// a copy of the record's clusters on that base, memory and disk checked
+    /// by the guest. A `--base` restore that fails leaves no
+    /// `record-ID.qcow2` and no overlay behind.
+    @Test func aMovedBaseRestoresWithBase() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "based", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("based", count: 3)
+        let taken = try checkpoint(cevm, "based")
+        #expect(try cevm.run(["stop", "based"]).ok)
+        let external = taken.manifest["external"] as? [[String: Any]] ?? []
+        let base = try #require(external.first { $0["role"] as? String == "base" }?["path"] as? String, "\(external)")
+        let moved = "\(cevm.home)/elsewhere/base-copy.qcow2"
+        try Files.makeDirectory("\(cevm.home)/elsewhere")
+        #expect(rename(base, moved) == 0)
+
+        let missing = try cevm.run(["restore", taken.id, "--name", "rebased"])
+        #expect(!missing.ok && missing.stderr.contains("--base"), "\(missing.stderr)")
+        #expect(!Files.exists("\(cevm.home)/vms/rebased/spec.json"), "refused before anything was made")
+
+        let disk = "\(cevm.home)/vms/rebased/disk"
+        let saved = try cutDeviceState(taken.directory)
+        let failed = try cevm.run(["restore", taken.id, "--name", "rebased", "--base", moved])
+        #expect(!failed.ok && failed.stderr.contains("restore failed"), "\(failed.stderr)")
+        #expect(!Files.exists("\(disk)/record-\(taken.id).qcow2") && !Files.exists("\(disk)/overlay.qcow2"), "\((try? Files.list(disk)) ?? [])")
+        try Files.writeAtomically(saved.epilogue, to: "\(taken.directory)/memory.epilogue")
+        try Files.writeAtomically(saved.manifest, to: "\(taken.directory)/manifest.json")
+
+        let restore = try cevm.run(["restore", taken.id, "--name", "rebased", "--base", moved])
+        #expect(restore.ok, "\(restore.stderr)")
+        #expect(Files.exists("\(disk)/record-\(taken.id).qcow2"))
+        let info = try runTool(["qemu-img", "info", "--backing-chain", "-U", "\(disk)/overlay.qcow2"])
+        #expect(info.output.contains(moved) && !info.output.contains(base), "the restored disk sits on the moved base: \(info.output)")
+        let ticks = try cevm.waitForTicks("rebased", count: 3)
+        #expect(ticks.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "memory and disk verified by the guest")
+        #expect(try cevm.run(["stop", "rebased"]).ok)
+    }
+
     @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
     func noSpaceLeftKeepsTheVMAndTheEarlierRecord() throws {
         let cevm = try CEVMHarness()
