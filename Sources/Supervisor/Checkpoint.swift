@@ -196,10 +196,20 @@ extension Supervisor {
             try? Files.writeAll(
                 try Files.openForAppend(paths.supervisorLog),
                 Array("\(Timestamp.now()) restored \(record.id): \(sent) bytes of memory stream\n".utf8))
-        } catch let error as SupervisorError {
-            throw SupervisorError.restoreFailed("\(error)")
         } catch {
-            throw SupervisorError.restoreFailed("\(error)")
+            throw SupervisorError.restoreFailed("\(error)" + (await Self.qemuEnded(instance).map { "; QEMU: \($0)" } ?? ""))
         }
+    }
+
+    /// QEMU's own words when it ended during a restore (a stream it
+    /// refused: "error while loading state for … / load of migration
+    /// failed: …"), the last lines of its stderr; nil while it runs. QEMU
+    /// closes QMP as it exits, so it is given a moment to end.
+    static func qemuEnded(_ instance: QEMUInstance, within wait: Duration = .seconds(2)) async -> String? {
+        let deadline = ContinuousClock.now + wait
+        while instance.exitReason == nil && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+        guard let reason = instance.exitReason else { return nil }
+        let tail = QEMUInstance.tail(of: instance.stderrLog, lines: 2).split(separator: "\n").joined(separator: " / ")
+        return tail.isEmpty ? "\(reason)" : "\(tail) (\(reason))"
     }
 }

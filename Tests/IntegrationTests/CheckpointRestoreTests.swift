@@ -243,6 +243,7 @@ struct CheckpointRestoreTests {
 
         let failed = try cevm.run(["restore", taken.id])
         #expect(!failed.ok && failed.stderr.contains("restore failed"), "it failed in the supervisor: \(failed.stderr)")
+        #expect(failed.stderr.contains("load of migration failed"), "QEMU's own reason is reported: \(failed.stderr)")
         #expect(try FileDigest.sha256(of: "\(vm)/disk/overlay.qcow2") == overlay, "the VM's own overlay is back")
         #expect(try Files.list("\(vm)/disk").sorted() == disks, "no overlay of the restore is left, none moved aside")
         #expect(try Files.read("\(vm)/spec.json") == spec)
