@@ -9,6 +9,11 @@ import VMStore
 struct RecordsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "records", abstract: "List a VM's checkpoint records, or export one.",
+        discussion: """
+            `cevm records NAME` lists the records of the VM NAME (`list` is the default subcommand). \
+            The words `list` and `export` are read as subcommands before they are read as a VM's name: \
+            for a VM named `list` or `export`, say `cevm records list NAME` (`cevm records list export`).
+            """,
         subcommands: [RecordsList.self, RecordsExport.self], defaultSubcommand: RecordsList.self)
 }
 

@@ -247,6 +247,10 @@ struct Supervise: AsyncParsableCommand {
     @Option(help: "A record directory to restore from instead of booting.") var restore: String?
 
     @Flag(help: "With --restore: hold the guest paused until a resume request.") var paused = false
+    @Flag(
+        name: .customLong("restore-pages-checked"),
+        help: "The record's pages were just checked against their digests (by `cevm restore`): stream them without hashing them again.")
+    var restorePagesChecked = false
 
     func run() async throws {
         try await Output.reporting {
@@ -255,6 +259,7 @@ struct Supervise: AsyncParsableCommand {
             options.bootGrace = try Supervisor.Options.bootGrace(seconds: bootGrace)
             options.restore = restore
             options.restorePaused = paused
+            options.restorePagesChecked = restorePagesChecked
             // `cevm stop`'s fallback and the system send SIGTERM: the VM stops gracefully.
             options.handlesSignals = true
             options.onStatus = { status in

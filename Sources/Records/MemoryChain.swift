@@ -68,10 +68,12 @@ public struct MemoryChain: Sendable {
     }
 
     /// Writes the stream the record restores to `emit` (`MemoryImage.writeStream`).
-    public func writeStream(_ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Int64 {
+    /// `checkingDigests` false: the pages' bytes are not hashed again, for a
+    /// chain `Record.verifyRestorable` has just checked page by page.
+    public func writeStream(checkingDigests: Bool = true, _ emit: (UnsafeRawBufferPointer) throws -> Void) throws -> Int64 {
         guard let top = records.first, let memory = top.manifest.memory else { throw RecordError.badMemoryImage(reason: "an empty memory chain") }
         let prologue = try Files.read("\(top.directory)/\(memory.prologue)", limit: 64 << 20)
         let epilogue = try Files.read("\(top.directory)/\(memory.epilogue)", limit: 256 << 20)
-        return try MemoryImage.writeStream(reader: try reader(), prologue: prologue, epilogue: epilogue, emit)
+        return try MemoryImage.writeStream(reader: try reader(), prologue: prologue, epilogue: epilogue, checkingDigests: checkingDigests, emit)
     }
 }

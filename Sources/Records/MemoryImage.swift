@@ -195,9 +195,10 @@ public enum MemoryImage {
     /// Writes the stream a memory image restores, in chunks of about 1 MiB,
     /// to `emit`: the prologue, one RAM section with every page of the
     /// layout (data, or ZERO for a zero page), the epilogue. Returns the
-    /// bytes written.
+    /// bytes written. `checkingDigests`: as `MemoryImageReader.forEachPage`.
     public static func writeStream(
-        reader: MemoryImageReader, prologue: [UInt8], epilogue: [UInt8], _ emit: (UnsafeRawBufferPointer) throws -> Void
+        reader: MemoryImageReader, prologue: [UInt8], epilogue: [UInt8], checkingDigests: Bool = true,
+        _ emit: (UnsafeRawBufferPointer) throws -> Void
     ) throws -> Int64 {
         let layout = reader.layout
         var writer: MigrationStreamWriter
@@ -218,7 +219,7 @@ public enum MemoryImage {
         }
         out += prologue
         out += writer.partHeader()
-        try reader.forEachPage { block, offset, data in
+        try reader.forEachPage(checkingDigests: checkingDigests) { block, offset, data in
             try writer.append(block: block, offset: offset, content: data.map { .data($0) } ?? .zero, to: &out)
             try drain(false)
         }
@@ -362,10 +363,15 @@ public final class MemoryImageReader: Sendable {
     }
 
     /// Calls `body` for every guest page in layout order: nil for a zero
-    /// page, else its bytes (valid during the call). Each data page is
-    /// checked against its digest: a chain that does not restore what was
-    /// recorded is refused, not loaded into a guest.
-    public func forEachPage(_ body: (_ block: Int, _ offset: UInt64, _ data: UnsafeRawBufferPointer?) throws -> Void) throws {
+    /// page, else its bytes (valid during the call). With `checkingDigests`
+    /// (the default) each data page is checked against its digest: a chain
+    /// that does not restore what was recorded is refused, not loaded into
+    /// a guest. Without, the digests still say which pages are zero, but a
+    /// data page's bytes are not hashed: for a reader whose chain was
+    /// checked page by page already (`Record.verifyRestorable`).
+    public func forEachPage(
+        checkingDigests: Bool = true, _ body: (_ block: Int, _ offset: UInt64, _ data: UnsafeRawBufferPointer?) throws -> Void
+    ) throws {
         let pageSize = Int(layout.pageSize)
         let chunkPages = 64
         var buffer = [UInt8](repeating: 0, count: pageSize * chunkPages)
@@ -385,7 +391,7 @@ public final class MemoryImageReader: Sendable {
                             continue
                         }
                         let page = UnsafeRawBufferPointer(rebasing: raw[(i * pageSize)..<((i + 1) * pageSize)])
-                        guard digests.equals(slot, PageDigests.of(page)) else {
+                        guard !checkingDigests || digests.equals(slot, PageDigests.of(page)) else {
                             throw RecordError.badMemoryImage(
                                 reason: "page \(offset) of RAM block '\(block.name)' does not match its digest in \(image.path)'s chain")
                         }

@@ -204,16 +204,21 @@ public enum FileDigest {
     }
 }
 
-/// A file being written from a stream: appends, hashes, counts, fsyncs.
+/// A file being written from a stream: appends, hashes, counts, fsyncs;
+/// or, as `.scratch`, a file kept only to be read back once (`replay`) and
+/// removed.
 public final class StreamSpool {
     /// When the file's SHA-256 is computed: as the bytes are written, or by
     /// `finish` from the file itself. A tee takes the second: hashing then
     /// costs the stream nothing while it flows (on two CPUs the tee's share
     /// of the pre-copy CPU bounds the migration's bandwidth) and happens on
-    /// the old side's CPU after the switch-over instead.
+    /// the old side's CPU after the switch-over instead. `scratch`: never,
+    /// nor fsynced: the file is part of no record (a stream spooled to be
+    /// parsed after it ended, `replay`), and `finish` refuses it.
     public enum Hashing: Sendable {
         case whileWriting
         case atFinish
+        case scratch
     }
 
     public let path: String
@@ -222,10 +227,11 @@ public final class StreamSpool {
     private var hasher = SHA256()
     public private(set) var bytes: Int64 = 0
 
+    /// Creates the file (it must not exist), open for reading too (`replay`).
     public init(path: String, hashing: Hashing = .whileWriting) throws {
         self.path = path
         self.hashing = hashing
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         if fd < 0 { throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
     }
 
@@ -246,10 +252,10 @@ public final class StreamSpool {
     }
 
     /// Appends `count` bytes a pipe holds, moved into the file by the kernel
-    /// (splice(2)): only for `.atFinish`, since the bytes never pass through
-    /// this process to be hashed.
+    /// (splice(2)): not for `.whileWriting`, since the bytes never pass
+    /// through this process to be hashed.
     public func append(fromPipe pipe: Int32, count: Int) throws {
-        guard hashing == .atFinish else {
+        guard hashing != .whileWriting else {
             throw RecordError.writeFailed(path: path, reason: "a spool hashed while writing cannot take bytes it does not see")
         }
         do { try Splice.moveAll(from: pipe, to: fd, count: count, subject: path) } catch let error as SystemError {
@@ -258,9 +264,30 @@ public final class StreamSpool {
         bytes += Int64(count)
     }
 
+    /// Reads the file from its start, in 1 MiB chunks (for `.scratch`: the
+    /// stream spooled to be parsed now).
+    public func replay(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var offset: off_t = 0
+        while true {
+            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw RecordError.writeFailed(path: path, reason: "reading the spooled stream back: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { return }
+            offset += off_t(n)
+            try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+    }
+
+    /// Removes the file (a `.scratch` spool once replayed).
+    public func remove() { unlink(path) }
+
     /// fsync(2), then the file's entry for the manifest. With `.atFinish`,
     /// write-back of the whole file is started first (sync_file_range(2)),
-    /// so the disk writes while the file is read back and hashed.
+    /// so the disk writes while the file is read back and hashed. A
+    /// `.scratch` spool has no entry: refused.
     public func finish(role: RecordManifest.FileEntry.Role) throws -> RecordManifest.FileEntry {
         let digest: String
         switch hashing {
@@ -269,6 +296,8 @@ public final class StreamSpool {
         case .atFinish:
             Files.startWriteback(fd)
             digest = try FileDigest.sha256(of: path)
+        case .scratch:
+            throw RecordError.writeFailed(path: path, reason: "a scratch spool is part of no record")
         }
         if fsync(fd) != 0 { throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
         let name = path.split(separator: "/").last.map(String.init) ?? path

@@ -167,8 +167,11 @@ extension Supervisor {
     /// `-incoming defer`, then lets the guest run.
     func restoreMemory(into instance: QEMUInstance, from recordDirectory: String, resume: Bool = true) async throws {
         let record = try Record.load(directory: recordDirectory)
-        // Version 2: the stream rebuilt from the page chain (checked page by
-        // page against the digests, before QEMU loads it); version 1: the file.
+        // Version 2: the stream rebuilt from the page chain; version 1: the
+        // file. Each page is checked against its digest before QEMU loads it,
+        // here or, once, by the caller before anything was touched
+        // (`restorePagesChecked`: `cevm restore`, whose refusal of a damaged
+        // record must come before the VM's disk and spec change).
         let chain = record.manifest.memory == nil ? nil : try MemoryChain(record)
         let memory = record.memoryPath
         guard chain != nil || memory != nil else { throw SupervisorError.restoreFailed("the record has no memory stream") }
@@ -180,7 +183,8 @@ extension Supervisor {
             _ = try await qmp.execute("migrate-incoming", arguments: ["uri": .string("unix:\(socket)")])
             let sent: Int64
             if let chain {
-                sent = try await MigrationSource.feed(socketPath: socket) { emit in try chain.writeStream(emit) }
+                let checking = !options.restorePagesChecked
+                sent = try await MigrationSource.feed(socketPath: socket) { emit in try chain.writeStream(checkingDigests: checking, emit) }
             } else if let memory {
                 sent = try await MigrationSource.feed(file: memory, socketPath: socket)
             } else {
@@ -192,10 +196,20 @@ extension Supervisor {
             try? Files.writeAll(
                 try Files.openForAppend(paths.supervisorLog),
                 Array("\(Timestamp.now()) restored \(record.id): \(sent) bytes of memory stream\n".utf8))
-        } catch let error as SupervisorError {
-            throw SupervisorError.restoreFailed("\(error)")
         } catch {
-            throw SupervisorError.restoreFailed("\(error)")
+            throw SupervisorError.restoreFailed("\(error)" + (await Self.qemuEnded(instance).map { "; QEMU: \($0)" } ?? ""))
         }
+    }
+
+    /// QEMU's own words when it ended during a restore (a stream it
+    /// refused: "error while loading state for … / load of migration
+    /// failed: …"), the last lines of its stderr; nil while it runs. QEMU
+    /// closes QMP as it exits, so it is given a moment to end.
+    static func qemuEnded(_ instance: QEMUInstance, within wait: Duration = .seconds(2)) async -> String? {
+        let deadline = ContinuousClock.now + wait
+        while instance.exitReason == nil && ContinuousClock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+        guard let reason = instance.exitReason else { return nil }
+        let tail = QEMUInstance.tail(of: instance.stderrLog, lines: 2).split(separator: "\n").joined(separator: " / ")
+        return tail.isEmpty ? "\(reason)" : "\(tail) (\(reason))"
     }
 }

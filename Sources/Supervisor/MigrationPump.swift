@@ -236,7 +236,7 @@ final class StreamRecording {
     enum Kind {
         case stream(StreamSpool)
         case pages(PageRecorder)
-        case spooled(RawSpool, directory: String, parent: PageRecorder.Parent?)
+        case spooled(StreamSpool, directory: String, parent: PageRecorder.Parent?)
     }
 
     let kind: Kind
@@ -250,7 +250,7 @@ final class StreamRecording {
         case .stream(let path): kind = .stream(try StreamSpool(path: path, hashing: tee ? .atFinish : .whileWriting))
         case .pages(let directory, let parent): kind = .pages(try PageRecorder(directory: directory, parent: parent))
         case .spooledPages(let directory, let parent):
-            kind = .spooled(try RawSpool(path: "\(directory)/\(Self.spoolName)"), directory: directory, parent: parent)
+            kind = .spooled(try StreamSpool(path: "\(directory)/\(Self.spoolName)", hashing: .scratch), directory: directory, parent: parent)
         }
     }
 
@@ -303,57 +303,6 @@ final class StreamRecording {
             return RecordedMemory(files: files, memory: memory, streamBytes: seen)
         }
     }
-}
-
-/// A scratch file for a stream parsed later: written, read back once, removed.
-/// Never fsynced: it is not part of any record.
-final class RawSpool {
-    let path: String
-    private let fd: Int32
-
-    init(path: String) throws {
-        self.path = path
-        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        if fd < 0 { throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno))) }
-    }
-
-    deinit { close(fd) }
-
-    func write(_ chunk: UnsafeRawBufferPointer) throws {
-        var offset = 0
-        while offset < chunk.count {
-            let n = Glibc.write(fd, chunk.baseAddress.map { $0 + offset }, chunk.count - offset)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw RecordError.writeFailed(path: path, reason: String(cString: strerror(errno)))
-            }
-            offset += n
-        }
-    }
-
-    func append(fromPipe pipe: Int32, count: Int) throws {
-        do { try Splice.moveAll(from: pipe, to: fd, count: count, subject: path) } catch let error as SystemError {
-            throw RecordError.writeFailed(path: path, reason: String(cString: strerror(error.errno)))
-        }
-    }
-
-    /// Reads the file from its start, in 1 MiB chunks.
-    func replay(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        var offset: off_t = 0
-        while true {
-            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw RecordError.writeFailed(path: path, reason: "reading the spooled stream back: \(String(cString: strerror(errno)))")
-            }
-            if n == 0 { return }
-            offset += off_t(n)
-            try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-        }
-    }
-
-    func remove() { unlink(path) }
 }
 
 enum MigrationSource {

@@ -35,6 +35,12 @@ public final class Supervisor: Sendable {
         /// With `restore`: the guest stays paused (state `paused`) until a
         /// `resume` request.
         public var restorePaused = false
+        /// The caller checked the record being restored page by page
+        /// against its digests (`Record.verifyRestorable`, as `cevm restore`
+        /// does before it touches anything): its pages are then streamed to
+        /// QEMU without being hashed a second time. False: the supervisor
+        /// checks every page as it streams it.
+        public var restorePagesChecked = false
         /// SIGTERM, SIGINT and SIGHUP stop the VM gracefully. A handler is
         /// process-wide: only the process the supervisor owns (the CLI's
         /// entry points) asks for it, not a test running several.

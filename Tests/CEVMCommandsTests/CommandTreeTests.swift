@@ -31,6 +31,23 @@ import Supervisor
         }
     }
 
+    /// `list` and `export` are subcommands of `cevm records` before they are
+    /// a VM's name: `cevm records list NAME` reaches any VM, and the help
+    /// says so.
+    @Test func recordsListReachesAVMNamedLikeASubcommand() throws {
+        for name in ["export", "list", "job"] {
+            let list = try #require(try CEVM.parseAsRoot(["records", "list", name]) as? RecordsList, "records list \(name)")
+            #expect(list.name == name)
+        }
+        #expect(try CEVM.parseAsRoot(["records", "job"]) is RecordsList, "list is the default subcommand")
+        #expect(throws: (any Error).self, "`records export` alone is the export subcommand, missing its arguments") {
+            try CEVM.parseAsRoot(["records", "export"])
+        }
+        // Help text wraps at the terminal's width: compare with single spaces.
+        let help = CEVM.helpMessage(for: RecordsCommand.self).split(whereSeparator: \.isWhitespace).joined(separator: " ")
+        #expect(help.contains("say `cevm records list NAME` (`cevm records list export`)"), "\(help)")
+    }
+
     @Test func runRejectsBadNamesBeforeDoingAnything() throws {
         #expect(throws: (any Error).self) { try parseName("../etc") }
         #expect(throws: (any Error).self) { try parseName("a/b") }

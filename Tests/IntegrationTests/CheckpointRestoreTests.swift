@@ -196,6 +196,116 @@ struct CheckpointRestoreTests {
         #expect(!(try cevm.run(["checkpoint", "dmg"]).ok), "a stopped VM cannot be checkpointed")
     }
 
+    /// Cuts a record's device state (`memory.epilogue`) to a quarter, behind
+    /// a manifest that agrees with the cut file: every check before the VM
+    /// is touched passes (checksums, page digests), the stream is rebuilt,
+    /// and QEMU refuses it. Returns the original bytes of both files.
+    func cutDeviceState(_ directory: String) throws -> (epilogue: [UInt8], manifest: [UInt8]) {
+        let epilogue = "\(directory)/memory.epilogue"
+        let manifestPath = "\(directory)/manifest.json"
+        let saved = (try Files.read(epilogue), try Files.read(manifestPath))
+        #expect(truncate(epilogue, off_t(saved.0.count / 4)) == 0)
+        var object = try JSONSerialization.jsonObject(with: Data(saved.1)) as? [String: Any] ?? [:]
+        var files = object["files"] as? [[String: Any]] ?? []
+        for i in files.indices where files[i]["name"] as? String == "memory.epilogue" {
+            files[i]["sha256"] = try FileDigest.sha256(of: epilogue)
+            files[i]["size"] = saved.0.count / 4
+        }
+        object["files"] = files
+        try Files.writeAtomically(Array(try JSONSerialization.data(withJSONObject: object)), to: manifestPath)
+        return saved
+    }
+
+    /// Every file of a directory and its SHA-256.
+    func digests(_ directory: String) throws -> [String: String] {
+        var all: [String: String] = [:]
+        for name in try Files.list(directory) { all[name] = try FileDigest.sha256(of: "\(directory)/\(name)") }
+        return all
+    }
+
+    /// A restore that fails after its supervisor made the new overlay
+    /// (QEMU refuses the stream) leaves the VM as it was: its own overlay
+    /// under its own name, its spec; a name it would have created is no
+    /// VM; the record is untouched. The record put right then restores.
+    @Test func aFailedRestoreLeavesTheVMAsItWas() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "undo", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("undo", count: 3)
+        let taken = try checkpoint(cevm, "undo")
+        _ = try cevm.waitForTicks("undo", count: 5)
+        #expect(try cevm.run(["stop", "undo"]).ok)
+        let vm = "\(cevm.home)/vms/undo"
+        let overlay = try FileDigest.sha256(of: "\(vm)/disk/overlay.qcow2")
+        let spec = try Files.read("\(vm)/spec.json")
+        let disks = try Files.list("\(vm)/disk").sorted()
+        let saved = try cutDeviceState(taken.directory)
+        let record = try digests(taken.directory)
+
+        let failed = try cevm.run(["restore", taken.id])
+        #expect(!failed.ok && failed.stderr.contains("restore failed"), "it failed in the supervisor: \(failed.stderr)")
+        #expect(failed.stderr.contains("load of migration failed"), "QEMU's own reason is reported: \(failed.stderr)")
+        #expect(try FileDigest.sha256(of: "\(vm)/disk/overlay.qcow2") == overlay, "the VM's own overlay is back")
+        #expect(try Files.list("\(vm)/disk").sorted() == disks, "no overlay of the restore is left, none moved aside")
+        #expect(try Files.read("\(vm)/spec.json") == spec)
+        #expect(try digests(taken.directory) == record, "the record is not written")
+        #expect(cevm.waitForQEMUCount(0) == 0)
+
+        let fresh = try cevm.run(["restore", taken.id, "--name", "fresh"])
+        #expect(!fresh.ok && fresh.stderr.contains("restore failed"), "\(fresh.stderr)")
+        #expect(!Files.exists("\(cevm.home)/vms/fresh/disk/overlay.qcow2"))
+        #expect(!Files.exists("\(cevm.home)/vms/fresh/spec.json"), "a restore that failed made no VM")
+        #expect(!(try cevm.run(["ps"]).stdout.contains("fresh")))
+
+        try Files.writeAtomically(saved.epilogue, to: "\(taken.directory)/memory.epilogue")
+        try Files.writeAtomically(saved.manifest, to: "\(taken.directory)/manifest.json")
+        let restore = try cevm.run(["restore", taken.id])
+        #expect(restore.ok, "\(restore.stderr)")
+        #expect(Files.exists("\(vm)/disk/overlay.before-restore.qcow2"))
+        #expect(try FileDigest.sha256(of: "\(vm)/disk/overlay.before-restore.qcow2") == overlay, "the overlay moved aside is the VM's")
+        let ticks = try cevm.waitForTicks("undo", count: 8)
+        #expect(ticks.suffix(2).allSatisfy { $0.mem == "ok" && $0.disk == "ok" })
+        #expect(try cevm.run(["stop", "undo"]).ok)
+    }
+
+    /// The VM's base image moved: a restore without `--base` is refused
+    /// naming it; with `--base` at the moved copy the restored VM runs over
+    /// a copy of the record's clusters on that base, memory and disk checked
+    /// by the guest. A `--base` restore that fails leaves no
+    /// `record-ID.qcow2` and no overlay behind.
+    @Test func aMovedBaseRestoresWithBase() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "based", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("based", count: 3)
+        let taken = try checkpoint(cevm, "based")
+        #expect(try cevm.run(["stop", "based"]).ok)
+        let external = taken.manifest["external"] as? [[String: Any]] ?? []
+        let base = try #require(external.first { $0["role"] as? String == "base" }?["path"] as? String, "\(external)")
+        let moved = "\(cevm.home)/elsewhere/base-copy.qcow2"
+        try Files.makeDirectory("\(cevm.home)/elsewhere")
+        #expect(rename(base, moved) == 0)
+
+        let missing = try cevm.run(["restore", taken.id, "--name", "rebased"])
+        #expect(!missing.ok && missing.stderr.contains("--base"), "\(missing.stderr)")
+        #expect(!Files.exists("\(cevm.home)/vms/rebased/spec.json"), "refused before anything was made")
+
+        let disk = "\(cevm.home)/vms/rebased/disk"
+        let saved = try cutDeviceState(taken.directory)
+        let failed = try cevm.run(["restore", taken.id, "--name", "rebased", "--base", moved])
+        #expect(!failed.ok && failed.stderr.contains("restore failed"), "\(failed.stderr)")
+        #expect(!Files.exists("\(disk)/record-\(taken.id).qcow2") && !Files.exists("\(disk)/overlay.qcow2"), "\((try? Files.list(disk)) ?? [])")
+        try Files.writeAtomically(saved.epilogue, to: "\(taken.directory)/memory.epilogue")
+        try Files.writeAtomically(saved.manifest, to: "\(taken.directory)/manifest.json")
+
+        let restore = try cevm.run(["restore", taken.id, "--name", "rebased", "--base", moved])
+        #expect(restore.ok, "\(restore.stderr)")
+        #expect(Files.exists("\(disk)/record-\(taken.id).qcow2"))
+        let info = try runTool(["qemu-img", "info", "--backing-chain", "-U", "\(disk)/overlay.qcow2"])
+        #expect(info.output.contains(moved) && !info.output.contains(base), "the restored disk sits on the moved base: \(info.output)")
+        let ticks = try cevm.waitForTicks("rebased", count: 3)
+        #expect(ticks.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "memory and disk verified by the guest")
+        #expect(try cevm.run(["stop", "rebased"]).ok)
+    }
+
     @Test(.enabled(if: getuid() == 0, "mounting a small tmpfs needs root"))
     func noSpaceLeftKeepsTheVMAndTheEarlierRecord() throws {
         let cevm = try CEVMHarness()

@@ -74,6 +74,23 @@ struct RecordExportTests {
         #expect(try cevm.run(["stop", "copy"]).ok)
     }
 
+    /// A VM named `export`: `cevm records export` is the subcommand, and
+    /// `cevm records list export` lists the VM's records.
+    @Test func aVMNamedExportIsListedWithRecordsList() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "export", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("export", count: 3)
+        let taken = try checkpoint(cevm, "export")
+        #expect(try cevm.run(["stop", "export"]).ok)
+        let listed = try cevm.run(["records", "list", "export"])
+        #expect(listed.ok && listed.stdout.contains(taken.id), "\(listed.stdout)\(listed.stderr)")
+        let json = try cevm.run(["records", "list", "export", "--json"])
+        let rows = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [[String: Any]]
+        #expect(rows?.compactMap { ($0["manifest"] as? [String: Any])?["id"] as? String } == [taken.id])
+        let short = try cevm.run(["records", "export"])
+        #expect(!short.ok, "`cevm records export` is the export subcommand, not the VM: \(short.stdout)")
+    }
+
     @Test func aRenamedTreeRestoresAndADifferentKernelIsRefused() throws {
         let cevm = try CEVMHarness()
         #expect(try cevm.run(["run", "mv", "--accel", "tcg"]).ok)

@@ -72,6 +72,39 @@ struct RecordFixture: ~Copyable {
         #expect(digests[0] == digests[1])
     }
 
+    /// A scratch spool (a stream kept to be parsed after it ended) gives
+    /// back, in order, what it was written and what a pipe spliced into it,
+    /// has no manifest entry, and is removed.
+    @Test func aScratchSpoolReplaysWhatItTook() throws {
+        let fixture = try RecordFixture()
+        try Files.makeDirectory("\(fixture.root)/spools")
+        let path = "\(fixture.root)/spools/scratch"
+        let spool = try StreamSpool(path: path, hashing: .scratch)
+        let written = (0..<(3 << 20 | 4321)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 5) }
+        let piped = (0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
+        try written.withUnsafeBytes { try spool.write($0) }
+        let pipe = try Splice.pipe(capacity: 1 << 16)
+        defer { close(pipe.read); close(pipe.write) }
+        var sent = 0
+        while sent < piped.count {
+            let n = min(pipe.capacity, piped.count - sent)
+            try Files.writeAll(pipe.write, piped[sent..<(sent + n)], subject: "pipe")
+            try spool.append(fromPipe: pipe.read, count: n)
+            sent += n
+        }
+        #expect(spool.bytes == Int64(written.count + piped.count))
+        var replayed: [UInt8] = []
+        try spool.replay { replayed += $0 }
+        #expect(replayed == written + piped)
+        #expect(throws: RecordError.self) { try spool.finish(role: .memory) }
+        spool.remove()
+        #expect(!Files.exists(path))
+        // A spool hashed as it is written cannot take bytes it never sees.
+        let hashed = try StreamSpool(path: "\(fixture.root)/spools/hashed", hashing: .whileWriting)
+        try Files.writeAll(pipe.write, piped[0..<10], subject: "pipe")
+        #expect(throws: RecordError.self) { try hashed.append(fromPipe: pipe.read, count: 10) }
+    }
+
     @Test func manifestRoundTrips() throws {
         let fixture = try RecordFixture()
         let record = try fixture.make()

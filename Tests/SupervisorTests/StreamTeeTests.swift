@@ -55,27 +55,58 @@ import Testing
     /// Stop-and-save's spooled pages: the raw stream is kept in a scratch
     /// file while it flows and parsed at the end; the record is the one
     /// parsing as it comes makes, and the scratch file is gone.
+    /// The same through a tee: the spool takes the bytes spliced from the
+    /// tee's pipe, and the destination gets the stream unchanged.
     @Test func spooledPagesRecordWhatInlinePagesRecord() async throws {
         let scratch = try Scratch()
         let (stream, _) = Self.pageStream()
         var records: [(RecordedMemory, String)] = []
-        for (name, spooled) in [("inline", false), ("spooled", true)] {
+        for (name, spooled, tee) in [("inline", false, false), ("spooled", true, false), ("spooled-tee", true, true)] {
             let directory = scratch.file(name)
             try Files.makeDirectory(directory)
+            var received: Task<[UInt8], any Error>?
+            var destination: String?
+            var listener: Int32 = -1
+            if tee {
+                let path = scratch.file("\(name)-in.sock")
+                listener = try UnixSocket.listen(path: path)
+                destination = path
+                received = Task.detached { [listener] () throws -> [UInt8] in
+                    guard let fd = try UnixSocket.accept(listener, timeoutMilliseconds: 10_000) else {
+                        throw SystemError("accept", errno: ETIMEDOUT, subject: "the tee did not connect")
+                    }
+                    defer { close(fd) }
+                    var all: [UInt8] = []
+                    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+                    while true {
+                        let n = try Files.readSome(fd, into: &buffer, subject: "destination")
+                        if n == 0 { return all }
+                        all += buffer[0..<n]
+                    }
+                }
+            }
+            defer { if listener >= 0 { close(listener) } }
             let sink = try MigrationSink(
                 socketPath: scratch.file("\(name).sock"),
-                recording: spooled ? .spooledPages(directory: directory, parent: nil) : .pages(directory: directory, parent: nil))
+                recording: spooled ? .spooledPages(directory: directory, parent: nil) : .pages(directory: directory, parent: nil),
+                forwardTo: destination)
             let source = try UnixSocket.connect(path: sink.socketPath)
             try Files.writeAll(source, stream, subject: "source")
             close(source)
             records.append((try await sink.finish(), directory))
+            if let received {
+                #expect(try await received.value == stream, "the destination gets the stream as the source sent it")
+                #expect(sink.spliced, "the tee spliced the stream into the spool")
+            }
         }
-        let (inline, spooled) = (records[0], records[1])
-        #expect(spooled.0.memory == inline.0.memory)
-        #expect(spooled.0.streamBytes == Int64(stream.count))
-        #expect(spooled.0.files.map(\.sha256) == inline.0.files.map(\.sha256))
-        #expect(!Files.exists("\(spooled.1)/\(StreamRecording.spoolName)"), "the raw spool is removed once parsed")
-        #expect(try Files.list(spooled.1).sorted() == Files.list(inline.1).sorted())
+        let inline = records[0]
+        for spooled in records.dropFirst() {
+            #expect(spooled.0.memory == inline.0.memory)
+            #expect(spooled.0.streamBytes == Int64(stream.count))
+            #expect(spooled.0.files.map(\.sha256) == inline.0.files.map(\.sha256))
+            #expect(!Files.exists("\(spooled.1)/\(StreamRecording.spoolName)"), "the raw spool is removed once parsed")
+            #expect(try Files.list(spooled.1).sorted() == Files.list(inline.1).sorted())
+        }
     }
     @Test(arguments: [1, 70_000, 5 << 20 | 12_345])
     func everyByteReachesTheDestinationAndTheSpool(size: Int) async throws {
