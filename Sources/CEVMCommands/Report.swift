@@ -2,6 +2,7 @@ import ArgumentParser
 import CEVMSystem
 import Foundation
 import Records
+import Supervisor
 import Turnaround
 import TurnaroundReport
 import VMStore
@@ -119,26 +120,10 @@ struct ReportCommand: AsyncParsableCommand {
     /// One model sample from a record's measured timings.
     static func sample(_ record: Record) -> Turnaround.CheckpointSample? { sample(record.manifest) }
 
-    /// One model sample from a manifest: the lost progress from the host's
-    /// estimate when the record has one; the guest's own progress is left
-    /// unmeasured (the caller may know it from the guest's console).
-    static func sample(_ m: RecordManifest) -> Turnaround.CheckpointSample? {
-        guard let mechanism = Turnaround.Mechanism(rawValue: m.mechanism.rawValue) else { return nil }
-        var host: Turnaround.HostEstimate?
-        if let cost = m.timings.cost, let lost = cost.lostMs, let window = cost.windowMs, let rate = cost.rateBefore,
-            lost.isFinite, window.isFinite, window >= 0, rate.isFinite, rate > 0
-        {
-            host = Turnaround.HostEstimate(estimator: cost.estimator, lost: lost / 1000, window: window / 1000, rateBefore: rate)
-        }
-        return Turnaround.CheckpointSample(
-            mechanism: mechanism, guestPause: m.timings.guestPauseMs / 1000,
-            migrationDowntime: m.migration.downtimeMs.map { $0 / 1000 },
-            migrationTotal: m.migration.totalTimeMs.map { $0 / 1000 },
-            timeToDurable: m.timings.requestToDurableMs / 1000,
-            overlap: (m.timings.overlapMs ?? 0) / 1000,
-            progressDuringOverlap: nil,
-            bytes: m.files.reduce(0) { $0 + $1.size }, hostEstimate: host)
-    }
+    /// One model sample from a manifest, the lost progress from the
+    /// host's estimate when the record has one; the guest's own progress
+    /// is left unmeasured (the caller may know it from the guest's console).
+    static func sample(_ m: RecordManifest) -> Turnaround.CheckpointSample? { ManifestSample.sample(m) }
 
     /// Seconds each measured restore of these VMs took (`cevm restore` records them).
     static func restoreTimes(home: Home, vms: [VMName]) -> [Double] {

@@ -227,9 +227,8 @@ final class CEVMRun: CheckpointRun {
             case .adoptNew: await adoptNew()
             case .stopOld:
                 // Old_VM's vCPUs are stopped for good: a last reading before their threads go.
-                supervisor.sampler.sweepNow()
-                _ = await old.stop(grace: .seconds(2))
                 supervisor.sampler.untrack(pid: old.pid)
+                _ = await old.stop(grace: .seconds(2))
                 mark("oldEnded")
             case .finishMemory: try await finishMemory()
             case .finishDisk: try await finishDisk()
@@ -548,13 +547,13 @@ final class CEVMRun: CheckpointRun {
             if options.autoConverge { try? await MigrationSettings.setCapability(old.qmp, "auto-converge", false) }
         case .stopNew:
             if let new = state.new {
-                _ = await new.stop(grace: .seconds(1))
                 supervisor.sampler.untrack(pid: new.pid)
+                _ = await new.stop(grace: .seconds(1))
             }
             await supervisor.detach(made.withLock { $0.newPorts })
         case .stopOld:
-            _ = await old.stop(grace: .seconds(2))
             supervisor.sampler.untrack(pid: old.pid)
+            _ = await old.stop(grace: .seconds(2))
         case .abortTee:
             if let tee = state.tee {
                 tee.abort()

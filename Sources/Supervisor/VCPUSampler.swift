@@ -50,7 +50,11 @@ final class VCPUSampler: Sendable {
 
     /// Samples the vCPU threads of process `pid` from now on (replacing
     /// what was tracked for it); starts the sampling thread on first use.
+    /// A sweep just before and one just after, so the threads' first
+    /// reading leaves no gap in which they could have run unseen.
     func track(pid: Int32, threads: [Int32]) {
+        sweepNow()
+        defer { sweepNow() }
         let start = state.withLock { state -> Bool in
             guard !state.stopped else { return false }
             state.tracked.removeAll { $0.pid == pid }
@@ -66,9 +70,12 @@ final class VCPUSampler: Sendable {
         }
     }
 
-    /// Stops sampling process `pid` (it ended, or is about to).
+    /// Stops sampling process `pid` (it is about to end), with a sweep just
+    /// before and one just after: its threads' last reading leaves no gap.
     func untrack(pid: Int32) {
+        sweepNow()
         state.withLock { $0.tracked.removeAll { $0.pid == pid } }
+        sweepNow()
     }
 
     /// Ends the sampling thread (within one period).
