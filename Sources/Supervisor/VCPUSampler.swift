@@ -123,7 +123,8 @@ final class VCPUSampler: Sendable {
 
     /// The manifest's `cost` from sweeps and the window's start.
     static func record(_ sweeps: [GuestCost.Sweep], start: Double) -> RecordManifest.Timings.Cost {
-        var cost = RecordManifest.Timings.Cost(estimator: GuestCost.estimatorName, samples: sweeps.filter { $0.time >= start - 2 }.count)
+        let baseline = GuestCost.Parameters().baseline
+        var cost = RecordManifest.Timings.Cost(estimator: GuestCost.estimatorName, samples: sweeps.filter { $0.time >= start - baseline }.count)
         do {
             let e = try GuestCost.estimate(sweeps, start: start)
             cost.samples = e.samples
