@@ -5,5 +5,5 @@ import ArgumentParser
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure cevm against its peers and print the figures.",
-        subcommands: [BenchDisk.self, BenchCheckpoint.self, BenchTurnaround.self])
+        subcommands: [BenchDisk.self, BenchCheckpoint.self, BenchTurnaround.self, BenchGroup.self])
 }

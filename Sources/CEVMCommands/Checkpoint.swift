@@ -12,10 +12,18 @@ extension StreamLimitAction: ExpressibleByArgument {}
 
 struct Checkpoint: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Checkpoint a running VM into a new record.",
-        discussion: "A record is committed when its manifest is durable; a failed checkpoint leaves no record and the VM running.")
+        abstract: "Checkpoint a running VM into a new record, or several VMs into one group record.",
+        discussion: """
+            A record is committed when its manifest is durable; a failed checkpoint leaves no record and the VM running. \
+            Several names, or --net NET (every running VM on the network), take one group checkpoint: a consistent cut \
+            of the VMs and the cevm networks between them (frames in flight across it are recorded with the group); \
+            its id is the first word printed, and `cevm restore GROUP_ID` restores every member.
+            """)
 
-    @OptionGroup var vm: VMArgument
+    @Argument(help: "The VM's name; several names take a group checkpoint.") var names: [String] = []
+
+    @Option(help: "Group checkpoint of every running VM attached to this cevm network (with any names given).")
+    var net: String?
 
     @Option(help: "How to take it: \(Mechanism.allCases.map(\.rawValue).joined(separator: ", ")).")
     var mechanism: Mechanism = .cevm
@@ -84,8 +92,10 @@ struct Checkpoint: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if names.count > 1 || net != nil { return try await runGroup() }
+        guard let single = names.first else { throw ValidationError("name a VM to checkpoint (or several, or --net NET)") }
         try await Output.reporting {
-            let (name, paths) = try vm.existing(in: common.home)
+            let (name, paths) = try VMArgument.existing(single, in: common.home)
             guard paths.supervisorAlive else { throw SupervisorError.notRunning(name) }
             Output.progress("\(name): checkpoint (\(mechanism.rawValue))…")
             let response = try await ControlClient.send(.checkpoint(try options()), to: paths, name: name)
@@ -98,6 +108,37 @@ struct Checkpoint: AsyncParsableCommand {
             Output.line(
                 "\(manifest.id)  \(manifest.mechanism.rawValue)  guest paused \(ms(manifest.timings.guestPauseMs)), "
                     + "durable after \(ms(manifest.timings.requestToDurableMs)), \(formatBytes(bytes))")
+        }
+    }
+}
+
+extension Checkpoint {
+    struct GroupSummary: Encodable {
+        var group: GroupManifest
+        var directory: String
+        var members: [RecordSummary]
+    }
+
+    func runGroup() async throws {
+        try await Output.reporting {
+            let home = common.home
+            let members = try GroupCheckpoint.members(names: names, network: net, home: home)
+            let result = try await GroupCheckpoint(home: home, members: members, options: try options()).run { Output.progress($0) }
+            Output.endProgress()
+            let group = result.record.manifest
+            if common.json {
+                return try Output.json(
+                    GroupSummary(
+                        group: group, directory: result.record.directory,
+                        members: result.members.map { RecordSummary(manifest: $0.record, directory: $0.directory) }))
+            }
+            let frames = group.networks.reduce(0) { $0 + $1.frames }
+            Output.line(
+                "\(group.id)  group of \(group.members.count), largest pause \(ms(group.largestPauseMs)), "
+                    + "\(frames) frame(s) in flight recorded, committed after \(ms(group.requestToCommitMs))")
+            for member in group.members {
+                Output.line("  \(member.vm)  \(member.record)  \(member.mechanism.rawValue)  guest paused \(ms(member.guestPauseMs))")
+            }
         }
     }
 }

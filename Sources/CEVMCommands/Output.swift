@@ -67,8 +67,10 @@ struct VMArgument: ParsableArguments {
     @Argument(help: "The VM's name.") var name: String
 
     /// The VM's name and files; an unknown VM is an error naming it.
-    func existing(in home: Home) throws -> (VMName, VMPaths) {
-        let name = try parseName(name)
+    func existing(in home: Home) throws -> (VMName, VMPaths) { try Self.existing(name, in: home) }
+
+    static func existing(_ text: String, in home: Home) throws -> (VMName, VMPaths) {
+        let name = try parseName(text)
         let paths = home.vm(name)
         guard Files.exists(paths.spec) else { throw SupervisorError.unknownVM(name) }
         return (name, paths)

@@ -21,13 +21,18 @@ struct RecordsList: AsyncParsableCommand {
             stream) and its disk's bytes and kind (full, or incremental over the record named in PARENT).
             """)
 
-    @OptionGroup var vm: VMArgument
+    @Argument(help: "The VM's name.") var name: String?
+
+    @Flag(help: "List group records instead (`cevm checkpoint A B …`): id, members and their records, channel state.")
+    var groups = false
 
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
+        if groups { return try await listGroups() }
         try await Output.reporting {
-            let (_, paths) = try vm.existing(in: common.home)
+            guard let name else { throw ValidationError("name a VM (or --groups)") }
+            let (_, paths) = try VMArgument.existing(name, in: common.home)
             let records = RecordStore(paths: paths).list()
             if common.json { return try Output.json(records.map { RecordSummary(record: $0) }) }
             var rows = [["ID", "CREATED", "MECHANISM", "PAUSE", "DURABLE", "MEMORY", "MEM-KIND", "DISK", "DISK-KIND", "PARENT"]]
@@ -40,6 +45,25 @@ struct RecordsList: AsyncParsableCommand {
                     ms(m.timings.requestToDurableMs), formatBytes(summary.memoryBytes), summary.memoryKind,
                     summary.diskBytes.map(formatBytes) ?? "-", summary.diskKind ?? "-",
                     parents.isEmpty ? "-" : parents.joined(separator: " "),
+                ])
+            }
+            Output.line(table(rows))
+        }
+    }
+}
+
+extension RecordsList {
+    func listGroups() async throws {
+        try await Output.reporting {
+            let groups = GroupStore(root: common.home.root).list()
+            if common.json { return try Output.json(groups.map(\.manifest)) }
+            var rows = [["GROUP", "CREATED", "LARGEST-PAUSE", "COMMIT", "IN-FLIGHT", "MEMBERS"]]
+            for group in groups {
+                let m = group.manifest
+                rows.append([
+                    m.id, String(m.createdAt.prefix(19)), ms(m.largestPauseMs), ms(m.requestToCommitMs),
+                    "\(m.networks.reduce(0) { $0 + $1.frames }) frame(s)",
+                    m.members.map { "\($0.vm):\($0.record)" }.joined(separator: " "),
                 ])
             }
             Output.line(table(rows))

@@ -21,15 +21,23 @@ struct Restore: AsyncParsableCommand {
             is kept as disk/overlay.before-restore.qcow2.
             """)
 
-    @Argument(help: "A record id or record directory.") var record: String
+    @Argument(help: "A record id or record directory, or a group record's id (every member restored).") var record: String
 
     @Option(help: "Restore as a VM of this name (default: the record's VM).") var name: String?
 
     @OptionGroup var moved: MovedFiles
 
+    @Flag(help: .hidden) var paused = false
+
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
+        if GroupStore.isGroupID(record) && Files.isDirectory("\(GroupStore(root: common.home.root).directory)/\(record)") {
+            if name != nil || moved.kernel != nil || moved.initrd != nil || moved.base != nil {
+                throw ValidationError("a group restore takes no --name, --kernel, --initrd or --base: each member restores into its own name")
+            }
+            return try await GroupRestore(home: common.home, id: record, json: common.json).run()
+        }
         try await Output.reporting {
             let started = Timestamp.monotonic()
             let home = common.home
@@ -89,10 +97,10 @@ struct Restore: AsyncParsableCommand {
                 if rename(paths.overlay, aside) != 0 { throw SystemError("rename", errno: errno, subject: paths.overlay) }
             }
             let status = try await SupervisorLauncher.startDetached(
-                home: home, name: target, arguments: ["--restore", record.directory, "--boot-grace", "1"])
+                home: home, name: target, arguments: ["--restore", record.directory, "--boot-grace", "1"] + (paused ? ["--paused"] : []))
             Output.endProgress()
             if common.json { return try Output.json(status) }
-            guard status.state == .running else {
+            guard status.state == .running || (paused && status.state == .paused) else {
                 throw CLIError(status.message ?? "restore of \(record.id) ended \(status.state.rawValue)")
             }
             // The measured restart time, for `cevm report --mtbf`: request to
@@ -109,7 +117,8 @@ struct Restore: AsyncParsableCommand {
                 try? Files.writeAll(fd, Array(line) + [0x0a], subject: paths.restoreTimes)
                 close(fd)
             }
-            Output.line("\(target) restored from \(record.id) and running (qemu pid \(status.qemuPID.map(String.init) ?? "?"))")
+            Output.line(
+                "\(target) restored from \(record.id) and \(paused ? "held paused" : "running") (qemu pid \(status.qemuPID.map(String.init) ?? "?"))")
         }
     }
 

@@ -219,7 +219,7 @@ enum SupervisorLauncher {
         while true {
             if let status = paths.readStatus() {
                 Output.progress("\(name): \(status.state.rawValue)…")
-                if status.state == .running || status.state == .failed || status.state == .stopped { return status }
+                if [.running, .paused, .failed, .stopped].contains(status.state) { return status }
             }
             if let exit = child.exitStatus, paths.readStatus().map({ $0.state.isLive }) ?? true {
                 let log = QEMUInstance.tail(of: paths.supervisorLog)
@@ -246,12 +246,15 @@ struct Supervise: AsyncParsableCommand {
 
     @Option(help: "A record directory to restore from instead of booting.") var restore: String?
 
+    @Flag(help: "With --restore: hold the guest paused until a resume request.") var paused = false
+
     func run() async throws {
         try await Output.reporting {
             let name = try parseName(name)
             var options = Supervisor.Options()
             options.bootGrace = try Supervisor.Options.bootGrace(seconds: bootGrace)
             options.restore = restore
+            options.restorePaused = paused
             // `cevm stop`'s fallback and the system send SIGTERM: the VM stops gracefully.
             options.handlesSignals = true
             options.onStatus = { status in

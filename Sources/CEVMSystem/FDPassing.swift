@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CSystemShims
 
 /// Descriptors passed between processes over Unix sockets (SCM_RIGHTS),
 /// and the socket pairs a cevm network hands to QEMU.
@@ -126,6 +127,29 @@ public enum FDPassing {
             throw SystemError("recv", errno: code, subject: "draining descriptor \(fd)")
         }
         return out
+    }
+
+    /// The bytes waiting to be read on a socket, without reading them
+    /// (MSG_PEEK), at most `limit`.
+    public static func peek(_ fd: Int32, limit: Int = 64 << 20) throws -> [UInt8] {
+        let waiting = Int(try readableBytes(fd))
+        guard waiting > 0 else { return [] }
+        var buffer = [UInt8](repeating: 0, count: min(waiting, limit))
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_PEEK | MSG_DONTWAIT)) }
+            if n >= 0 { return Array(buffer[0..<n]) }
+            let code = errno
+            if code == EINTR { continue }
+            if code == EAGAIN || code == EWOULDBLOCK { return [] }
+            throw SystemError("recv", errno: code, subject: "peeking at descriptor \(fd)")
+        }
+    }
+
+    /// ioctl(FIONREAD): the bytes waiting to be read on a socket.
+    public static func readableBytes(_ fd: Int32) throws -> Int32 {
+        let n = cevm_readable_bytes(fd)
+        if n < 0 { throw SystemError("ioctl(FIONREAD)", errno: errno, subject: "descriptor \(fd)") }
+        return n
     }
 
     private static func align(_ n: Int) -> Int {

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -148,4 +149,10 @@ pid_t cevm_spawn_dying_with_parent(const char *path, char *const argv[], char *c
         return -1;
     }
     return pid;
+}
+
+int cevm_readable_bytes(int fd) {
+    int n = 0;
+    if (ioctl(fd, FIONREAD, &n) != 0) return -1;
+    return n;
 }

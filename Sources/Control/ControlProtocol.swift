@@ -17,6 +17,8 @@ public enum ControlRequest: Codable, Sendable {
     case checkpoint(CheckpointOptions)
     /// Sets the VM's checkpoint schedule; nil turns it off.
     case schedule(ScheduleOptions?)
+    /// A restored VM held paused (`--paused`) runs.
+    case resume
 }
 
 /// What `cevm schedule` asks for: one of `everySeconds` / `mtbfSeconds`.
@@ -100,6 +102,9 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
     /// The record format to write (nil: the current one, 2; 1 keeps QEMU's
     /// raw stream, for comparisons).
     public var recordFormat: Int?
+    /// A member of this group checkpoint: its networks are being cut, and a
+    /// mechanism that keeps its instance cuts them in place while paused.
+    public var group: String?
 
     /// The default stream cap: 3 × RAM + 256 MiB. A converging pre-copy sent
     /// 0.8–1.7 × RAM in the benchmarks; a forced switch-over adds at most
@@ -136,6 +141,7 @@ public struct CheckpointOptions: Codable, Sendable, Equatable {
         onMaxStream = try container.decodeIfPresent(StreamLimitAction.self, forKey: .onMaxStream)
         autoConverge = try container.decodeIfPresent(Bool.self, forKey: .autoConverge) ?? false
         recordFormat = try container.decodeIfPresent(Int.self, forKey: .recordFormat)
+        group = try container.decodeIfPresent(String.self, forKey: .group)
     }
 }
 
@@ -181,6 +187,7 @@ public struct ControlMessage: Codable, Sendable {
         switch request {
         case .status: op = "status"
         case .stop: op = "stop"
+        case .resume: op = "resume"
         case .checkpoint(let options):
             op = "checkpoint"
             checkpoint = options
@@ -195,7 +202,7 @@ public struct ControlMessage: Codable, Sendable {
     public func validatedRequest() throws(InvalidValue) -> ControlRequest? {
         guard let request else { return nil }
         switch request {
-        case .status, .stop, .schedule(nil): break
+        case .status, .stop, .resume, .schedule(nil): break
         case .checkpoint(let options): try options.validate()
         case .schedule(let options?): try options.validate()
         }
@@ -206,6 +213,7 @@ public struct ControlMessage: Codable, Sendable {
         switch op {
         case "status": return .status
         case "stop": return .stop
+        case "resume": return .resume
         case "checkpoint": return checkpoint.map { .checkpoint($0) }
         case "schedule": return schedule.map { .schedule($0) }
         case "schedule-off": return .schedule(nil)

@@ -116,6 +116,11 @@ public enum SwitchError: Error, Sendable, Equatable, CustomStringConvertible {
     case notStandby(String, PortID)
     case alreadyHeld(String)
     case notHeld(String)
+    case cutInProgress(String)
+    case noCut(String)
+    case notMember(String)
+    case alreadyCut(String)
+    case membersNotCut([String])
 
     public var description: String {
         switch self {
@@ -127,6 +132,11 @@ public enum SwitchError: Error, Sendable, Equatable, CustomStringConvertible {
         case .notStandby(let vm, let p): return "\(p) is not a standby port of VM '\(vm)'"
         case .alreadyHeld(let vm): return "VM '\(vm)' is already held"
         case .notHeld(let vm): return "VM '\(vm)' is not held"
+        case .cutInProgress(let group): return "group checkpoint \(group) is cutting this network already"
+        case .noCut(let group): return "no group checkpoint \(group) is cutting this network"
+        case .notMember(let vm): return "VM '\(vm)' is not a member of the group checkpoint cutting this network"
+        case .alreadyCut(let vm): return "VM '\(vm)' has cut already"
+        case .membersNotCut(let vms): return "member(s) \(vms.joined(separator: ", ")) have not cut"
         }
     }
 }
@@ -161,6 +171,9 @@ public struct Switch: Sendable {
         var start: UInt64
         var frame: [UInt8]
         var confirmed: Bool
+        /// Its sender, and the group cut after whose cut of the sender it was sent.
+        var from: String?
+        var postCutOf: String?
         var end: UInt64 { start + UInt64(Limits.lengthPrefixBytes + frame.count) }
     }
 
@@ -194,7 +207,9 @@ public struct Switch: Sendable {
     public private(set) var ports: [PortID: Port] = [:]
     var vms: [String: VM] = [:]
     public private(set) var macTable: [MACAddress: PortID] = [:]
-    public private(set) var totals = Totals()
+    public internal(set) var totals = Totals()
+    /// The group checkpoint cutting this network, if any.
+    public internal(set) var cut: Cut?
     private var nextPort = 1
 
     public init(network: String, limits: Limits = Limits()) {
@@ -222,9 +237,10 @@ public struct Switch: Sendable {
             && totals.copies == totals.copiesWritten + totals.copiesDropped + waitingCopies
     }
 
-    /// Copies waiting in port queues and hold queues.
+    /// Copies waiting in port queues, hold queues and a cut's holds.
     public var waitingCopies: Int {
         ports.values.reduce(0) { $0 + $1.queue.count } + vms.values.reduce(0) { $0 + ($1.held?.count ?? 0) }
+            + (cut?.heldFrames ?? 0)
     }
 
     // MARK: Ports joining and leaving
@@ -267,6 +283,9 @@ public struct Switch: Sendable {
                 if entry.standby == nil, let held = entry.held {
                     totals.copiesDropped += held.count
                     entry.held = nil
+                }
+                if entry.standby == nil, let waiting = cut?.waiting.removeValue(forKey: vm) {
+                    totals.copiesDropped += waiting.count
                 }
             }
             if entry.standby == id { entry.standby = nil }
@@ -329,17 +348,24 @@ public struct Switch: Sendable {
             targets = ports.values.filter { $0.state == .active && $0.id != id && $0.id != learnedOn }.map(\.id).sorted()
         }
         totals.forwarded += 1
+        // During a group cut a member's frame is post-cut when its running
+        // instance sent it after the member's cut; a retired port's late
+        // frames were sent before.
+        var postCutOf: String?
+        if let cut, cut.cut.contains(port.owner.vm), port.state == .active { postCutOf = cut.group }
         var actions: [Action] = []
         for target in targets {
             totals.copies += 1
-            actions += deliver(frame, to: target)
+            actions += deliver(Copy(frame: frame, from: port.owner.vm, postCutOf: postCutOf), to: target)
         }
         return actions
     }
 
-    /// One copy to a port: held if its VM is paused, queued if its socket is
-    /// full, else written.
-    private mutating func deliver(_ frame: [UInt8], to id: PortID) -> [Action] {
+    /// One copy to a port: held if it is post-cut and the port's VM is a
+    /// member that has not cut, held if its VM is paused, queued if its
+    /// socket is full, else written.
+    mutating func deliver(_ copy: Copy, to id: PortID) -> [Action] {
+        let frame = copy.frame
         // Scalars only: a copy of the Port alive across the mutations below
         // would make them copy its queue and log.
         guard let vm = ports[id]?.owner.vm, let writable = ports[id]?.writable, let queued = ports[id]?.queue.count,
@@ -354,7 +380,16 @@ public struct Switch: Sendable {
                 ports[id]?.counters.drop(.holdFull)
                 return []
             }
-            vms[vm]?.held?.append(frame)
+            vms[vm]?.held?.append(copy)
+            return []
+        }
+        if let cut, copy.postCutOf == cut.group, cut.members.contains(vm), !cut.cut.contains(vm) {
+            if cut.heldFrames >= limits.holdFrames || cut.heldBytes + frame.count > limits.holdBytes {
+                totals.copiesDropped += 1
+                ports[id]?.counters.drop(.holdFull)
+                return []
+            }
+            self.cut?.hold(copy, for: vm)
             return []
         }
         if !writable || queued > 0 {
@@ -363,17 +398,22 @@ public struct Switch: Sendable {
                 ports[id]?.counters.drop(.queueFull)
                 return []
             }
-            ports[id]?.queue.append(frame)
+            ports[id]?.queue.append(copy)
             return []
         }
         totals.copiesWritten += 1
-        return [emit(frame, to: id)]
+        return [emit(copy, to: id)]
     }
 
-    /// Records a write in the port's stream and counters.
-    private mutating func emit(_ frame: [UInt8], to id: PortID) -> Action {
+    /// Records a write in the port's stream and counters; a pre-cut frame
+    /// written to a member after its cut is channel state.
+    private mutating func emit(_ copy: Copy, to id: PortID) -> Action {
+        let frame = copy.frame
+        if let cut, let port = ports[id], port.state == .active, cut.isChannelState(copy, to: port.owner.vm) {
+            self.cut?.record(ChannelFrame(from: copy.from ?? "", to: port.owner.vm, frame: frame))
+        }
         modifyPort(id) { port in
-            port.log.append(Written(start: port.streamBytes, frame: frame, confirmed: false))
+            port.log.append(Written(start: port.streamBytes, frame: frame, confirmed: false, from: copy.from, postCutOf: copy.postCutOf))
             port.streamBytes += UInt64(Limits.lengthPrefixBytes + frame.count)
             port.counters.framesOut += 1
             port.counters.bytesOut += frame.count
@@ -384,9 +424,9 @@ public struct Switch: Sendable {
     /// Writes what a port has queued, while it is writable.
     private mutating func flush(_ id: PortID) -> [Action] {
         var actions: [Action] = []
-        while ports[id]?.writable == true, let frame = ports[id]?.queue.popFirst() {
+        while ports[id]?.writable == true, let copy = ports[id]?.queue.popFirst() {
             totals.copiesWritten += 1
-            actions.append(emit(frame, to: id))
+            actions.append(emit(copy, to: id))
         }
         return actions
     }
@@ -429,7 +469,7 @@ public struct Switch: Sendable {
         guard let active = entry.active else { throw .noActivePort(vm) }
         if entry.held != nil { throw .alreadyHeld(vm) }
         var held = FrameQueue()
-        while let frame = ports[active]?.queue.popFirst() { held.append(frame) }
+        while let copy = ports[active]?.queue.popFirst() { held.append(copy) }
         entry.held = held
         vms[vm] = entry
     }
@@ -446,7 +486,7 @@ public struct Switch: Sendable {
             return []
         }
         var actions: [Action] = []
-        while let frame = held.popFirst() { actions += deliver(frame, to: active) }
+        while let copy = held.popFirst() { actions += deliver(copy, to: active) }
         return actions
     }
 
@@ -459,14 +499,14 @@ public struct Switch: Sendable {
     public mutating func promote(vm: String, newPort: PortID, unread: [UInt8]) throws(SwitchError) -> [Action] {
         guard var entry = vms[vm] else { throw .unknownVM(vm) }
         guard entry.standby == newPort, ports[newPort] != nil else { throw .notStandby(vm, newPort) }
-        var resend: [[UInt8]] = []
+        var resend: [Copy] = []
         var actions: [Action] = []
         if let old = entry.active, var oldPort = ports[old] {
             resend = recover(from: &oldPort, unread: unread)
             // Counted as written once; written (or queued, or dropped) again below.
             totals.copiesWritten -= resend.count
             totals.redelivered += resend.count
-            while let frame = oldPort.queue.popFirst() { resend.append(frame) }
+            while let copy = oldPort.queue.popFirst() { resend.append(copy) }
             oldPort.state = .retired
             oldPort.log = []
             oldPort.unconfirmedFrom = 0
@@ -480,10 +520,15 @@ public struct Switch: Sendable {
         entry.held = nil
         vms[vm] = entry
         ports[newPort]?.state = .active
-        for frame in resend { actions += deliver(frame, to: newPort) }
+        // A member's switch-over is its cut: what New_VM is sent from here
+        // on was read after the cut.
+        let member = cut?.members.contains(vm) == true && cut?.cut.contains(vm) == false
+        if member { cut?.cut.insert(vm) }
+        for copy in resend { actions += deliver(copy, to: newPort) }
         if var held {
-            while let frame = held.popFirst() { actions += deliver(frame, to: newPort) }
+            while let copy = held.popFirst() { actions += deliver(copy, to: newPort) }
         }
+        if member { actions += releaseCutHold(of: vm) }
         return actions
     }
 
@@ -496,10 +541,11 @@ public struct Switch: Sendable {
     /// the shortest candidate first (a wrong guess resends a frame rather
     /// than loses one). Every confirmed frame overlapping the unread bytes
     /// is resent whole, then every unconfirmed one.
-    private mutating func recover(from port: inout Port, unread: [UInt8]) -> [[UInt8]] {
+    mutating func recover(from port: inout Port, unread: [UInt8], counting: Bool = true) -> [Copy] {
         let confirmed = port.log.filter(\.confirmed)
         let unconfirmed = port.log.filter { !$0.confirmed }
-        guard !unread.isEmpty else { return unconfirmed.map(\.frame) }
+        func copies(_ written: [Written]) -> [Copy] { written.map { Copy(frame: $0.frame, from: $0.from, postCutOf: $0.postCutOf) } }
+        guard !unread.isEmpty else { return copies(unconfirmed) }
         let confirmedEnd = confirmed.last?.end ?? port.logStart
         // The stream from logStart through the first unconfirmed frame.
         var stream: [UInt8] = []
@@ -511,17 +557,17 @@ public struct Switch: Sendable {
             if Self.tail(unread, matches: stream, base: port.logStart, end: confirmedEnd + p, budget: &budget) { end = confirmedEnd + p }
             if budget <= 0 { break }
         }
-        if end == nil { totals.unreadMismatches += 1 }
+        if end == nil && counting { totals.unreadMismatches += 1 }
         let streamEnd = end ?? confirmedEnd
         let unreadCount = UInt64(unread.count)
         let from = unreadCount > streamEnd ? 0 : streamEnd - unreadCount
-        if from < port.logStart {
+        if from < port.logStart && counting {
             // Older than the window: those frames are lost; counted once.
             port.counters.drop(.lostAtSwitchOver)
             totals.copiesWritten -= 1
             totals.copiesDropped += 1
         }
-        return confirmed.filter { $0.end > from }.map(\.frame) + unconfirmed.map(\.frame)
+        return copies(confirmed.filter { $0.end > from }) + copies(unconfirmed)
     }
 
     static func wire(_ frame: [UInt8]) -> [UInt8] {
@@ -546,29 +592,43 @@ public struct Switch: Sendable {
     }
 }
 
-/// A FIFO of frames with a running byte count.
+/// One copy of a frame on its way to a port: the VM that sent it, and the
+/// group cut (if any) after whose cut of its sender it was sent.
+struct Copy: Sendable {
+    init(frame: [UInt8], from: String? = nil, postCutOf: String? = nil) {
+        self.frame = frame
+        self.from = from
+        self.postCutOf = postCutOf
+    }
+
+    var frame: [UInt8]
+    var from: String?
+    var postCutOf: String?
+}
+
+/// A FIFO of copies with a running byte count.
 struct FrameQueue: Sendable {
-    private var frames: [[UInt8]] = []
+    private var frames: [Copy] = []
     private var head = 0
     private(set) var bytes = 0
 
     var count: Int { frames.count - head }
     var isEmpty: Bool { count == 0 }
 
-    mutating func append(_ frame: [UInt8]) {
-        frames.append(frame)
-        bytes += frame.count
+    mutating func append(_ copy: Copy) {
+        frames.append(copy)
+        bytes += copy.frame.count
     }
 
-    mutating func popFirst() -> [UInt8]? {
+    mutating func popFirst() -> Copy? {
         guard head < frames.count else { return nil }
-        let frame = frames[head]
+        let copy = frames[head]
         head += 1
-        bytes -= frame.count
+        bytes -= copy.frame.count
         if head > 64 && head * 2 > frames.count {
             frames.removeFirst(head)
             head = 0
         }
-        return frame
+        return copy
     }
 }

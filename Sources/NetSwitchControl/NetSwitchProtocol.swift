@@ -25,6 +25,21 @@ public struct NetRequest: Codable, Sendable, Equatable {
         case status
         /// Stop the switch (refused while ports are attached unless `force`).
         case shutdown
+        /// A group checkpoint (`group`) starts cutting this network for
+        /// `members`. The cut belongs to the connection that began it: if
+        /// that connection closes before `cutEnd` or `cutAbort`, the switch
+        /// aborts the cut.
+        case cutBegin
+        /// A member (`vm`, paused) cuts without changing instance.
+        case cutInPlace
+        /// Every member has cut: the channel state is written to `path`
+        /// (atomically, durable) and the cut ends.
+        case cutEnd
+        /// The group checkpoint failed: held frames are released.
+        case cutAbort
+        /// A group restore: the frames for `vm` in the channel-state file
+        /// at `path` are written to its port, once, before it runs.
+        case inject
     }
 
     public var op: Op
@@ -33,14 +48,23 @@ public struct NetRequest: Codable, Sendable, Equatable {
     public var mac: String?
     public var port: Int?
     public var force: Bool?
+    public var group: String?
+    public var members: [String]?
+    public var path: String?
 
-    public init(op: Op, vm: String? = nil, instance: Int? = nil, mac: String? = nil, port: Int? = nil, force: Bool? = nil) {
+    public init(
+        op: Op, vm: String? = nil, instance: Int? = nil, mac: String? = nil, port: Int? = nil, force: Bool? = nil,
+        group: String? = nil, members: [String]? = nil, path: String? = nil
+    ) {
         self.op = op
         self.vm = vm
         self.instance = instance
         self.mac = mac
         self.port = port
         self.force = force
+        self.group = group
+        self.members = members
+        self.path = path
     }
 
     /// Longest request line the switch reads; a longer one is refused and the connection closed.
@@ -54,6 +78,10 @@ public struct NetResponse: Codable, Sendable, Equatable {
     /// `promote`: frames written again to New_VM (unread by Old_VM).
     public var redelivered: Int?
     public var status: NetStatus?
+    /// `cutEnd`: what the cut did on this network.
+    public var cut: CutSummary?
+    /// `inject`: frames written.
+    public var injected: Int?
 
     public init(ok: Bool, error: String? = nil, port: Int? = nil, redelivered: Int? = nil, status: NetStatus? = nil) {
         self.ok = ok
@@ -64,6 +92,32 @@ public struct NetResponse: Codable, Sendable, Equatable {
     }
 
     public static func failure(_ message: String) -> NetResponse { NetResponse(ok: false, error: message) }
+}
+
+/// A group checkpoint's cut of one network, as `cutEnd` reports it.
+public struct CutSummary: Codable, Sendable, Equatable {
+    public var group: String
+    public var members: [String]
+    /// Frames recorded as channel state, and their bytes.
+    public var channelFrames: Int
+    public var channelBytes: Int
+    /// Post-cut frames held for members that had not cut, in all and at most at once.
+    public var framesHeld: Int
+    public var mostHeld: Int
+    /// The longest a member had frames held for it (ms).
+    public var longestHoldMs: Double
+
+    public init(
+        group: String, members: [String], channelFrames: Int, channelBytes: Int, framesHeld: Int, mostHeld: Int, longestHoldMs: Double
+    ) {
+        self.longestHoldMs = longestHoldMs
+        self.group = group
+        self.members = members
+        self.channelFrames = channelFrames
+        self.channelBytes = channelBytes
+        self.framesHeld = framesHeld
+        self.mostHeld = mostHeld
+    }
 }
 
 /// What `status` returns: the switch, its ports and counters.
@@ -112,6 +166,24 @@ public struct NetStatus: Codable, Sendable, Equatable {
     public var drops: Int
     /// MAC → port number, as learned.
     public var macTable: [String: Int]
+    /// The group checkpoint cutting the network, if any: its group id, the members that have cut and those that have not.
+    public var cut: CutProgress?
+
+    public struct CutProgress: Codable, Sendable, Equatable {
+        public var group: String
+        public var cut: [String]
+        public var uncut: [String]
+        public var heldFrames: Int
+        public var channelFrames: Int
+
+        public init(group: String, cut: [String], uncut: [String], heldFrames: Int, channelFrames: Int) {
+            self.group = group
+            self.cut = cut
+            self.uncut = uncut
+            self.heldFrames = heldFrames
+            self.channelFrames = channelFrames
+        }
+    }
 
     public init(network: String, pid: Int32, ports: [Port], framesReceived: Int, forwarded: Int, drops: Int, macTable: [String: Int]) {
         self.network = network

@@ -81,6 +81,13 @@ public final class NetSwitchServer: @unchecked Sendable {
     private var sw: Switch
     private var channels: [PortID: any Channel] = [:]
     private var peers: [PortID: Int32] = [:]
+    /// A duplicate of the switch's own end of each port, to ask how much
+    /// QEMU sent that the switch has not read yet (FIONREAD).
+    private var ownEnds: [PortID: Int32] = [:]
+    /// During a group cut: when the first frame still held for each member
+    /// was held, and the longest any member's hold lasted.
+    private var holdStarted: [String: Double] = [:]
+    private var longestHoldMs = 0.0
 
     private init(name: NetworkName, paths: NetPaths, configuration: Configuration, lock: FileLock, listener: Int32) {
         self.name = name
@@ -154,6 +161,8 @@ public final class NetSwitchServer: @unchecked Sendable {
             for (_, channel) in open { channel.close(promise: nil) }
             for (_, fd) in peers { close(fd) }
             peers = [:]
+            for (_, fd) in ownEnds { close(fd) }
+            ownEnds = [:]
         }
         _ = try? closing.wait()
         try? group.syncShutdownGracefully()
@@ -168,11 +177,26 @@ public final class NetSwitchServer: @unchecked Sendable {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
+        // A cut begun on this connection and not ended: aborted when the
+        // connection closes (its coordinator is gone).
+        var ownedCut: String?
+        defer {
+            if let group = ownedCut {
+                let aborted = try? onLoop { server -> Bool in
+                    server.perform(try server.sw.abortCut(group: group))
+                    _ = server.resetHolds()
+                    return true
+                }
+                if aborted == true {
+                    log("group checkpoint \(group): its coordinator left; cut aborted, held frames released")
+                }
+            }
+        }
         while !stopping.load(ordering: .sequentiallyConsistent) {
             if let newline = buffer.firstIndex(of: 0x0A) {
                 let line = Array(buffer[..<newline])
                 buffer.removeFirst(newline + 1)
-                let (reply, descriptor, stop) = answer(line)
+                let (reply, descriptor, stop) = answer(line, ownedCut: &ownedCut)
                 do {
                     var bytes = Array((try JSONEncoder().encode(reply)))
                     bytes.append(0x0A)
@@ -203,7 +227,7 @@ public final class NetSwitchServer: @unchecked Sendable {
     }
 
     /// One request line → its reply, the descriptor to pass with it, and whether to stop.
-    private func answer(_ line: [UInt8]) -> (NetResponse, Int32?, Bool) {
+    private func answer(_ line: [UInt8], ownedCut: inout String?) -> (NetResponse, Int32?, Bool) {
         let request: NetRequest
         do { request = try JSONDecoder().decode(NetRequest.self, from: Data(line)) } catch {
             let ops = NetRequest.Op.allCases.map(\.rawValue).joined(separator: ", ")
@@ -220,7 +244,7 @@ public final class NetSwitchServer: @unchecked Sendable {
                 try onLoop { server in
                     _ = try server.sw.leave(port)
                     server.channels.removeValue(forKey: port)?.close(promise: nil)
-                    if let fd = server.peers.removeValue(forKey: port) { close(fd) }
+                    server.closeDescriptors(of: port)
                 }
                 log("detached \(port)")
                 return (NetResponse(ok: true, port: port.value), nil, false)
@@ -237,6 +261,10 @@ public final class NetSwitchServer: @unchecked Sendable {
             case .promote:
                 let vm = try Self.vm(request)
                 let port = try Self.port(request)
+                // Old_VM has stopped: what it sent before is read first (its
+                // frames are pre-cut and must not die with its port).
+                let unreadIn = waitUntilRead(vm: vm)
+                if unreadIn > 0 { log("\(vm): \(unreadIn) byte(s) from its old instance still unread after 2 s; promoting anyway") }
                 let redelivered = try onLoop { try $0.promote(vm: vm, newPort: port) }
                 log("promoted \(port) for \(vm); \(redelivered) unread frame(s) redelivered")
                 return (NetResponse(ok: true, port: port.value, redelivered: redelivered), nil, false)
@@ -249,6 +277,70 @@ public final class NetSwitchServer: @unchecked Sendable {
                 }
                 log("shutdown requested")
                 return (NetResponse(ok: true), nil, true)
+            case .cutBegin:
+                let group = try Self.group(request)
+                let members = try (request.members ?? []).map { name -> String in
+                    try NetworkName.check(name, kind: "VM")
+                    return name
+                }
+                if members.isEmpty { throw Error.request("missing \"members\"") }
+                try onLoop { server in
+                    try server.sw.beginCut(group: group, members: Set(members))
+                    _ = server.resetHolds()
+                }
+                ownedCut = group
+                log("group checkpoint \(group): cutting for \(members.sorted().joined(separator: ", "))")
+                return (NetResponse(ok: true), nil, false)
+            case .cutInPlace:
+                let vm = try Self.vm(request)
+                let group = try Self.group(request)
+                try cutInPlace(vm: vm, group: group)
+                log("group checkpoint \(group): \(vm) cut in place")
+                return (NetResponse(ok: true), nil, false)
+            case .cutEnd:
+                let group = try Self.group(request)
+                guard let path = request.path, path.hasPrefix("/"), !path.split(separator: "/").contains("..") else {
+                    throw Error.request("missing or bad \"path\": an absolute path without '..'")
+                }
+                let cut = try onLoop { server -> Cut in
+                    guard let cut = server.sw.cut, cut.group == group else { throw SwitchError.noCut(group) }
+                    if !cut.uncut.isEmpty { throw SwitchError.membersNotCut(cut.uncut) }
+                    return cut
+                }
+                let state = ChannelState(frames: cut.channel.map { .init(from: $0.from, to: $0.to, bytes: $0.frame) })
+                try Files.writeAtomically(state.encoded(), to: path)
+                let longestHold = try onLoop { server -> Double in
+                    _ = try server.sw.endCut(group: group)
+                    return server.resetHolds()
+                }
+                ownedCut = nil
+                let summary = CutSummary(
+                    group: group, members: cut.members.sorted(), channelFrames: cut.channel.count,
+                    channelBytes: cut.channel.reduce(0) { $0 + $1.frame.count }, framesHeld: cut.framesHeld, mostHeld: cut.mostHeld,
+                    longestHoldMs: longestHold)
+                log("group checkpoint \(group): cut ended; \(summary.channelFrames) channel frame(s), \(summary.framesHeld) held")
+                var reply = NetResponse(ok: true)
+                reply.cut = summary
+                return (reply, nil, false)
+            case .cutAbort:
+                let group = try Self.group(request)
+                try onLoop { server in
+                    server.perform(try server.sw.abortCut(group: group))
+                    _ = server.resetHolds()
+                }
+                ownedCut = nil
+                log("group checkpoint \(group): cut aborted")
+                return (NetResponse(ok: true), nil, false)
+            case .inject:
+                let vm = try Self.vm(request)
+                guard let path = request.path else { throw Error.request("missing \"path\"") }
+                let state = try ChannelState(decoding: try Files.read(path, limit: 256 << 20))
+                let frames = state.frames(to: vm)
+                try onLoop { $0.perform(try $0.sw.inject(frames, to: vm)) }
+                log("injected \(frames.count) recorded frame(s) for \(vm)")
+                var reply = NetResponse(ok: true)
+                reply.injected = frames.count
+                return (reply, nil, false)
             }
         } catch {
             return (.failure("\(request.op.rawValue): \(error)"), nil, false)
@@ -269,6 +361,12 @@ public final class NetSwitchServer: @unchecked Sendable {
         guard let vm = request.vm else { throw Error.request("missing \"vm\"") }
         try NetworkName.check(vm, kind: "VM")
         return vm
+    }
+
+    private static func group(_ request: NetRequest) throws -> String {
+        guard let group = request.group else { throw Error.request("missing \"group\"") }
+        try NetworkName.check(group, kind: "group")
+        return group
     }
 
     private static func port(_ request: NetRequest) throws -> PortID {
@@ -297,9 +395,16 @@ public final class NetSwitchServer: @unchecked Sendable {
         var size = Int32(configuration.socketBufferBytes)
         setsockopt(mine, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
         let peer: Int32
+        let own: Int32
         do { peer = try FDPassing.duplicate(qemu) } catch {
             close(mine)
             close(qemu)
+            throw error
+        }
+        do { own = try FDPassing.duplicate(mine) } catch {
+            close(mine)
+            close(qemu)
+            close(peer)
             throw error
         }
         let port: PortID
@@ -315,6 +420,7 @@ public final class NetSwitchServer: @unchecked Sendable {
             close(mine)
             close(qemu)
             close(peer)
+            close(own)
             throw error
         }
         let maximum = configuration.limits.maximumFrameBytes
@@ -331,12 +437,14 @@ public final class NetSwitchServer: @unchecked Sendable {
         } catch {
             close(qemu)
             close(peer)
+            close(own)
             _ = try? onLoop { try $0.sw.leave(port) }
             throw error
         }
         try onLoop { server in
             server.channels[port] = channel
             server.peers[port] = peer
+            server.ownEnds[port] = own
             server.perform(server.sw.handle(.writabilityChanged(port, channel.isWritable)))
         }
         log("\(standby ? "standby" : "attached") \(port): \(vm) instance \(instance)\(mac.map { " mac \($0)" } ?? "")")
@@ -353,6 +461,7 @@ public final class NetSwitchServer: @unchecked Sendable {
             // Closing fails the writes still in the channel (never in the
             // socket, so never confirmed); nothing more enters the socket.
             channels.removeValue(forKey: old)?.close(promise: nil)
+            if let fd = ownEnds.removeValue(forKey: old) { close(fd) }
             if let fd = peers.removeValue(forKey: old) {
                 defer { close(fd) }
                 unread = try FDPassing.drain(fd, limit: configuration.limits.redeliveryWindowBytes * 2)
@@ -360,6 +469,7 @@ public final class NetSwitchServer: @unchecked Sendable {
         }
         let before = sw.totals.redelivered
         perform(try sw.promote(vm: vm, newPort: newPort, unread: unread))
+        endHold(of: vm)
         if let old { _ = try? sw.leave(old) }
         return sw.totals.redelivered - before
     }
@@ -380,7 +490,7 @@ public final class NetSwitchServer: @unchecked Sendable {
                 touched[port] = channel
             case .close(let port):
                 channels.removeValue(forKey: port)?.close(promise: nil)
-                if let fd = peers.removeValue(forKey: port) { close(fd) }
+                closeDescriptors(of: port)
             }
         }
         for channel in touched.values { channel.flush() }
@@ -389,7 +499,11 @@ public final class NetSwitchServer: @unchecked Sendable {
     /// On the loop: a frame (or a refused one) from a port's channel.
     func received(_ input: PortInput, on port: PortID) {
         switch input {
-        case .frame(let bytes): perform(sw.handle(.frameReceived(port, bytes)))
+        case .frame(let bytes):
+            perform(sw.handle(.frameReceived(port, bytes)))
+            if let cut = sw.cut, cut.heldFrames > 0 {
+                for vm in cut.holding where holdStarted[vm] == nil { holdStarted[vm] = Timestamp.monotonic() }
+            }
         case .refused(let length):
             log("\(port): refused a \(length)-byte frame (over \(configuration.limits.maximumFrameBytes))")
             perform(sw.handle(.frameRefused(port, length: length)))
@@ -400,9 +514,72 @@ public final class NetSwitchServer: @unchecked Sendable {
     /// (a socket error): the port leaves, so nothing piles up for it.
     func channelClosed(_ port: PortID) {
         guard channels.removeValue(forKey: port) != nil else { return }
-        if let fd = peers.removeValue(forKey: port) { close(fd) }
+        closeDescriptors(of: port)
         _ = try? sw.leave(port)
         log("\(port) closed by an error; removed")
+    }
+
+    /// On the loop: the member has cut, so what was held for it is released.
+    private func endHold(of vm: String) {
+        if let start = holdStarted.removeValue(forKey: vm) { longestHoldMs = max(longestHoldMs, (Timestamp.monotonic() - start) * 1000) }
+    }
+
+    /// On the loop: the cut ended or was aborted; returns its longest hold.
+    private func resetHolds() -> Double {
+        defer {
+            holdStarted = [:]
+            longestHoldMs = 0
+        }
+        return longestHoldMs
+    }
+
+    /// On the loop: closes the duplicates kept of a port's two ends.
+    private func closeDescriptors(of port: PortID) {
+        if let fd = peers.removeValue(forKey: port) { close(fd) }
+        if let fd = ownEnds.removeValue(forKey: port) { close(fd) }
+    }
+
+    /// Waits (at most two seconds) until the switch has read everything the
+    /// VM's active instance sent; returns the bytes still unread.
+    private func waitUntilRead(vm: String) -> Int {
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(2)
+        while true {
+            let pending = (try? onLoop { server -> Int in
+                guard let port = server.sw.activePort(of: vm), let own = server.ownEnds[port] else { return 0 }
+                return Int((try? FDPassing.readableBytes(own)) ?? 0)
+            }) ?? 0
+            if pending == 0 || clock.now > deadline { return pending }
+            usleep(1000)
+        }
+    }
+
+    /// A paused member cuts in place. Everything it sent before pausing is
+    /// pre-cut, so the switch first reads all of it (waits, at most two
+    /// seconds, until its end of the socket has nothing unread); what the
+    /// VM has not read is peeked, not taken: the same QEMU reads it later.
+    private func cutInPlace(vm: String, group: String) throws {
+        let clock = ContinuousClock()
+        let deadline = clock.now + .seconds(2)
+        while true {
+            let pending = try onLoop { server -> Int in
+                guard let cut = server.sw.cut, cut.group == group else { throw SwitchError.noCut(group) }
+                guard let port = server.sw.activePort(of: vm), let own = server.ownEnds[port], let peer = server.peers[port] else {
+                    throw SwitchError.noActivePort(vm)
+                }
+                let pending = Int(try FDPassing.readableBytes(own))
+                if pending > 0 { return pending }
+                let unread = try FDPassing.peek(peer, limit: server.configuration.limits.redeliveryWindowBytes * 2)
+                server.perform(try server.sw.cutInPlace(vm: vm, unread: unread))
+                server.endHold(of: vm)
+                return 0
+            }
+            if pending == 0 { return }
+            if clock.now > deadline {
+                throw Error.request("\(vm) still sends (\(pending) bytes unread by the switch after 2 s): a member cuts in place only while paused")
+            }
+            usleep(1000)
+        }
     }
 
     func writabilityChanged(_ port: PortID, _ writable: Bool) {
@@ -419,10 +596,15 @@ public final class NetSwitchServer: @unchecked Sendable {
                 queuedFrames: p.queuedFrames, drops: Dictionary(uniqueKeysWithValues: p.counters.drops.map { ($0.key.rawValue, $0.value) }))
         }
         let t = sw.totals
-        return NetStatus(
+        var status = NetStatus(
             network: name.value, pid: getpid(), ports: ports, framesReceived: t.framesReceived, forwarded: t.forwarded,
             drops: t.ingressDrops + t.copiesDropped,
             macTable: Dictionary(uniqueKeysWithValues: sw.macTable.map { ($0.key.description, $0.value.value) }))
+        if let cut = sw.cut {
+            status.cut = NetStatus.CutProgress(
+                group: cut.group, cut: cut.cut.sorted(), uncut: cut.uncut, heldFrames: cut.heldFrames, channelFrames: cut.channel.count)
+        }
+        return status
     }
 }
 

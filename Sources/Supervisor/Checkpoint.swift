@@ -168,7 +168,7 @@ extension Supervisor {
 
     /// Feeds a record's memory stream into an instance started with
     /// `-incoming defer`, then lets the guest run.
-    func restoreMemory(into instance: QEMUInstance, from recordDirectory: String) async throws {
+    func restoreMemory(into instance: QEMUInstance, from recordDirectory: String, resume: Bool = true) async throws {
         let record = try Record.load(directory: recordDirectory)
         // Version 2: the stream rebuilt from the page chain (checked page by
         // page against the digests, before QEMU loads it); version 1: the file.
@@ -194,12 +194,16 @@ extension Supervisor {
             _ = try await watch.completion()
             let loaded = Timestamp.monotonic()
             unlink(socket)
-            try await instance.resume()
-            // The restore's phases, for `cevm restore` to record (a failure to write loses only the figures).
-            let timing = RestoreTiming(
-                record: record.id, launched: launched, streamed: streamed, loaded: loaded, running: Timestamp.monotonic())
-            if let bytes = try? JSONEncoder().encode(timing) {
-                try? Files.writeAtomically(Array(bytes), to: RestoreTiming.path(paths))
+            if resume {
+                try await instance.resume()
+                // The restore's phases, for `cevm restore` to record (a failure to
+                // write loses only the figures). A member of a group restore is
+                // resumed later, by the group: it records none.
+                let timing = RestoreTiming(
+                    record: record.id, launched: launched, streamed: streamed, loaded: loaded, running: Timestamp.monotonic())
+                if let bytes = try? JSONEncoder().encode(timing) {
+                    try? Files.writeAtomically(Array(bytes), to: RestoreTiming.path(paths))
+                }
             }
             try? Files.writeAll(
                 try Files.openForAppend(paths.supervisorLog),

@@ -28,6 +28,15 @@ public protocol NetworkPorts: Sendable {
     /// The port's instance ended (best effort: a switch that is gone has
     /// no port to remove).
     func detach(network: String, port: Int) async
+    /// A group checkpoint (`group`) cutting the network: the VM, paused,
+    /// cuts without changing instance (stop-and-save, background snapshot).
+    func cutInPlace(network: String, vm: VMName, group: String) async throws
+}
+
+extension NetworkPorts {
+    public func cutInPlace(network: String, vm: VMName, group: String) async throws {
+        throw NetworkError.refused(network, "group checkpoints need the network's switch")
+    }
 }
 
 /// A port of a cevm network, and the socket QEMU gets for it.

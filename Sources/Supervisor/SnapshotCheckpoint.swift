@@ -64,6 +64,8 @@ final class SnapshotRun: CheckpointRun {
     let instance: QEMUInstance
     let kind: SnapshotMachine.Kind
     let full: Bool
+    /// A member of this group checkpoint: its networks are cut at the pause.
+    let group: String?
     let spec: VMSpec
     let id: String
     let directory: String
@@ -82,6 +84,7 @@ final class SnapshotRun: CheckpointRun {
         self.instance = instance
         self.kind = kind
         self.full = options.full
+        self.group = options.group
         spec = try supervisor.paths.readSpec()
         (diskService, previous, console) = (context.disk, context.previous, context.console)
         id = RecordStore.newID()
@@ -168,6 +171,14 @@ final class SnapshotRun: CheckpointRun {
                 if let diskService, let prepared = made.withLock({ $0.prepared }) {
                     let cut = try diskService.vmDisk.cut(prepared)
                     made.withLock { $0.cut = cut }
+                }
+                // The guest is paused: the instant of the disk cut is the
+                // VM's cut of its networks too.
+                if let group {
+                    for network in Set(await supervisor.state.networkPorts.map(\.network)).sorted() {
+                        try await supervisor.networkPorts.cutInPlace(network: network, vm: supervisor.name, group: group)
+                    }
+                    mark("networksCut")
                 }
                 return .diskCut
             case .startMigration:

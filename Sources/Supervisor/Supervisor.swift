@@ -32,6 +32,9 @@ public final class Supervisor: Sendable {
         public var onStatus: (@Sendable (VMStatus) -> Void)?
         /// A record directory to restore from instead of booting.
         public var restore: String?
+        /// With `restore`: the guest stays paused (state `paused`) until a
+        /// `resume` request.
+        public var restorePaused = false
         /// SIGTERM, SIGINT and SIGHUP stop the VM gracefully. A handler is
         /// process-wide: only the process the supervisor owns (the CLI's
         /// entry points) asks for it, not a test running several.
@@ -197,6 +200,13 @@ public final class Supervisor: Sendable {
                 } catch {
                     return ControlResponse(ok: false, status: await status, error: "\(error)")
                 }
+            case .resume:
+                do {
+                    try await resumeHeld()
+                    return ControlResponse(ok: true, status: await status)
+                } catch {
+                    return ControlResponse(ok: false, status: await status, error: "\(error)")
+                }
             case .schedule(let options):
                 do {
                     try await setSchedule(options)
@@ -266,7 +276,7 @@ public final class Supervisor: Sendable {
         }
         await state.booted(console: console)
         if let restore = options.restore {
-            do { try await restoreMemory(into: instance, from: restore) } catch {
+            do { try await restoreMemory(into: instance, from: restore, resume: !options.restorePaused) } catch {
                 await instance.stop()
                 throw error
             }
@@ -310,6 +320,15 @@ public final class Supervisor: Sendable {
             }
             throw SupervisorError.diedAtBoot(name, reason: reason.description, console: tail)
         }
+        await update { $0.state = options.restore != nil && options.restorePaused ? .paused : .running }
+    }
+
+    /// A restored VM held paused runs.
+    func resumeHeld() async throws {
+        guard await status.state == .paused, let instance = await state.instance else {
+            throw SupervisorError.checkpointFailed("VM '\(name)' is not held paused")
+        }
+        try await instance.resume()
         await update { $0.state = .running }
     }
 

@@ -60,6 +60,12 @@ public struct SwitchPorts: NetworkPorts {
         return reply.redelivered ?? 0
     }
 
+    public func cutInPlace(network: String, vm: VMName, group: String) async throws {
+        let (reply, fd) = try await request(network, NetRequest(op: .cutInPlace, vm: vm.value, group: group))
+        if let fd { close(fd) }
+        guard reply.ok else { throw NetworkError.refused(network, reply.error ?? "cut refused") }
+    }
+
     public func detach(network: String, port: Int) async {
         if let (_, fd) = try? await request(network, NetRequest(op: .detach, port: port)), let fd { close(fd) }
     }

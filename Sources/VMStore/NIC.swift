@@ -28,6 +28,12 @@ public struct NIC: Codable, Sendable, Equatable {
     }
 
     /// The host forwards of a user NIC; none for a network NIC.
+    /// The cevm network it is attached to, if any.
+    public var networkName: String? {
+        if case .network(let name) = attachment { return name }
+        return nil
+    }
+
     public var hostForwards: [HostForward] {
         if case .user(let forwards) = attachment { return forwards }
         return []

@@ -9,13 +9,16 @@ public struct VMStatus: Codable, Sendable, Equatable {
         /// QEMU runs the guest; the boot grace period has not passed yet.
         case booting
         case running
+        /// Restored and held before its guest runs (a group restore lets
+        /// every member run once all are restored).
+        case paused
         case stopping
         /// Ended by request, or by the guest powering off.
         case stopped
         /// Ended by an error: `message` and `exitReason` say which.
         case failed
 
-        public var isLive: Bool { self == .starting || self == .booting || self == .running || self == .stopping }
+        public var isLive: Bool { self == .starting || self == .booting || self == .running || self == .paused || self == .stopping }
     }
 
     public var name: VMName

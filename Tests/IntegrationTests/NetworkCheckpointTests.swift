@@ -13,24 +13,9 @@ import TestSupport
 /// answers through its host forward before and after a CEVM checkpoint.
 @Suite(.serialized, .enabled(if: endToEndReady, "needs the cevm binary, QEMU and the bundled guest"))
 struct NetworkCheckpointTests {
-    /// The receiver's last progress line, as numbers (recv, gaps, dups, bad, resets).
-    func progress(_ cevm: borrowing CEVMHarness, _ name: String) throws -> [String: Int]? {
-        guard let line = try cevm.consoleLines(name).last(where: { $0.contains("cevm-net recv=") }) else { return nil }
-        var values: [String: Int] = [:]
-        for field in line.split(separator: " ") {
-            let parts = field.split(separator: "=", maxSplits: 1)
-            if parts.count == 2, let value = Int(parts[1]) { values[String(parts[0])] = value }
-        }
-        return values
-    }
+    func progress(_ cevm: borrowing CEVMHarness, _ name: String) throws -> [String: Int]? { try streamProgress(cevm, name) }
 
-    func netStatus(_ cevm: borrowing CEVMHarness, _ net: String) throws -> [String: Any] {
-        let result = try cevm.run(["net", "status", net, "--json"])
-        guard result.ok, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] else {
-            throw HarnessError("net status \(net): \(result.stderr)")
-        }
-        return object
-    }
+    func netStatus(_ cevm: borrowing CEVMHarness, _ net: String) throws -> [String: Any] { try networkStatus(cevm, net) }
 
     @Test func aStreamBetweenTwoGuestsSurvivesEveryCheckpointOfEitherEnd() throws {
         let cevm = try CEVMHarness()
@@ -114,6 +99,26 @@ struct NetworkCheckpointTests {
 
 /// The first line the guest's echo service sends on a new connection to
 /// 127.0.0.1:`port`, or nil.
+/// The receiver's last progress line, as numbers (recv, gaps, dups, bad, resets).
+func streamProgress(_ cevm: borrowing CEVMHarness, _ name: String) throws -> [String: Int]? {
+    guard let line = try cevm.consoleLines(name).last(where: { $0.contains("cevm-net recv=") }) else { return nil }
+    var values: [String: Int] = [:]
+    for field in line.split(separator: " ") {
+        let parts = field.split(separator: "=", maxSplits: 1)
+        if parts.count == 2, let value = Int(parts[1]) { values[String(parts[0])] = value }
+    }
+    return values
+}
+
+/// `cevm net status NET --json`, parsed.
+func networkStatus(_ cevm: borrowing CEVMHarness, _ net: String) throws -> [String: Any] {
+    let result = try cevm.run(["net", "status", net, "--json"])
+    guard result.ok, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] else {
+        throw HarnessError("net status \(net): \(result.stderr)")
+    }
+    return object
+}
+
 func echoBanner(port: Int) -> String? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { return nil }

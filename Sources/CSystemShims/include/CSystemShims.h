@@ -33,6 +33,9 @@ long cevm_splice(int in, int out, unsigned long len);
 /// without consuming them.
 long cevm_tee(int in, int out, unsigned long len);
 
+/// ioctl(FIONREAD): bytes waiting to be read on socket `fd`, or -1 with errno.
+int cevm_readable_bytes(int fd);
+
 /// pipe2(fds, O_CLOEXEC), then F_SETPIPE_SZ to `capacity` (best effort);
 /// returns the capacity the pipe has, or -1 with errno.
 int cevm_pipe(int fds[2], int capacity);
