@@ -59,6 +59,7 @@ let package = Package(
             name: "Supervisor",
             dependencies: [
                 "CheckpointProtocol", "Control", "QEMU", "VMStore", "CEVMSystem", "CSystemShims", "Records", "DiskManager", "DiskExportNBD", "NBDServer", "QCOW2", "Turnaround",
+                "GuestCost",
                 "NetSwitchControl",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -98,6 +99,8 @@ let package = Package(
             swiftSettings: strict),
         // The turnaround model of seed 001: fits, predictions, intervals, plots (pure).
         .target(name: "Turnaround", exclude: ["README.md"], swiftSettings: strict),
+        // A checkpoint's cost to the guest estimated from vCPU schedstat samples (pure, no dependencies).
+        .target(name: "GuestCost", exclude: ["README.md"], swiftSettings: strict),
         // The turnaround report rendered: a terminal table and an SVG plot.
         .target(name: "TurnaroundReport", dependencies: ["Turnaround"], swiftSettings: strict),
         // The benchmark drivers behind `cevm bench`: runners, measurements, reports (no ArgumentParser).
@@ -156,6 +159,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor", "CheckpointProtocol", "Control", "CEVMSystem", "Records", "VMStore", "QCOW2", "QEMU", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CheckpointProtocolTests", dependencies: ["CheckpointProtocol"], swiftSettings: strict),
+        .testTarget(name: "GuestCostTests", dependencies: ["GuestCost"], swiftSettings: strict),
         .testTarget(name: "TurnaroundTests", dependencies: ["Turnaround", "TurnaroundReport", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "CEVMCommandsTests", dependencies: ["CEVMCommands", "VMStore"], swiftSettings: strict),
         .testTarget(name: "CEVMBenchTests", dependencies: ["CEVMBench", "CEVMSystem", "Records", "VMStore"], swiftSettings: strict),

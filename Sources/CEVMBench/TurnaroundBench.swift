@@ -31,6 +31,16 @@ struct TurnaroundBenchReport: BenchReport {
         var progressUnclamped: Double?
         /// pause + overlap × (1 − progress): the compute the job lost.
         var cost: Double
+        /// The host's estimate of the same loss, from the vCPU threads'
+        /// run time (the manifest's `timings.cost.lostMs`), over its own
+        /// window (request → durable); nil with the reason in `hostNote`.
+        var hostLost: Double?
+        var hostWindow: Double?
+        var hostNote: String?
+        /// The guest's own loss over the host's window, against its rate
+        /// in the 2 s before the request (the estimate's baseline): the
+        /// same question the host answers, asked of the guest's counter.
+        var guestSameWindow: Double?
         var record: String
     }
 
@@ -126,12 +136,16 @@ struct TurnaroundBenchReport: BenchReport {
         out.append(table(grid))
         out.append("")
         out.append("Checkpoints (overlap = request → durable + 3 s, less the pause; progress = units in it / the run's undisturbed rate × overlap)")
-        grid = [["run", "at units", "pause", "to durable", "overlap", "progress", "cost"]]
+        out.append("cost: what the guest's own counter lost; host estimate: the vCPU threads' run time against their rate in the 2 s before (request → durable);")
+        out.append("guest, same window: the guest's counter over the host's window against its own rate in the same 2 s before")
+        grid = [["run", "at units", "pause", "to durable", "overlap", "progress", "cost", "host estimate", "guest, same window", "difference"]]
         for run in runs where !run.taken.isEmpty {
             for c in run.taken {
                 grid.append([
                     run.label, String(format: "%.0f", c.atUnits), s(c.guestPause), s(c.timeToDurable), s(c.overlap),
                     c.progressUnclamped.map { String(format: "%.1f %%", $0 * 100) } ?? "-", s(c.cost),
+                    c.hostLost.map { s($0) } ?? "- (\(c.hostNote ?? "none"))", s(c.guestSameWindow),
+                    c.hostLost.flatMap { host in c.guestSameWindow.map { String(format: "%+.3f s", host - $0) } } ?? "",
                 ])
             }
         }
@@ -313,7 +327,7 @@ public final class TurnaroundBenchRunner: BenchDriver {
                         usedInFit: row.usedInFit, note: row.note))
             }
         }
-        var targets: [TurnaroundBenchReport.Target] = []
+        var targets = Self.hostEstimateTargets(runs: runs, configurations: configurations)
         for row in rows {
             targets.append(
                 .init(
@@ -324,6 +338,52 @@ public final class TurnaroundBenchRunner: BenchDriver {
         return TurnaroundBenchReport(
             cpus: ProcessInfo.processInfo.activeProcessorCount, qemu: qemu, memoryMiB: memoryMiB, workload: workload, units: units,
             bareTurnarounds: bareTimes, computeTime: computeTime, runs: runs, terms: terms, rows: rows, targets: targets)
+    }
+
+    /// The host-side estimate against the guest's own measure: per
+    /// configuration, the mean of each over its checkpoints within 20 % (or
+    /// 50 ms) of the guest's, and the configurations ranked the same way
+    /// by both (Docs/turnaround.md, "The host-side estimate").
+    static func hostEstimateTargets(runs: [TurnaroundBenchReport.Run], configurations: [Configuration])
+        -> [TurnaroundBenchReport.Target]
+    {
+        var targets: [TurnaroundBenchReport.Target] = []
+        var means: [(label: String, guest: Double, host: Double)] = []
+        for configuration in configurations {
+            let taken = runs.filter { $0.label.hasPrefix(configuration.label + ",") }.flatMap(\.taken)
+            // Like with like: the guest's loss over the host's window and baseline.
+            let paired = taken.compactMap { c in
+                c.hostLost.flatMap { host in c.guestSameWindow.map { (guest: max(0, $0), host: max(0, host)) } }
+            }
+            guard !paired.isEmpty else {
+                if !taken.isEmpty {
+                    targets.append(
+                        .init(
+                            name: "\(configuration.label): host estimate within 20 % (or 50 ms) of the guest's loss (same window)",
+                            value: "no host estimate in \(taken.count) checkpoint(s)", required: "an estimate", met: false))
+                }
+                continue
+            }
+            let guest = paired.map(\.guest).reduce(0, +) / Double(paired.count)
+            let host = paired.map(\.host).reduce(0, +) / Double(paired.count)
+            means.append((configuration.label, guest, host))
+            let gap = host - guest
+            targets.append(
+                .init(
+                    name: "\(configuration.label): host estimate within 20 % (or 50 ms) of the guest's loss (same window)",
+                    value: String(format: "host %.3f s, guest %.3f s (%+.3f s, %d checkpoint(s))", host, guest, gap, paired.count),
+                    required: "|difference| ≤ max(20 %, 0.050 s)", met: abs(gap) <= max(0.2 * guest, 0.05)))
+        }
+        if means.count >= 2 {
+            let byGuest = means.sorted { $0.guest < $1.guest }.map(\.label)
+            let byHost = means.sorted { $0.host < $1.host }.map(\.label)
+            targets.append(
+                .init(
+                    name: "mechanisms ranked the same by the host estimate and the guest's loss (same window)",
+                    value: "guest: " + byGuest.joined(separator: " < ") + "; host: " + byHost.joined(separator: " < "),
+                    required: "the same order", met: byGuest == byHost))
+        }
+        return targets
     }
 
     // MARK: QEMU alone
@@ -566,11 +626,25 @@ public final class TurnaroundBenchRunner: BenchDriver {
                 progress = (b - a) / (rate * overlap)
             }
             let clamped = progress.map { min(1, max(0, $0)) }
+            let host = t.cost
+            // The guest's loss over the host's window, at its rate in the
+            // estimate's baseline (the 2 s before the request).
+            var sameWindow: Double?
+            if let w = host?.windowMs.map({ $0 / 1000 }), w > 0,
+                let before = ConsoleProgress.rate(from: window.start - 2, to: window.start, in: ticks), before > 0,
+                let a = ConsoleProgress.counter(at: window.start, in: ticks, pause: window.pause),
+                let b = ConsoleProgress.counter(at: window.start + w, in: ticks, pause: window.pause)
+            {
+                sameWindow = w - (b - a) / before
+            }
             out.append(
                 .init(
                     atUnits: entry.units, guestPause: pause, timeToDurable: t.requestToDurableMs / 1000, overlap: overlap,
                     progressDuringOverlap: clamped, progressUnclamped: progress,
-                    cost: pause + overlap * (1 - (clamped ?? 1)), record: entry.output.directory))
+                    cost: pause + overlap * (1 - (clamped ?? 1)), hostLost: host?.lostMs.map { $0 / 1000 },
+                    hostWindow: host?.windowMs.map { $0 / 1000 },
+                    hostNote: host == nil ? "the record has no host estimate" : host?.unavailable,
+                    guestSameWindow: sameWindow, record: entry.output.directory))
         }
         return (rate, out)
     }

@@ -2,6 +2,7 @@ import ArgumentParser
 import CEVMSystem
 import Foundation
 import Records
+import Supervisor
 import Turnaround
 import TurnaroundReport
 import VMStore
@@ -14,7 +15,9 @@ struct ReportCommand: AsyncParsableCommand {
         discussion: """
             Reads the records of the VMs named (every VM when none is named) and any --record given. \
             Each record's timings give one sample of its mechanism: the guest pause, plus the progress \
-            lost while the old side serialised when that was measured (see Docs/turnaround.md). \
+            the guest lost beside the checkpoint's work, as the host estimated it from the vCPU threads' \
+            run time (records made before cevm estimated it charge the pause alone; see Docs/turnaround.md). \
+            The restart time is the median of the VMs' measured restores unless --restart is given. \
             Durations accept s, m, h and d suffixes (90s, 30m, 2h); a bare number is seconds.
             """)
 
@@ -117,19 +120,10 @@ struct ReportCommand: AsyncParsableCommand {
     /// One model sample from a record's measured timings.
     static func sample(_ record: Record) -> Turnaround.CheckpointSample? { sample(record.manifest) }
 
-    /// One model sample from a manifest; the progress during the overlap is
-    /// left unmeasured (the caller may know it from the guest's console).
-    static func sample(_ m: RecordManifest) -> Turnaround.CheckpointSample? {
-        guard let mechanism = Turnaround.Mechanism(rawValue: m.mechanism.rawValue) else { return nil }
-        return Turnaround.CheckpointSample(
-            mechanism: mechanism, guestPause: m.timings.guestPauseMs / 1000,
-            migrationDowntime: m.migration.downtimeMs.map { $0 / 1000 },
-            migrationTotal: m.migration.totalTimeMs.map { $0 / 1000 },
-            timeToDurable: m.timings.requestToDurableMs / 1000,
-            overlap: (m.timings.overlapMs ?? 0) / 1000,
-            progressDuringOverlap: nil,
-            bytes: m.files.reduce(0) { $0 + $1.size })
-    }
+    /// One model sample from a manifest, the lost progress from the
+    /// host's estimate when the record has one; the guest's own progress
+    /// is left unmeasured (the caller may know it from the guest's console).
+    static func sample(_ m: RecordManifest) -> Turnaround.CheckpointSample? { ManifestSample.sample(m) }
 
     /// Seconds each measured restore of these VMs took (`cevm restore` records them).
     static func restoreTimes(home: Home, vms: [VMName]) -> [Double] {

@@ -59,6 +59,7 @@ struct Restore: AsyncParsableCommand {
             // files outside the tree (base, kernel, initrd) against their
             // identities — all before anything starts.
             try await Blocking.run { try record.verifyRestorable() }
+            let verified = Timestamp.monotonic()
             let located = try await Self.locateExternalFiles(record, moved: moved, home: home)
             let movedBase = try Self.movedBase(record, located: located)
             let target = try name.map(parseName) ?? record.manifest.vm
@@ -151,9 +152,19 @@ struct Restore: AsyncParsableCommand {
                 throw undone
             }
             if common.json { return try Output.json(status) }
-            // The measured restart time, for `cevm report --mtbf`.
-            let timing = Timing(record: record.id, seconds: Timestamp.monotonic() - started, at: Timestamp.now())
-            if let line = try? JSONEncoder().encode(timing), let fd = try? Files.openForAppend(paths.restoreTimes) {
+            // The measured restart time, for `cevm report --mtbf`: request to
+            // the guest running, as the supervisor saw it resume (else now).
+            var timing = Timing(record: record.id, seconds: Timestamp.monotonic() - started, at: Timestamp.now())
+            if let phases = RestoreTiming.read(paths, record: record.id), phases.launched >= verified {
+                timing.seconds = phases.running - started
+                timing.phases = [
+                    "verified": verified - started, "launched": phases.launched - started, "streamed": phases.streamed - started,
+                    "loaded": phases.loaded - started, "running": phases.running - started,
+                ]
+            }
+            // A member of a group restore runs only when its group does: its
+            // time to running is not this restore's.
+            if !paused, let line = try? JSONEncoder().encode(timing), let fd = try? Files.openForAppend(paths.restoreTimes) {
                 try? Files.writeAll(fd, Array(line) + [0x0a], subject: paths.restoreTimes)
                 close(fd)
             }
@@ -220,8 +231,15 @@ struct Restore: AsyncParsableCommand {
     /// One measured restore: verification, start of QEMU, memory streamed in, guest running.
     struct Timing: Codable {
         var record: String
+        /// Request to the guest running.
         var seconds: Double
         var at: String
+        /// Seconds from the request: "verified" (files checked), "launched"
+        /// (QEMU answering), "streamed" (memory sent), "loaded" (QEMU done
+        /// loading), "running" (`cont` answered). nil in older lines, and
+        /// when the supervisor's figures were missing (`seconds` then runs
+        /// to the VM counting as running, a boot grace later).
+        var phases: [String: Double]?
     }
 
     /// The record's external files, each where the user points (`--kernel`,

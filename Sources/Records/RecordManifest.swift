@@ -198,6 +198,45 @@ public struct RecordManifest: Codable, Sendable, Equatable {
         public var overlapMs: Double?
         /// Optional phases: name → milliseconds from the request.
         public var phases: [String: Double]?
+        /// What the checkpoint cost the guest, estimated from the host
+        /// (nil in records made before cevm estimated it).
+        public var cost: Cost?
+
+        /// The host-side estimate of the guest's lost progress: its vCPU
+        /// threads' run time over the window (request → the end of the
+        /// checkpoint's work) against their rate just before the request
+        /// (Docs/turnaround.md, "The host-side estimate"). Every field but
+        /// `estimator` and `samples` is absent when there is no estimate;
+        /// `unavailable` then says why.
+        public struct Cost: Codable, Sendable, Equatable {
+            /// How it was estimated (`schedstat-run-time`).
+            public var estimator: String
+            /// vCPU-seconds per second the guest's vCPUs ran before the request.
+            public var rateBefore: Double?
+            /// Seconds of guest progress lost over the window, pause included
+            /// (negative when the vCPUs ran more than before).
+            public var lostMs: Double?
+            /// Request → the last sample.
+            public var windowMs: Double?
+            /// How long the rate was measured over.
+            public var baselineMs: Double?
+            /// Bound on run time no sample saw (vCPU threads that started or
+            /// ended between two samples), in the same unit as `lostMs`.
+            public var uncertaintyMs: Double?
+            /// vCPU threads runnable but waiting for a CPU during the window.
+            public var waitMs: Double?
+            /// Samples (sweeps of every vCPU thread) used: baseline and window.
+            public var samples: Int
+            /// vCPU threads seen in the window (Old_VM's and New_VM's).
+            public var threads: Int?
+            /// Why there is no estimate.
+            public var unavailable: String?
+
+            public init(estimator: String, samples: Int) {
+                self.estimator = estimator
+                self.samples = samples
+            }
+        }
 
         public init(requestToPauseMs: Double, guestPauseMs: Double, requestToDurableMs: Double, pausedAt: String, resumedAt: String) {
             self.requestToPauseMs = requestToPauseMs

@@ -226,6 +226,8 @@ final class CEVMRun: CheckpointRun {
             case .resumeNew: try await resumeNew()
             case .adoptNew: await adoptNew()
             case .stopOld:
+                // Old_VM's vCPUs are stopped for good: a last reading before their threads go.
+                supervisor.sampler.untrack(pid: old.pid)
                 _ = await old.stop(grace: .seconds(2))
                 mark("oldEnded")
             case .finishMemory: try await finishMemory()
@@ -295,6 +297,10 @@ final class CEVMRun: CheckpointRun {
                 console: console.sink(instance: index, continuing: index - 1))
         }
         made.withLock { $0.new = instance }
+        // Sampled from before it runs, so the window sees all its vCPU time.
+        if let vcpus = try? await instance.vcpuThreads() {
+            supervisor.sampler.track(pid: instance.pid, threads: vcpus.map { Int32($0) })
+        }
         let incomingWatch = try await step(.newVM) {
             let watch = try await MigrationWatch.start(instance.qmp)
             _ = try await instance.qmp.execute("migrate-incoming", arguments: ["uri": .string("unix:\(incoming)")])
@@ -486,6 +492,8 @@ final class CEVMRun: CheckpointRun {
         let state = made.withLock { $0 }
         guard let memory = state.memory else { throw PartFailure(part: .record, message: "no memory record to commit") }
         let phases = state.phases
+        // The window's settle wait is not the record's latency: `durable` is taken before it.
+        let cost = await supervisor.sampler.closeWindow(resumed: phases["switchOver"].map { requested + $0 / 1000 })
         let info = state.info
         let downtime = info["downtime"]?.doubleValue
         let pausedWall = state.stopped ?? state.resumedWall - (downtime ?? 0) / 1000
@@ -519,7 +527,8 @@ final class CEVMRun: CheckpointRun {
         manifest.placement?.precopy = placement.precopy.description
         manifest.placement?.oldInstance = placement.oldInstance.description
         manifest.placement?.observed = state.observed
-        manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
+        manifest.timings.cost = cost
+        manifest.timings.requestToDurableMs = (durable - requested) * 1000
         let record = try await supervisor.commitRecord(manifest, in: directory, spec: spec, cut: state.cut)
         made.withLock { $0.record = record }
     }
@@ -537,9 +546,13 @@ final class CEVMRun: CheckpointRun {
             // also refuse a later background snapshot).
             if options.autoConverge { try? await MigrationSettings.setCapability(old.qmp, "auto-converge", false) }
         case .stopNew:
-            if let new = state.new { _ = await new.stop(grace: .seconds(1)) }
+            if let new = state.new {
+                supervisor.sampler.untrack(pid: new.pid)
+                _ = await new.stop(grace: .seconds(1))
+            }
             await supervisor.detach(made.withLock { $0.newPorts })
         case .stopOld:
+            supervisor.sampler.untrack(pid: old.pid)
             _ = await old.stop(grace: .seconds(2))
         case .abortTee:
             if let tee = state.tee {

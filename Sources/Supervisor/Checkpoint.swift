@@ -55,6 +55,9 @@ extension Supervisor {
     /// failure removes the partial record and leaves the VM running.
     func checkpoint(_ options: CheckpointOptions) async throws -> Record {
         let instance = try await state.beginCheckpoint(name)
+        // The cost window opens at the request (the baseline is the sampler's ring).
+        _ = sampler.openWindow()
+        defer { sampler.abandonWindow() }
         do {
             let record: Record
             switch options.mechanism {
@@ -178,6 +181,7 @@ extension Supervisor {
         let qmp = instance.qmp
         let socket = "\(paths.runDirectory)/incoming.sock"
         unlink(socket)
+        let launched = Timestamp.monotonic()
         do {
             let watch = try await MigrationWatch.start(qmp)
             _ = try await qmp.execute("migrate-incoming", arguments: ["uri": .string("unix:\(socket)")])
@@ -190,9 +194,21 @@ extension Supervisor {
             } else {
                 sent = 0
             }
+            let streamed = Timestamp.monotonic()
             _ = try await watch.completion()
+            let loaded = Timestamp.monotonic()
             unlink(socket)
-            if resume { try await instance.resume() }
+            if resume {
+                try await instance.resume()
+                // The restore's phases, for `cevm restore` to record (a failure to
+                // write loses only the figures). A member of a group restore is
+                // resumed later, by the group: it records none.
+                let timing = RestoreTiming(
+                    record: record.id, launched: launched, streamed: streamed, loaded: loaded, running: Timestamp.monotonic())
+                if let bytes = try? JSONEncoder().encode(timing) {
+                    try? Files.writeAtomically(Array(bytes), to: RestoreTiming.path(paths))
+                }
+            }
             try? Files.writeAll(
                 try Files.openForAppend(paths.supervisorLog),
                 Array("\(Timestamp.now()) restored \(record.id): \(sent) bytes of memory stream\n".utf8))

@@ -95,13 +95,10 @@ extension Supervisor {
         if let every = options.everySeconds { return .init(seconds: every, reason: "fixed interval (--every)") }
         guard let mtbf = options.mtbfSeconds else { return .init(seconds: 3600, reason: "no interval given") }
         let mechanism = options.checkpoint.mechanism
+        // The same samples `cevm report` fits: pause plus the host's estimate of the lost progress.
         let samples = RecordStore(paths: paths).list().compactMap { record -> Turnaround.CheckpointSample? in
-            guard record.manifest.mechanism == mechanism, let m = Turnaround.Mechanism(rawValue: mechanism.rawValue) else { return nil }
-            return Turnaround.CheckpointSample(
-                mechanism: m, guestPause: record.manifest.timings.guestPauseMs / 1000,
-                migrationDowntime: record.manifest.migration.downtimeMs.map { $0 / 1000 },
-                timeToDurable: record.manifest.timings.requestToDurableMs / 1000,
-                overlap: (record.manifest.timings.overlapMs ?? 0) / 1000)
+            guard record.manifest.mechanism == mechanism else { return nil }
+            return ManifestSample.sample(record.manifest)
         }
         guard !samples.isEmpty, let m = Turnaround.Mechanism(rawValue: mechanism.rawValue),
             let model = try? Turnaround.fit(samples: samples, runs: []),
@@ -118,7 +115,16 @@ extension Supervisor {
         let seconds = min(max(choice.interval, ScheduleOptions.intervalRange.lowerBound), ScheduleOptions.intervalRange.upperBound)
         return .init(
             seconds: seconds,
-            reason: "\(choice.formula.rawValue) from δ = \(String(format: "%.3f", delta)) s measured over \(samples.count) record(s) and the MTBF: \(choice.reason)")
+            reason: "\(choice.formula.rawValue) from δ = \(String(format: "%.3f", delta)) s (\(Self.costBasis(samples))) "
+                + "measured over \(samples.count) record(s) and the MTBF: \(choice.reason)")
+    }
+
+    /// What δ is made of, in words: the pause alone, or with the host's estimate of the lost progress.
+    static func costBasis(_ samples: [Turnaround.CheckpointSample]) -> String {
+        let estimated = samples.filter { $0.hostEstimate != nil }.count
+        if estimated == samples.count { return "pause + lost progress estimated from the host" }
+        if estimated == 0 { return "the pause alone: these records carry no host estimate, a lower bound" }
+        return "pause + lost progress estimated from the host in \(estimated) of \(samples.count) record(s), the pause alone in the rest"
     }
 }
 

@@ -264,11 +264,14 @@ final class SnapshotRun: CheckpointRun {
     private func commit() async throws {
         let state = made.withLock { $0 }
         guard let memory = state.memory else { throw SupervisorError.checkpointFailed("no memory record to commit") }
+        // Memory and disk are durable here; the cost window's settle wait is not the record's latency.
+        let durable = Timestamp.monotonic()
+        let cost = await supervisor.sampler.closeWindow(resumed: state.pauseEnd)
         var timings = RecordManifest.Timings(
             requestToPauseMs: (state.pauseStart - requested) * 1000, guestPauseMs: (state.pauseEnd - state.pauseStart) * 1000,
             requestToDurableMs: 0, pausedAt: state.pausedAt, resumedAt: state.resumedAt)
         if kind == .backgroundSnapshot {
-            timings.overlapMs = (Timestamp.monotonic() - state.pauseEnd) * 1000
+            timings.overlapMs = (durable - state.pauseEnd) * 1000
             timings.phases = state.phases
             timings.consoleGapMs = await console?.interruption(paused: state.pausedWall, resumed: state.resumedWall).map { $0 * 1000 }
         }
@@ -283,7 +286,8 @@ final class SnapshotRun: CheckpointRun {
                 totalTimeMs: info["total-time"]?.doubleValue, downtimeMs: info["downtime"]?.doubleValue, streamBytes: memory.streamBytes),
             timings: timings, files: memory.files + (state.disk?.files ?? []), disk: state.disk?.disk)
         manifest.memory = memory.memory
-        manifest.timings.requestToDurableMs = (Timestamp.monotonic() - requested) * 1000
+        manifest.timings.cost = cost
+        manifest.timings.requestToDurableMs = (durable - requested) * 1000
         let record = try await supervisor.commitRecord(manifest, in: directory, spec: spec, cut: state.cut)
         made.withLock { $0.record = record }
     }

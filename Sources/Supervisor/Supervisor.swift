@@ -78,6 +78,8 @@ public final class Supervisor: Sendable {
     /// Fired by `requestStop()` (and the group's graceful shutdown): the
     /// VM's instance is stopped.
     let stopSignal = AsyncSignal()
+    /// Samples the vCPU threads' run time for each checkpoint's cost.
+    let sampler = VCPUSampler()
 
     init(home: Home, name: VMName, options: Options, lock: Int32? = nil) {
         self.lock = lock
@@ -153,6 +155,7 @@ public final class Supervisor: Sendable {
                 services: services, gracefulShutdownSignals: options.handlesSignals ? [.sigterm, .sigint, .sighup] : [],
                 logger: logger))
         do { try await group.run() } catch { log("supervisor services: \(error)") }
+        sampler.stop()
         unlink(paths.controlSocket)
         await stopDisk()
         // A stop returns only once its final status is on disk.
@@ -285,6 +288,7 @@ public final class Supervisor: Sendable {
             }
         }
         let vcpus = (try? await instance.vcpuThreads()) ?? []
+        sampler.track(pid: instance.pid, threads: vcpus.map { Int32($0) })
         await state.adopt(instance)
         let accelDescription = "\(accel.accelerator.rawValue) (\(accel.reason))"
         await update {

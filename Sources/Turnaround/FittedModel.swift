@@ -57,6 +57,9 @@ extension Turnaround {
         public var bytes: Spread
         /// Samples with an overlap but no measured progress rate.
         public var samplesWithoutProgress: Int
+        /// Samples whose lost progress is the host's estimate (the guest
+        /// did not measure its own).
+        public var samplesWithHostEstimate: Int
     }
 
     /// A term the fit could not estimate, and why.

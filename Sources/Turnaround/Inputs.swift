@@ -31,12 +31,17 @@ extension Turnaround {
         public var progressDuringOverlap: Double?
         /// Bytes written for the record (memory stream plus disk record).
         public var bytes: Int64
+        /// The guest's lost progress as the host estimated it (the record
+        /// manifest's `timings.cost`), used when `progressDuringOverlap`
+        /// was not measured by the guest itself.
+        public var hostEstimate: HostEstimate?
 
         public init(
             mechanism: Mechanism, guestPause: Double, migrationDowntime: Double? = nil,
             migrationTotal: Double? = nil, timeToDurable: Double, overlap: Double = 0,
-            progressDuringOverlap: Double? = nil, bytes: Int64 = 0
+            progressDuringOverlap: Double? = nil, bytes: Int64 = 0, hostEstimate: HostEstimate? = nil
         ) {
+            self.hostEstimate = hostEstimate
             self.mechanism = mechanism
             self.guestPause = guestPause
             self.migrationDowntime = migrationDowntime
@@ -48,18 +53,24 @@ extension Turnaround {
         }
 
         /// Progress the guest lost during the overlap, in seconds of
-        /// undisturbed compute: `overlap · (1 − progress)`, 0 when progress
-        /// was not measured.
+        /// undisturbed compute: `overlap · (1 − progress)` when the guest
+        /// measured its progress; else the host's estimate less the pause
+        /// (the estimate covers the whole window, pause included), not
+        /// below 0; else 0.
         public var lostProgress: Double {
-            guard let progress = progressDuringOverlap else { return 0 }
-            return overlap * (1 - progress)
+            if let progress = progressDuringOverlap { return overlap * (1 - progress) }
+            if let hostEstimate { return max(0, hostEstimate.lost - guestPause) }
+            return 0
         }
 
         /// The guest-visible cost of this checkpoint: pause plus lost progress.
         public var cost: Double { guestPause + lostProgress }
 
         /// True when the overlap was not free but its progress rate is unknown.
-        var progressUnmeasured: Bool { overlap > 0 && progressDuringOverlap == nil }
+        var progressUnmeasured: Bool { overlap > 0 && progressDuringOverlap == nil && hostEstimate == nil }
+
+        /// True when the lost progress comes from the host's estimate.
+        var lostFromHostEstimate: Bool { progressDuringOverlap == nil && hostEstimate != nil }
 
         package func validate(_ path: String) throws(TurnaroundError) {
             try Check.seconds(guestPause, "\(path).guestPause")
@@ -68,7 +79,40 @@ extension Turnaround {
             try Check.seconds(timeToDurable, "\(path).timeToDurable")
             try Check.seconds(overlap, "\(path).overlap")
             if let progressDuringOverlap { try Check.fraction(progressDuringOverlap, "\(path).progressDuringOverlap") }
+            if let hostEstimate { try hostEstimate.validate("\(path).hostEstimate") }
             guard bytes >= 0 else { throw .negative(field: "\(path).bytes", value: Double(bytes)) }
+        }
+    }
+
+    /// A checkpoint's cost to the guest as the host estimated it, from its
+    /// vCPU threads' run time over the checkpoint's window against their
+    /// rate before (Docs/turnaround.md, "The host-side estimate").
+    public struct HostEstimate: Sendable, Hashable, Codable {
+        /// The estimator's name (`schedstat-run-time`).
+        public var estimator: String
+        /// Seconds of guest progress lost over the window, pause included;
+        /// negative when the vCPUs ran more than before.
+        public var lost: Double
+        /// The window's length.
+        public var window: Double
+        /// vCPU-seconds per second before the checkpoint.
+        public var rateBefore: Double
+
+        public init(estimator: String, lost: Double, window: Double, rateBefore: Double) {
+            self.estimator = estimator
+            self.lost = lost
+            self.window = window
+            self.rateBefore = rateBefore
+        }
+
+        package func validate(_ path: String) throws(TurnaroundError) {
+            guard lost.isFinite else { throw .notFinite(field: "\(path).lost", value: lost) }
+            guard Swift.abs(lost) <= Turnaround.maximumSeconds else {
+                throw .outOfRange(field: "\(path).lost", value: lost, range: -Turnaround.maximumSeconds...Turnaround.maximumSeconds)
+            }
+            try Check.seconds(window, "\(path).window")
+            guard rateBefore.isFinite else { throw .notFinite(field: "\(path).rateBefore", value: rateBefore) }
+            guard rateBefore > 0 else { throw .notPositive(field: "\(path).rateBefore", value: rateBefore) }
         }
     }
 

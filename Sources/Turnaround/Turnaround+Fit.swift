@@ -37,8 +37,10 @@ extension Turnaround {
                             source: "mean QEMU-reported downtime of \(downtimes.count) CEVM checkpoint(s) "
                                 + "(no plain live-migration samples)",
                             notes: [
-                                "counts the switch-over pause only, not the pre-copy's slowdown: "
-                                    + "a lower bound on what a plain live migration costs"
+                                "no real live migration was measured (plain migrations come from `cevm bench "
+                                    + "checkpoint`'s controls, not from records): T_mg is CEVM's switch-over "
+                                    + "pause alone, without the pre-copy's slowdown, a lower bound on what a "
+                                    + "plain live migration costs"
                             ]))
                 } else {
                     let reason =
@@ -92,6 +94,7 @@ extension Turnaround {
             let bytes = Spread.of(samples.map { Double($0.bytes) })
         else { return nil }
         let unmeasured = samples.filter(\.progressUnmeasured)
+        let hostEstimated = samples.filter(\.lostFromHostEstimate).count
         var notes: [String] = []
         if !unmeasured.isEmpty {
             let overlapMean = unmeasured.map(\.overlap).reduce(0, +) / Double(unmeasured.count)
@@ -104,8 +107,10 @@ extension Turnaround {
             term: mechanism.term, basis: .samples, seconds: cost.mean, standardError: cost.standardError, spread: cost,
             components: CostComponents(
                 guestPause: pause, lostProgress: lost, overlap: overlap, timeToDurable: durable, bytes: bytes,
-                samplesWithoutProgress: unmeasured.count),
-            source: "mean guest-visible cost (pause + lost progress) of \(samples.count) \(mechanism) sample(s)",
+                samplesWithoutProgress: unmeasured.count, samplesWithHostEstimate: hostEstimated),
+            source: "mean guest-visible cost (pause + lost progress) of \(samples.count) \(mechanism) sample(s)"
+                + (hostEstimated > 0
+                    ? "; lost progress estimated from the host (vCPU run time) in \(hostEstimated) of them" : ""),
             notes: notes)
     }
 

@@ -453,6 +453,32 @@ private struct Plot {
             s.append(
                 ##"<text x="\##(Plot.n(lx + 32))" y="\##(Plot.n(ly + 4))" font-size="11" fill="#555555">\##(xml(detail))</text>"##
             )
+            if let estimate = model.estimate(mechanism.term), let parts = estimate.components {
+                // The cost's parts as a bar (pause solid, lost progress light),
+                // scaled to the largest term, and how many samples back it.
+                let widest = mechanisms.compactMap { model.estimate($0.term)?.seconds }.max() ?? 0
+                let scale = widest > 0 ? 150 / widest : 0
+                let pauseWidth = max(0, parts.guestPause.mean * scale), lostWidth = max(0, parts.lostProgress.mean * scale)
+                ly += 10
+                s.append(
+                    ##"<rect class="cost-pause" data-mechanism="\##(xml(mechanism.rawValue))" x="\##(Plot.n(lx + 32))" y="\##(Plot.n(ly))" "##
+                        + ##"width="\##(Plot.n(pauseWidth))" height="6" fill="\##(color)"/>"##)
+                s.append(
+                    ##"<rect class="cost-lost" data-mechanism="\##(xml(mechanism.rawValue))" x="\##(Plot.n(lx + 32 + pauseWidth))" y="\##(Plot.n(ly))" "##
+                        + ##"width="\##(Plot.n(lostWidth))" height="6" fill="\##(color)" fill-opacity="0.35"/>"##)
+                ly += 16
+                let split = "pause \(Format.seconds(parts.guestPause.mean)) + lost \(Format.seconds(parts.lostProgress.mean))"
+                var basis = "\(parts.guestPause.count) sample\(parts.guestPause.count == 1 ? "" : "s")"
+                if parts.samplesWithHostEstimate > 0 { basis += ", \(parts.samplesWithHostEstimate) host-estimated" }
+                if parts.samplesWithoutProgress > 0 { basis += ", \(parts.samplesWithoutProgress) lost unmeasured" }
+                s.append(
+                    ##"<text class="cost-parts" data-mechanism="\##(xml(mechanism.rawValue))" x="\##(Plot.n(lx + 32))" y="\##(Plot.n(ly))" "##
+                        + ##"font-size="10" fill="#555555">\##(xml(split))</text>"##)
+                ly += 12
+                s.append(
+                    ##"<text class="cost-samples" data-mechanism="\##(xml(mechanism.rawValue))" x="\##(Plot.n(lx + 32))" y="\##(Plot.n(ly))" "##
+                        + ##"font-size="10" fill="#555555">\##(xml(basis))</text>"##)
+            }
             if let b = best[mechanism] {
                 ly += 14
                 s.append(

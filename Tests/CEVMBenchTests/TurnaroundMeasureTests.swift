@@ -10,15 +10,22 @@ import VMStore
 @Suite struct TurnaroundMeasureTests {
     /// A checkpoint requested at `start` (host seconds), paused from
     /// `start + 0.5` for `pause` seconds, durable `durable` seconds after the request.
-    func checkpoint(start: Double, pause: Double, durable: Double) throws -> TurnaroundBenchRunner.CheckpointOutput {
+    func checkpoint(start: Double, pause: Double, durable: Double, hostLost: Double? = nil) throws -> TurnaroundBenchRunner.CheckpointOutput {
         let name = try VMName("job")
         let spec = VMSpec(
             name: name, memoryMiB: 128, vcpus: 1, cpuset: nil, accel: .tcg, machine: "q35",
             boot: .kernel(kernel: "/k", initrd: nil, append: ""), disk: nil, bundledGuest: false)
         let pausedAt = start + 0.5
-        let timings = RecordManifest.Timings(
+        var timings = RecordManifest.Timings(
             requestToPauseMs: 500, guestPauseMs: pause * 1000, requestToDurableMs: durable * 1000,
             pausedAt: stamp(pausedAt), resumedAt: stamp(pausedAt + pause))
+        if let hostLost {
+            var cost = RecordManifest.Timings.Cost(estimator: "schedstat-run-time", samples: 40)
+            cost.lostMs = hostLost * 1000
+            cost.windowMs = durable * 1000
+            cost.rateBefore = 1
+            timings.cost = cost
+        }
         let manifest = RecordManifest(
             id: "r", vm: name, createdAt: timings.pausedAt, mechanism: .cevm, parent: nil, spec: spec,
             qemu: .init(version: "7.2", package: ""),
@@ -80,6 +87,41 @@ import VMStore
         #expect(c.progressDuringOverlap == 1)
         #expect((c.progressUnclamped ?? 0) > 1)
         #expect(abs(c.cost - 0.1) < 1e-9)
+    }
+
+    @Test func theHostEstimateIsComparedWithTheGuestsLossOverTheSameWindow() throws {
+        let t0 = 1_800_000_000.0
+        // As above: over the host's window (request → durable, 2 s), the
+        // guest did 0.5 + 1.3 s at half speed and paused 0.2 s: 90 units
+        // where its rate in the 2 s before (100/s) does 200, so it lost 1.1 s.
+        let output = try checkpoint(start: t0 + 10, pause: 0.2, durable: 2, hostLost: 1.0)
+        let ticks = ticks(t0: t0, until: t0 + 30, slow: (t0 + 10)...(t0 + 12), stopped: (t0 + 10.5)...(t0 + 10.7))
+        let c = try #require(TurnaroundBenchRunner.measure(ticks: ticks, checkpoints: [(units: 1000, output: output)]).checkpoints.first)
+        #expect(c.hostLost == 1.0)
+        #expect(abs((c.guestSameWindow ?? 0) - 1.1) < 0.01, "\(String(describing: c.guestSameWindow))")
+
+        func run(_ label: String, _ pairs: [(host: Double, guest: Double)]) -> TurnaroundBenchReport.Run {
+            var base = c
+            let taken = pairs.map { pair -> TurnaroundBenchReport.Checkpoint in
+                base.hostLost = pair.host
+                base.guestSameWindow = pair.guest
+                return base
+            }
+            return .init(label: "\(label), n=2", checkpoints: 2, turnaround: 30, taken: taken)
+        }
+        let configurations: [TurnaroundBenchRunner.Configuration] = [
+            .init(mechanism: .backgroundSnapshot, policy: nil), .init(mechanism: .cevm, policy: .dedicated),
+        ]
+        // Within 20 %, and within 50 ms of a small loss; ranked alike.
+        var targets = TurnaroundBenchRunner.hostEstimateTargets(
+            runs: [run("background-snapshot", [(1.1, 1.0), (1.3, 1.2)]), run("cevm (dedicated)", [(0.08, 0.05), (0.06, 0.05)])],
+            configurations: configurations)
+        #expect(targets.count == 3 && targets.allSatisfy(\.met), "\(targets.map { "\($0.name): \($0.value)" })")
+        // 30 % off, and the order reversed.
+        targets = TurnaroundBenchRunner.hostEstimateTargets(
+            runs: [run("background-snapshot", [(0.7, 1.0), (0.7, 1.0)]), run("cevm (dedicated)", [(0.9, 0.5), (0.9, 0.5)])],
+            configurations: configurations)
+        #expect(targets.filter { !$0.met }.count == 3, "\(targets.map { "\($0.name): \($0.value) \($0.met)" })")
     }
 
     @Test func noTicksMeansNothingMeasured() {

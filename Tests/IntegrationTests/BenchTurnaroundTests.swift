@@ -59,10 +59,21 @@ struct BenchTurnaroundTests {
             let measured = row["measured"] as? Double ?? 0
             #expect(abs((row["errorPercent"] as? Double ?? .nan) - (predicted - measured) / measured * 100) < 1e-6)
         }
-        // One target per row, and one more when a guest was lost (QEMU 7.2
-        // TCG migrations sometimes lose one; the run is retried).
+        // One prediction target per row, one more when a guest was lost (QEMU
+        // 7.2 TCG migrations sometimes lose one; the run is retried), one
+        // host-estimate target per configuration and one for their ranking.
         let lost = report["lost"] as? [Any] ?? []
-        #expect((report["targets"] as? [Any])?.count == rows.count + (lost.isEmpty ? 0 : 1))
+        let targets = (report["targets"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        #expect(targets.filter { $0.contains("predicted turnaround within 10 %") }.count == rows.count, "\(targets)")
+        #expect(targets.filter { $0.contains("kept its guest") }.count == (lost.isEmpty ? 0 : 1), "\(targets)")
+        #expect(targets.filter { $0.contains("host estimate within 20 %") }.count == 2, "\(targets)")
+        #expect(targets.filter { $0.contains("ranked the same") }.count == 1, "\(targets)")
+        #expect(targets.count == rows.count + (lost.isEmpty ? 0 : 1) + 3, "\(targets)")
+        // Every checkpoint carries the host's estimate from its record, beside the guest's own loss.
+        for c in runs.flatMap({ $0["taken"] as? [[String: Any]] ?? [] }) {
+            #expect(c["hostLost"] as? Double != nil, "\(c)")
+            #expect(c["guestSameWindow"] as? Double != nil, "\(c)")
+        }
     }
 
     @Test func badArgumentsAreRefusedByName() throws {

@@ -76,6 +76,73 @@ struct ReportCommandTests {
         #expect(table.ok && table.stdout.contains("Inequality") && table.stdout.contains("n=5"), "\(table.stdout)")
     }
 
+    /// Records whose manifests carry the host's cost estimate: the terms
+    /// charge it (pause included), so a background snapshot whose guest
+    /// lost 1.2 s ranks behind a CEVM checkpoint that cost it 0.3 s even
+    /// though its pause is shorter, and no term is called a lower bound.
+    @Test func chargesTheHostEstimate() throws {
+        let cevm = try CEVMHarness()
+        let home = Home(root: cevm.home)
+        try home.prepare()
+        let name = try VMName("est")
+        let paths = home.vm(name)
+        try Files.makeDirectory(paths.directory, mode: 0o700)
+        let spec = VMSpec(
+            name: name, memoryMiB: 128, vcpus: 1, cpuset: nil, accel: .tcg, machine: "q35",
+            boot: .kernel(kernel: "/k", initrd: nil, append: ""), disk: nil, bundledGuest: false)
+        try paths.writeSpec(spec)
+        let store = RecordStore(paths: paths)
+        // (mechanism, pause ms, host-estimated loss ms; nil: an estimate that was unavailable)
+        let rows: [(Mechanism, Double, Double?)] = [
+            (.cevm, 50, 280), (.cevm, 60, 320), (.backgroundSnapshot, 4, 1150), (.backgroundSnapshot, 5, 1250),
+            (.stopAndSave, 400, 410), (.stopAndSave, 420, nil),
+        ]
+        for (i, row) in rows.enumerated() {
+            let id = "20260102-00000\(i)-000\(i)"
+            let directory = try store.newRecordDirectory(id: id)
+            try Files.writeAtomically([UInt8](repeating: 0, count: 1000), to: "\(directory)/memory.mig")
+            var timings = RecordManifest.Timings(
+                requestToPauseMs: 5, guestPauseMs: row.1, requestToDurableMs: 2000,
+                pausedAt: "2026-01-02T00:00:0\(i).000000Z", resumedAt: "2026-01-02T00:00:0\(i).100000Z")
+            timings.overlapMs = row.0 == .stopAndSave ? nil : 1900
+            var cost = RecordManifest.Timings.Cost(estimator: "schedstat-run-time", samples: 40)
+            if let lost = row.2 {
+                cost.lostMs = lost
+                cost.windowMs = 2000
+                cost.rateBefore = 0.97
+            } else {
+                cost.unavailable = "the guest's vCPUs were idle before the checkpoint"
+            }
+            timings.cost = cost
+            let manifest = RecordManifest(
+                id: id, vm: name, createdAt: timings.pausedAt, mechanism: row.0, parent: nil, spec: spec,
+                qemu: .init(version: "10.0", package: ""),
+                migration: .init(parameters: [:], capabilities: [:], totalTimeMs: nil, downtimeMs: row.0 == .cevm ? row.1 - 5 : nil, streamBytes: 1000),
+                timings: timings, files: [.init(name: "memory.mig", role: .memory, size: 1000, sha256: "00")], disk: nil)
+            _ = try RecordStore.commit(manifest, in: directory)
+        }
+        let result = try cevm.run(["report", "est", "--json"])
+        #expect(result.ok, "\(result.stderr)")
+        let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] ?? [:]
+        let model = (object["report"] as? [String: Any])?["model"] as? [String: Any] ?? [:]
+        let terms = model["terms"] as? [[String: Any]] ?? []
+        func term(_ name: String) -> [String: Any] { terms.first { $0["term"] as? String == name } ?? [:] }
+        let bg = term("T_bg")["seconds"] as? Double ?? 0, cevmTerm = term("T_cevm")["seconds"] as? Double ?? 0
+        #expect(abs(bg - 1.2) < 1e-9, "\(terms)")
+        #expect(abs(cevmTerm - 0.3) < 1e-9, "\(terms)")
+        #expect(bg > cevmTerm)
+        // Stop-and-save: one estimate (0.41 s), one without (its pause, 0.42 s).
+        #expect(abs((term("T_cpt")["seconds"] as? Double ?? 0) - 0.415) < 1e-9)
+        for name in ["T_bg", "T_cevm"] {
+            let notes = term(name)["notes"] as? [String] ?? []
+            #expect(!notes.contains { $0.contains("lower bound") }, "\(name): \(notes)")
+        }
+        let mgNotes = term("T_mg")["notes"] as? [String] ?? []
+        #expect(mgNotes.contains { $0.contains("no real live migration was measured") }, "\(mgNotes)")
+        let table = try cevm.run(["report", "est"])
+        #expect(table.ok && table.stdout.contains("estimated from the host"), "\(table.stdout)")
+    }
+
     @Test func badArgumentsAreRefusedByName() throws {
         let cevm = try CEVMHarness()
         let empty = try cevm.run(["report"])
