@@ -56,7 +56,7 @@ struct GroupRestore {
                 let name = try parseName(member.vm + suffix)
                 do {
                     let copy = suffix.isEmpty ? [] : ["--name=\(name.value)", "--network-suffix=\(suffix)"]
-                    var one = try Restore.parse([member.record, "--paused"] + copy)
+                    let one = try Restore.parse([member.record, "--paused"] + copy)
                     try await one.run()
                     restored.append(name)
                 } catch {
