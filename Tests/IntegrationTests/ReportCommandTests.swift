@@ -7,18 +7,24 @@ import VMStore
 /// `cevm report` with the real binary, over records whose timings are known.
 @Suite(.serialized, .enabled(if: Files.exists(CEVMHarness.binaryPath), "needs the cevm binary"))
 struct ReportCommandTests {
-    /// A VM with records of known timings (no QEMU involved).
-    func seed(_ cevm: borrowing CEVMHarness) throws {
+    /// A stopped VM's directory and spec (no QEMU involved), for records to be written into.
+    static func makeVM(_ cevm: borrowing CEVMHarness, _ vm: String) throws -> (VMSpec, VMPaths, RecordStore) {
         let home = Home(root: cevm.home)
         try home.prepare()
-        let name = try VMName("job")
+        let name = try VMName(vm)
         let paths = home.vm(name)
         try Files.makeDirectory(paths.directory, mode: 0o700)
         let spec = VMSpec(
             name: name, memoryMiB: 128, vcpus: 1, cpuset: nil, accel: .tcg, machine: "q35",
             boot: .kernel(kernel: "/k", initrd: nil, append: ""), disk: nil, bundledGuest: false)
         try paths.writeSpec(spec)
-        let store = RecordStore(paths: paths)
+        return (spec, paths, RecordStore(paths: paths))
+    }
+
+    /// A VM with records of known timings (no QEMU involved).
+    func seed(_ cevm: borrowing CEVMHarness) throws {
+        let (spec, paths, store) = try Self.makeVM(cevm, "job")
+        let name = spec.name
         // (mechanism, pause ms, downtime ms, durable ms, overlap ms)
         let rows: [(Mechanism, Double, Double?, Double, Double?)] = [
             (.stopAndSave, 300, nil, 350, nil), (.stopAndSave, 320, nil, 380, nil),
@@ -82,16 +88,8 @@ struct ReportCommandTests {
     /// though its pause is shorter, and no term is called a lower bound.
     @Test func chargesTheHostEstimate() throws {
         let cevm = try CEVMHarness()
-        let home = Home(root: cevm.home)
-        try home.prepare()
-        let name = try VMName("est")
-        let paths = home.vm(name)
-        try Files.makeDirectory(paths.directory, mode: 0o700)
-        let spec = VMSpec(
-            name: name, memoryMiB: 128, vcpus: 1, cpuset: nil, accel: .tcg, machine: "q35",
-            boot: .kernel(kernel: "/k", initrd: nil, append: ""), disk: nil, bundledGuest: false)
-        try paths.writeSpec(spec)
-        let store = RecordStore(paths: paths)
+        let (spec, _, store) = try Self.makeVM(cevm, "est")
+        let name = spec.name
         // (mechanism, pause ms, host-estimated loss ms; nil: an estimate that was unavailable)
         let rows: [(Mechanism, Double, Double?)] = [
             (.cevm, 50, 280), (.cevm, 60, 320), (.backgroundSnapshot, 4, 1150), (.backgroundSnapshot, 5, 1250),
