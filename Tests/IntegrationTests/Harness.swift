@@ -107,6 +107,14 @@ struct CEVMHarness: ~Copyable {
         return seen
     }
 
+    /// What to print when a command on VM `name` failed: its stderr and the
+    /// last lines of the VM's supervisor log, where the cause is.
+    func diagnose(_ result: Result, _ name: String, lines: Int = 30) -> String {
+        let log = (try? Files.readString("\(home)/vms/\(name)/supervisor.log")) ?? "(no supervisor log)"
+        let tail = log.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
+        return "exit \(result.status): \(result.stderr)\n--- supervisor.log of \(name), last \(lines) lines ---\n\(tail)"
+    }
+
     /// The supervisor pid of a VM from its status file.
     func supervisorPID(_ name: String) -> pid_t? {
         guard let text = try? Files.readString("\(home)/vms/\(name)/status.json"),

@@ -39,7 +39,7 @@ struct NICEndToEndTests {
 
         // CEVM checkpoint: New_VM started without the forward, and holds it after the switch-over.
         let checkpoint = try cevm.run(["checkpoint", "web", "--mechanism", "cevm", "--json"])
-        #expect(checkpoint.ok, "\(checkpoint.stderr)")
+        #expect(checkpoint.ok, "\(cevm.diagnose(checkpoint, "web"))")
         let second = try #require(try qemuPID(cevm, "web"))
         #expect(second != first)
         #expect(listeners(port: port) == [second], "New_VM listens on the forwarded port")
@@ -53,10 +53,12 @@ struct NICEndToEndTests {
         #expect(recordNICs?.first?["mac"] as? String == mac, "the record keeps the NIC and its MAC")
 
         // Stop-and-save keeps the same QEMU, and its forward; a second CEVM checkpoint moves it again.
-        #expect(try cevm.run(["checkpoint", "web", "--mechanism", "stop-and-save"]).ok)
+        let stopAndSave = try cevm.run(["checkpoint", "web", "--mechanism", "stop-and-save"])
+        #expect(stopAndSave.ok, "\(cevm.diagnose(stopAndSave, "web"))")
         #expect(try qemuPID(cevm, "web") == second)
         #expect(listeners(port: port) == [second])
-        #expect(try cevm.run(["checkpoint", "web", "--mechanism", "cevm"]).ok)
+        let again = try cevm.run(["checkpoint", "web", "--mechanism", "cevm"])
+        #expect(again.ok, "\(cevm.diagnose(again, "web"))")
         let moved = try #require(try qemuPID(cevm, "web"))
         #expect(moved != second)
         #expect(listeners(port: port) == [moved], "the next New_VM listens on the forwarded port")

@@ -307,6 +307,26 @@ struct QMPResumeTests {
         }
     }
 
+    @Test("a not-finalized refusal is retried when the run state moved on before the query")
+    func refusalRacingTheCleanupIsRetried() async throws {
+        try await withFakeServer { server in
+            let client = try await QMPClient.connect(unixSocketPath: server.path)
+            let resumed = Task { try await client.resume() }
+            let cont = try await server.nextRequest()
+            #expect(cont["execute"] == "cont")
+            try await server.replyError(to: cont, errorClass: "GenericError", description: Self.notFinalized)
+            // The cleanup ran between the refusal and this query.
+            let status = try await server.nextRequest()
+            #expect(status["execute"] == "query-status")
+            try await server.reply(to: status, with: ["status": "postmigrate"])
+            let again = try await server.nextRequest()
+            #expect(again["execute"] == "cont")
+            try await server.reply(to: again)
+            try await resumed.value
+            await client.close()
+        }
+    }
+
     @Test("a refusal in any other run state is thrown at once")
     func otherRefusalsAreThrown() async throws {
         try await withFakeServer { server in
