@@ -10,8 +10,15 @@ public struct MemoryChain: Sendable {
     /// Nearest first: the record itself, its parent, ..., the full one.
     public let records: [Record]
 
-    /// A chain longer than this is refused (qcow2's own limit is similar).
-    public static let maxDepth = 64
+    /// A chain longer than this is refused: the reader opens every layer
+    /// as one qcow2 backing chain, and qcow2 chains stop there.
+    public static let maxDepth = QCOW2Image.maxChainDepth
+
+    /// The longest chain a new increment may extend: a record whose parent's
+    /// chain holds this many records is written full instead, so that
+    /// checkpoints taken without retention never reach `maxDepth` (the
+    /// disk's chains have the same bound).
+    public static let maxIncrementalDepth = 16
 
     public init(_ record: Record) throws {
         var chain: [Record] = []

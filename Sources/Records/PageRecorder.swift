@@ -24,6 +24,24 @@ public final class PageRecorder {
             self.memory = memory
         }
 
+        /// The record in `directory` as the memory parent of the next
+        /// record, or nil and the reason the next record must be full: the
+        /// record is unreadable or holds no page image, or its memory chain
+        /// already holds `MemoryChain.maxIncrementalDepth` records.
+        public static func forNextRecord(after directory: String) -> (parent: Parent?, whyFull: String?) {
+            do {
+                let record = try Record.load(directory: directory)
+                let parent = try Parent(record: record)
+                let depth = try MemoryChain(record).records.count
+                guard depth < MemoryChain.maxIncrementalDepth else {
+                    return (nil, "the memory chain of \(record.id) holds \(depth) records, the most an increment may extend")
+                }
+                return (parent, nil)
+            } catch {
+                return (nil, "the previous record \(directory) cannot be a memory parent (\(error))")
+            }
+        }
+
         public init(record: Record) throws {
             guard let memory = record.manifest.memory else {
                 throw RecordError.badMemoryImage(reason: "record \(record.id) holds no page image (version 1): no parent for an increment")

@@ -100,7 +100,8 @@ extension Supervisor {
     /// How a checkpoint records the memory stream into `directory`: format 1
     /// spools QEMU's stream; format 2 (the default) keeps its pages, over
     /// the previous page record unless `full` (or there is none, or it is
-    /// gone or unreadable: the record is then full).
+    /// gone or unreadable, or its chain is `MemoryChain.maxIncrementalDepth`
+    /// records deep: the record is then full).
     ///
     /// A background snapshot records format 1: its stream carries every
     /// device's state before the RAM pages (saved at the pause, while the
@@ -112,9 +113,9 @@ extension Supervisor {
         if options.recordFormat == 1 || options.mechanism == .backgroundSnapshot { return .stream(path: "\(directory)/memory.mig") }
         var parent: PageRecorder.Parent?
         if !options.full, let previous {
-            do { parent = try PageRecorder.Parent(record: try Record.load(directory: previous)) } catch {
-                log("the previous record \(previous) cannot be a memory parent (\(error)); this one is full")
-            }
+            let next = PageRecorder.Parent.forNextRecord(after: previous)
+            parent = next.parent
+            if let why = next.whyFull { log("\(why); this record's memory is full") }
         }
         // A stopped guest waits for the sink: spool the stream raw and
         // parse it after `cont`, when the records' file system has room for
