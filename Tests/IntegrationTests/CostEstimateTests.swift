@@ -64,6 +64,9 @@ struct CostEstimateTests {
             }
         }
         let bg = (charged["background-snapshot"] ?? []).reduce(0, +) / 2, dedicated = (charged["cevm"] ?? []).reduce(0, +) / 2
+        // Printed for the run's log: which of the two cost more on this host, in this run.
+        print("cost estimate: background-snapshot charged \(charged["background-snapshot"] ?? []) s (mean \(bg)), "
+            + "cevm dedicated \(charged["cevm"] ?? []) s (mean \(dedicated))")
 
         let report = try cevm.run(["report", "writer", "--json"])
         #expect(report.ok, "\(report.stderr)")
