@@ -33,6 +33,13 @@ enum Output {
         FileHandle.standardError.write(Data("\u{1B}[2K\r\(message)".utf8))
     }
 
+    /// A line on stderr, terminal or not: something the command did on its
+    /// own that the user should know of.
+    static func notice(_ message: String) {
+        endProgress()
+        FileHandle.standardError.write(Data("cevm: \(message)\n".utf8))
+    }
+
     static func endProgress() {
         guard isTerminal else { return }
         FileHandle.standardError.write(Data("\u{1B}[2K\r".utf8))

@@ -20,7 +20,8 @@ struct Restore: AsyncParsableCommand {
             restored under its own name, its console log continues. The record itself is never written: \
             the restored VM's disk is a new overlay on top of the record's disk; the overlay it had \
             is kept as disk/overlay.before-restore.qcow2. A restore that fails (QEMU refuses the stream, \
-            the guest dies at once) puts the VM's overlay and spec back as they were.
+            the guest dies at once) puts the VM's overlay and spec back as they were; one that is killed \
+            leaves a journal, undone by the next restore or run of the VM.
             """)
 
     @Argument(help: "A record id or record directory, or a group record's id (every member restored).") var record: String
@@ -90,9 +91,12 @@ struct Restore: AsyncParsableCommand {
             try await ensureNetworks(of: spec, home: home)
             try home.prepare()
             try Files.makeDirectory(paths.directory, mode: 0o700)
-            // From here on every change to the VM's directory is noted, so
-            // that a restore that fails leaves it as it was.
-            var changes = Changes(paths: paths)
+            // A restore killed before it finished left its journal: undo it first.
+            if let recovered = await RestoreJournal.recover(paths) { Output.notice(recovered) }
+            // From here on every change to the VM's directory is journaled
+            // before it is made, so that a restore that fails, or is killed,
+            // leaves it as it was.
+            var changes = try RestoreJournal.begin(paths: paths, record: record.id)
             let status: VMStatus
             do {
                 if let disk = record.manifest.spec.disk, let recordDisk = record.diskPath {
@@ -108,7 +112,7 @@ struct Restore: AsyncParsableCommand {
                         // earlier restore stays whole if this one fails.
                         let partial = diskBase + ".partial"
                         Files.remove(partial)
-                        if !Files.exists(diskBase) { changes.madeRecordDisk = diskBase }
+                        if !Files.exists(diskBase) { try changes.note { $0.madeRecordDisk = diskBase } }
                         do {
                             try await Tool.check(
                                 "qemu-img", ["convert", "-q", "-O", "qcow2", "-B", movedBase.path, "-F", movedBase.format, movedBase.source, partial],
@@ -122,8 +126,7 @@ struct Restore: AsyncParsableCommand {
                     spec.disk = VMSpec.Disk(
                         base: diskBase, baseFormat: "qcow2", sizeBytes: disk.sizeBytes, createdByCEVM: false, record: record.id)
                 }
-                changes.previousSpec = Files.exists(paths.spec) ? try Files.read(paths.spec) : nil
-                changes.wroteSpec = true
+                try changes.saveSpec()
                 try paths.writeSpec(spec)
                 // The VM's disk from now on: a new overlay over the record's disk.
                 // The overlay it had is kept aside, not deleted: it holds writes
@@ -131,11 +134,13 @@ struct Restore: AsyncParsableCommand {
                 if Files.exists(paths.overlay) {
                     // A checkpoint the lost VM did not finish left two overlays: merge them first.
                     _ = try VMDisk.recover(directory: paths.diskDirectory)
-                    if rename(paths.overlay, Changes.aside(paths)) != 0 { throw SystemError("rename", errno: errno, subject: paths.overlay) }
-                    changes.movedOverlayAside = true
+                    try changes.note { $0.movedOverlayAside = true }
+                    if rename(paths.overlay, RestoreJournal.aside(paths)) != 0 {
+                        throw SystemError("rename", errno: errno, subject: paths.overlay)
+                    }
                 }
                 // No overlay now: the one the supervisor makes is this restore's.
-                changes.overlayIsNew = true
+                try changes.note { $0.overlayIsNew = true }
                 status = try await SupervisorLauncher.startDetached(
                     home: home, name: target,
                     // Every page was checked above, before anything changed:
@@ -151,6 +156,7 @@ struct Restore: AsyncParsableCommand {
                 if common.json { return try Output.json(status) }
                 throw undone
             }
+            changes.finish()
             if common.json { return try Output.json(status) }
             // The measured restart time, for `cevm report --mtbf`: request to
             // the guest running, as the supervisor saw it resume (else now).
@@ -170,61 +176,6 @@ struct Restore: AsyncParsableCommand {
             }
             Output.line(
                 "\(target) restored from \(record.id) and \(paused ? "held paused" : "running") (qemu pid \(status.qemuPID.map(String.init) ?? "?"))")
-        }
-    }
-
-    /// What a restore changed in the VM's directory before the restored
-    /// guest ran, put back when the restore fails (a stream QEMU refuses,
-    /// a supervisor that cannot start, a qemu-img that fails, …): the new
-    /// overlay and the `record-ID.qcow2` it made are removed, the overlay
-    /// moved aside goes back, and the spec is the one the VM had (none for
-    /// a name the restore would have created). The record is never written,
-    /// and files that were there before stay.
-    struct Changes {
-        let paths: VMPaths
-        /// `disk/record-ID.qcow2`, made by this restore (a moved base).
-        var madeRecordDisk: String?
-        /// `spec.json` as it was before the restore wrote its own (nil: none).
-        var previousSpec: [UInt8]?
-        var wroteSpec = false
-        /// The VM's overlay was renamed to `overlay.before-restore.qcow2`.
-        var movedOverlayAside = false
-        /// Whatever `disk/overlay.qcow2` is from now on, this restore's
-        /// supervisor made it.
-        var overlayIsNew = false
-
-        static func aside(_ paths: VMPaths) -> String { "\(paths.diskDirectory)/overlay.before-restore.qcow2" }
-
-        /// Undoes the changes once nothing of the VM runs any more (its
-        /// supervisor ends right after it reports the failure; it is given
-        /// `wait` to); returns the error to report: `error`, with what could
-        /// not be put back.
-        func undo(after error: any Error, wait: Duration = .seconds(30)) async -> any Error {
-            let deadline = ContinuousClock.now + wait
-            while let holder = paths.lockHolder {
-                guard ContinuousClock.now < deadline else {
-                    return CLIError("\(error) (\(holder) still holds the VM: \(paths.directory) is left as the restore made it)")
-                }
-                try? await Task.sleep(for: .milliseconds(100))
-            }
-            var problems: [String] = []
-            func remove(_ path: String) {
-                if unlink(path) != 0 && errno != ENOENT { problems.append("\(path) (\(String(cString: strerror(errno))))") }
-            }
-            if overlayIsNew { remove(paths.overlay) }
-            if movedOverlayAside && rename(Self.aside(paths), paths.overlay) != 0 {
-                problems.append("\(Self.aside(paths)) back to \(paths.overlay) (\(String(cString: strerror(errno))))")
-            }
-            if let madeRecordDisk { remove(madeRecordDisk) }
-            if wroteSpec {
-                if let previousSpec {
-                    do { try Files.writeAtomically(previousSpec, to: paths.spec) } catch { problems.append("\(paths.spec) (\(error))") }
-                } else {
-                    remove(paths.spec)
-                }
-            }
-            guard !problems.isEmpty else { return error }
-            return CLIError("\(error) (the restore's changes could not all be undone: \(problems.joined(separator: "; ")))")
         }
     }
 

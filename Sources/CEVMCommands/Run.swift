@@ -87,6 +87,8 @@ struct Run: AsyncParsableCommand {
                 throw QEMUError.qemuMissing(binary: tool)
             }
             if let holder = paths.lockHolder { throw SupervisorError.lockHeld(name, holder) }
+            // A restore killed before it finished left its journal: undo it first.
+            if let recovered = await RestoreJournal.recover(paths) { Output.notice(recovered) }
             if Files.exists(paths.spec) {
                 if specOptionsGiven {
                     throw CLIError(

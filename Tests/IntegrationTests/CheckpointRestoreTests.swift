@@ -267,6 +267,42 @@ struct CheckpointRestoreTests {
         #expect(try cevm.run(["stop", "undo"]).ok)
     }
 
+    /// `cevm restore` and the supervisor it started killed (-9) once the
+    /// VM's overlay was moved aside: the journal the restore left is undone
+    /// by the next restore, which then runs, and keeps the VM's own overlay
+    /// aside — not the killed restore's.
+    @Test func aKilledRestoreIsUndoneByTheNext() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "killed", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("killed", count: 3)
+        let taken = try checkpoint(cevm, "killed")
+        _ = try cevm.waitForTicks("killed", count: 5)
+        #expect(try cevm.run(["stop", "killed"]).ok)
+        let vm = "\(cevm.home)/vms/killed"
+        let overlay = try FileDigest.sha256(of: "\(vm)/disk/overlay.qcow2")
+
+        let restore = try cevm.spawn(["restore", taken.id])
+        let journaled = cevm.wait(timeout: 60) {
+            ((try? Files.readString("\(vm)/restore-journal.json")) ?? "").contains("\"overlayIsNew\":true")
+        }
+        #expect(journaled, "the restore journals its overlay")
+        kill(restore.processIdentifier, SIGKILL)
+        restore.waitUntilExit()
+        // The supervisor it started (it may not have written its status yet).
+        CEVMHarness.killProcesses(mentioning: "supervise killed --restore")
+        #expect(cevm.waitForQEMUCount(0, timeout: 20) == 0, "the restore's QEMU dies with its supervisor")
+        #expect(Files.exists("\(vm)/restore-journal.json"))
+
+        let again = try cevm.run(["restore", taken.id])
+        #expect(again.ok, "\(cevm.diagnose(again, "killed"))")
+        #expect(again.stderr.contains("an interrupted restore of \(taken.id)"), "\(again.stderr)")
+        #expect(!Files.exists("\(vm)/restore-journal.json"))
+        #expect(try FileDigest.sha256(of: "\(vm)/disk/overlay.before-restore.qcow2") == overlay, "the VM's own overlay is kept aside")
+        let ticks = try cevm.waitForTicks("killed", count: 8)
+        #expect(ticks.suffix(2).allSatisfy { $0.mem == "ok" && $0.disk == "ok" })
+        #expect(try cevm.run(["stop", "killed"]).ok)
+    }
+
     /// The VM's base image moved: a restore without `--base` is refused
     /// naming it; with `--base` at the moved copy the restored VM runs over
     /// a copy of the record's clusters on that base, memory and disk checked
