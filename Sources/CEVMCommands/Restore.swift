@@ -35,7 +35,8 @@ struct Restore: AsyncParsableCommand {
     @Option(help: "A group restore: restore every member as NAME+SUFFIX, on copies of its networks named NET+SUFFIX (created when missing); a suffix starting with - is given as --suffix=-copy.")
     var suffix: String?
 
-    @Option(help: .hidden) var networkSuffix: String?
+    @Option(help: "Attach the restored VM's NICs to copies of their cevm networks, named NET+SUFFIX (created when missing): a copy restored with --name beside its running original cannot join the original's network, where its MAC is taken (a suffix starting with - is given as --network-suffix=-copy).")
+    var networkSuffix: String?
 
     @OptionGroup var common: CommonOptions
 

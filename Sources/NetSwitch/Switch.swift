@@ -121,6 +121,9 @@ public enum SwitchError: Error, Sendable, Equatable, CustomStringConvertible {
     case notMember(String)
     case alreadyCut(String)
     case membersNotCut([String])
+    /// Another VM's port holds the MAC: two machines with one MAC on one
+    /// segment (a copy restored beside its original).
+    case macInUse(MACAddress, vm: String, PortID)
 
     public var description: String {
         switch self {
@@ -137,6 +140,9 @@ public enum SwitchError: Error, Sendable, Equatable, CustomStringConvertible {
         case .notMember(let vm): return "VM '\(vm)' is not a member of the group checkpoint cutting this network"
         case .alreadyCut(let vm): return "VM '\(vm)' has cut already"
         case .membersNotCut(let vms): return "member(s) \(vms.joined(separator: ", ")) have not cut"
+        case .macInUse(let mac, let vm, let p):
+            return "MAC \(mac) is already on this network (VM '\(vm)', \(p)): two machines with one MAC on one network; "
+                + "stop '\(vm)', or attach this VM to a copy of the network (cevm restore --network-suffix)"
         }
     }
 }
@@ -248,6 +254,7 @@ public struct Switch: Sendable {
     /// The first instance of a VM joins: its port is active.
     public mutating func join(vm: String, instance: Int, mac: MACAddress? = nil) throws(SwitchError) -> PortID {
         if let active = vms[vm]?.active { throw .vmAlreadyAttached(vm, active) }
+        try checkMACFree(mac, for: vm)
         let id = newPort(vm: vm, instance: instance, mac: mac, state: .active)
         vms[vm, default: VM()].active = id
         return id
@@ -258,9 +265,18 @@ public struct Switch: Sendable {
     public mutating func standby(vm: String, instance: Int, mac: MACAddress? = nil) throws(SwitchError) -> PortID {
         guard let entry = vms[vm], entry.active != nil else { throw .noActivePort(vm) }
         if let standby = entry.standby { throw .standbyExists(vm, standby) }
+        try checkMACFree(mac, for: vm)
         let id = newPort(vm: vm, instance: instance, mac: mac, state: .standby)
         vms[vm]?.standby = id
         return id
+    }
+
+    /// A MAC belongs to one VM on a network: its instances (Old_VM and
+    /// New_VM of a CEVM checkpoint) share it, no other VM's port may.
+    private func checkMACFree(_ mac: MACAddress?, for vm: String) throws(SwitchError) {
+        guard let mac, let other = ports.values.filter({ $0.mac == mac && $0.owner.vm != vm }).min(by: { $0.id.value < $1.id.value })
+        else { return }
+        throw .macInUse(mac, vm: other.owner.vm, other.id)
     }
 
     private mutating func newPort(vm: String, instance: Int, mac: MACAddress?, state: PortState) -> PortID {

@@ -76,6 +76,35 @@ struct NICEndToEndTests {
         #expect(try cevm.run(["stop", "web"]).ok)
     }
 
+    /// A copy restored under another name beside its running original would
+    /// put two machines with one MAC on one network: the switch refuses it
+    /// and nothing of the copy is left; on a copy of the network it runs.
+    @Test func aCopyBesideItsOriginalNeedsACopyOfTheNetwork() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["net", "create", "lab"]).ok)
+        let run = try cevm.run(["run", "orig", "--accel", "tcg", "--nic", "net=lab"])
+        #expect(run.ok, "\(run.stderr)")
+        _ = try cevm.waitForTicks("orig", count: 3)
+        let mac = try #require(try nics(cevm, "orig").first?["mac"] as? String)
+        let checkpoint = try cevm.run(["checkpoint", "orig", "--mechanism", "stop-and-save"])
+        #expect(checkpoint.ok, "\(cevm.diagnose(checkpoint, "orig"))")
+        let id = String(checkpoint.stdout.split(separator: " ").first ?? "")
+
+        let beside = try cevm.run(["restore", id, "--name", "twin"])
+        #expect(!beside.ok)
+        #expect(beside.stderr.contains("MAC \(mac) is already on this network (VM 'orig'"), "\(beside.stderr)")
+        #expect(!Files.exists("\(cevm.home)/vms/twin/spec.json"), "a refused copy is no VM")
+        #expect(try cevm.status("orig")["state"] as? String == "running")
+
+        let copied = try cevm.run(["restore", id, "--name", "twin", "--network-suffix=-copy"])
+        #expect(copied.ok, "\(cevm.diagnose(copied, "twin"))")
+        let twin = try nics(cevm, "twin").first
+        #expect(twin?["mac"] as? String == mac)
+        #expect(try cevm.run(["status", "twin"]).stdout.contains("network lab-copy"))
+        for vm in ["twin", "orig"] { #expect(try cevm.run(["stop", vm]).ok) }
+        for net in ["lab", "lab-copy"] { #expect(try cevm.run(["net", "rm", net]).ok) }
+    }
+
     @Test func refusedNICsMakeNoVM() throws {
         let cevm = try CEVMHarness()
         let network = try cevm.run(["run", "netted", "--accel", "tcg", "--nic", "net=lab"])

@@ -173,6 +173,25 @@ struct Three {
         #expect(throws: SwitchError.unknownPort(PortID(99))) { _ = try t.sw.leave(PortID(99)) }
     }
 
+    @Test func aMACBelongsToOneVM() throws {
+        var sw = Switch(network: "lab")
+        let mac = MACAddress(hostA)
+        let a = try sw.join(vm: "a", instance: 1, mac: mac)
+        // A copy of a beside it (restored under another name): refused, on join and standby alike.
+        #expect(throws: SwitchError.macInUse(mac, vm: "a", a)) { _ = try sw.join(vm: "copy", instance: 1, mac: mac) }
+        let other = try sw.join(vm: "other", instance: 1, mac: MACAddress(hostB))
+        #expect(throws: SwitchError.macInUse(mac, vm: "a", a)) { _ = try sw.standby(vm: "other", instance: 2, mac: mac) }
+        // a's own New_VM shares its MAC; a VM without a MAC is not checked.
+        let a2 = try sw.standby(vm: "a", instance: 2, mac: mac)
+        _ = try sw.join(vm: "nomac", instance: 1)
+        #expect(SwitchError.macInUse(mac, vm: "a", a).description.contains("already on this network (VM 'a', port \(a.value))"))
+        // Once every port of a has left, the MAC is free.
+        _ = try sw.leave(a)
+        _ = try sw.leave(a2)
+        _ = try sw.join(vm: "copy", instance: 1, mac: mac)
+        _ = other
+    }
+
     @Test func leavingForgetsMACsAndQueuedFrames() throws {
         var t = try Three()
         _ = t.send(frame(hostC, everyone), on: t.c)
