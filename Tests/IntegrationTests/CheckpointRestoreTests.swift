@@ -227,15 +227,23 @@ struct CheckpointRestoreTests {
     /// (QEMU refuses the stream) leaves the VM as it was: its own overlay
     /// under its own name, its spec; a name it would have created is no
     /// VM; the record is untouched. The record put right then restores.
+    /// A VM `name` run, checkpointed, run on a little and stopped: its
+    /// record, its directory and its overlay's digest.
+    func stoppedAfterACheckpoint(_ cevm: borrowing CEVMHarness, _ name: String) throws
+        -> (taken: (id: String, directory: String, manifest: [String: Any]), vm: String, overlay: String)
+    {
+        #expect(try cevm.run(["run", name, "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks(name, count: 3)
+        let taken = try checkpoint(cevm, name)
+        _ = try cevm.waitForTicks(name, count: 5)
+        #expect(try cevm.run(["stop", name]).ok)
+        let vm = "\(cevm.home)/vms/\(name)"
+        return (taken, vm, try FileDigest.sha256(of: "\(vm)/disk/overlay.qcow2"))
+    }
+
     @Test func aFailedRestoreLeavesTheVMAsItWas() throws {
         let cevm = try CEVMHarness()
-        #expect(try cevm.run(["run", "undo", "--accel", "tcg"]).ok)
-        _ = try cevm.waitForTicks("undo", count: 3)
-        let taken = try checkpoint(cevm, "undo")
-        _ = try cevm.waitForTicks("undo", count: 5)
-        #expect(try cevm.run(["stop", "undo"]).ok)
-        let vm = "\(cevm.home)/vms/undo"
-        let overlay = try FileDigest.sha256(of: "\(vm)/disk/overlay.qcow2")
+        let (taken, vm, overlay) = try stoppedAfterACheckpoint(cevm, "undo")
         let spec = try Files.read("\(vm)/spec.json")
         let disks = try Files.list("\(vm)/disk").sorted()
         let saved = try cutDeviceState(taken.directory)
@@ -273,13 +281,7 @@ struct CheckpointRestoreTests {
     /// aside — not the killed restore's.
     @Test func aKilledRestoreIsUndoneByTheNext() throws {
         let cevm = try CEVMHarness()
-        #expect(try cevm.run(["run", "killed", "--accel", "tcg"]).ok)
-        _ = try cevm.waitForTicks("killed", count: 3)
-        let taken = try checkpoint(cevm, "killed")
-        _ = try cevm.waitForTicks("killed", count: 5)
-        #expect(try cevm.run(["stop", "killed"]).ok)
-        let vm = "\(cevm.home)/vms/killed"
-        let overlay = try FileDigest.sha256(of: "\(vm)/disk/overlay.qcow2")
+        let (taken, vm, overlay) = try stoppedAfterACheckpoint(cevm, "killed")
 
         let restore = try cevm.spawn(["restore", taken.id])
         let journaled = cevm.wait(timeout: 60) {
