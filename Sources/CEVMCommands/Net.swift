@@ -145,15 +145,21 @@ struct NetStatusCommand: AsyncParsableCommand {
                 "network:   \(status.network) (switch pid \(status.pid))",
                 "frames:    \(status.framesReceived) received, \(status.forwarded) forwarded, \(status.drops) dropped",
             ]
+            if let promotes = status.promotes {
+                lines.append(
+                    "switch-overs: \(promotes); frames held \(status.framesHeld ?? 0), redelivered \(status.framesRedelivered ?? 0), "
+                        + "carried over \(status.framesCarriedOver ?? 0); switch-overs with unread frames lost \(status.lostAtSwitchOver ?? 0)")
+            }
             if status.ports.isEmpty {
                 lines.append("ports:     none")
             } else {
-                var rows = [["PORT", "VM", "INSTANCE", "MAC", "STATE", "IN", "OUT", "QUEUED", "DROPS"]]
+                var rows = [["PORT", "VM", "INSTANCE", "MAC", "STATE", "IN", "OUT", "QUEUED", "HELD/REDELIVERED/CARRIED", "DROPS"]]
                 for p in status.ports {
                     let drops = p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
                     rows.append([
                         "\(p.port)", p.vm, "\(p.instance)", p.mac ?? "-", p.state + (p.held ? " (held)" : ""),
-                        "\(p.framesIn)/\(p.bytesIn)B", "\(p.framesOut)/\(p.bytesOut)B", "\(p.queuedFrames)", drops.isEmpty ? "0" : drops,
+                        "\(p.framesIn)/\(p.bytesIn)B", "\(p.framesOut)/\(p.bytesOut)B", "\(p.queuedFrames)",
+                        "\(p.framesHeld ?? 0)/\(p.framesRedelivered ?? 0)/\(p.framesCarriedOver ?? 0)", drops.isEmpty ? "0" : drops,
                     ])
                 }
                 lines.append(table(rows))

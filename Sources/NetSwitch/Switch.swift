@@ -55,6 +55,15 @@ public struct PortCounters: Sendable, Equatable, Codable {
     public var framesOut = 0
     public var bytesOut = 0
     public var drops: [DropReason: Int] = [:]
+    /// Copies held for the port's VM while it was paused (`hold`) or had not
+    /// cut yet in a group cut, instead of being written.
+    public var held = 0
+    /// Copies the VM's previous instance was written and never read, written
+    /// again to this port at its promote.
+    public var redelivered = 0
+    /// Copies that waited for the VM's previous instance (its output queue
+    /// or its hold) and were handed to this port at its promote.
+    public var carriedOver = 0
 
     public init() {}
 
@@ -77,6 +86,14 @@ public struct Totals: Sendable, Equatable, Codable {
     /// Copies written once more to New_VM after a switch-over (not new copies).
     public var redelivered = 0
     public var unreadMismatches = 0
+    /// Switch-overs (`promote`s) done.
+    public var promotes = 0
+    /// Copies held for paused VMs or for group-cut members that had not cut.
+    public var held = 0
+    /// Copies waiting for Old_VM (queued or held), handed to New_VM at a promote.
+    public var carriedOver = 0
+    /// Switch-overs at which Old_VM left unread more than the redelivery window kept.
+    public var lostAtSwitchOver = 0
 
     public init() {}
 }
@@ -397,6 +414,8 @@ public struct Switch: Sendable {
                 return []
             }
             vms[vm]?.held?.append(copy)
+            totals.held += 1
+            ports[id]?.counters.held += 1
             return []
         }
         if let cut, copy.postCutOf == cut.group, cut.members.contains(vm), !cut.cut.contains(vm) {
@@ -406,6 +425,8 @@ public struct Switch: Sendable {
                 return []
             }
             self.cut?.hold(copy, for: vm)
+            totals.held += 1
+            ports[id]?.counters.held += 1
             return []
         }
         if !writable || queued > 0 {
@@ -486,6 +507,8 @@ public struct Switch: Sendable {
         if entry.held != nil { throw .alreadyHeld(vm) }
         var held = FrameQueue()
         while let copy = ports[active]?.queue.popFirst() { held.append(copy) }
+        totals.held += held.count
+        ports[active]?.counters.held += held.count
         entry.held = held
         vms[vm] = entry
     }
@@ -517,11 +540,15 @@ public struct Switch: Sendable {
         guard entry.standby == newPort, ports[newPort] != nil else { throw .notStandby(vm, newPort) }
         var resend: [Copy] = []
         var actions: [Action] = []
+        var carried = 0
+        totals.promotes += 1
         if let old = entry.active, var oldPort = ports[old] {
             resend = recover(from: &oldPort, unread: unread)
             // Counted as written once; written (or queued, or dropped) again below.
             totals.copiesWritten -= resend.count
             totals.redelivered += resend.count
+            ports[newPort]?.counters.redelivered += resend.count
+            carried += oldPort.queue.count
             while let copy = oldPort.queue.popFirst() { resend.append(copy) }
             oldPort.state = .retired
             oldPort.log = []
@@ -535,6 +562,9 @@ public struct Switch: Sendable {
         let held = entry.held
         entry.held = nil
         vms[vm] = entry
+        carried += held?.count ?? 0
+        totals.carriedOver += carried
+        ports[newPort]?.counters.carriedOver += carried
         ports[newPort]?.state = .active
         // A member's switch-over is its cut: what New_VM is sent from here
         // on was read after the cut.
@@ -580,6 +610,7 @@ public struct Switch: Sendable {
         if from < port.logStart && counting {
             // Older than the window: those frames are lost; counted once.
             port.counters.drop(.lostAtSwitchOver)
+            totals.lostAtSwitchOver += 1
             totals.copiesWritten -= 1
             totals.copiesDropped += 1
         }

@@ -141,6 +141,15 @@ public struct NetStatus: Codable, Sendable, Equatable {
         public var queuedFrames: Int
         /// Drops by reason (oversize, runt, notActive, sameSegment, queueFull, holdFull, lostAtSwitchOver; copies queued for a port that leaves count in the network's total only).
         public var drops: [String: Int]
+        /// Frames held for the port's VM while it was paused or had not cut
+        /// in a group cut (absent from a switch older than these counters).
+        public var framesHeld: Int?
+        /// Frames the VM's previous instance was written and never read,
+        /// written again to this port at its promote.
+        public var framesRedelivered: Int?
+        /// Frames that waited for the previous instance (queued or held),
+        /// handed to this port at its promote.
+        public var framesCarriedOver: Int?
 
         public init(
             port: Int, vm: String, instance: Int, mac: String?, state: String, held: Bool, framesIn: Int, bytesIn: Int,
@@ -169,6 +178,17 @@ public struct NetStatus: Codable, Sendable, Equatable {
     public var drops: Int
     /// MAC → port number, as learned.
     public var macTable: [String: Int]
+    /// Switch-overs (CEVM promotes) on this network, and over all of them
+    /// (kept when the ports are gone): frames held for paused VMs or
+    /// uncut group members, frames Old_VM never read and New_VM was sent
+    /// again, frames waiting for Old_VM handed to New_VM, and switch-overs
+    /// that lost unread frames older than the redelivery window. Absent
+    /// from a switch older than these counters.
+    public var promotes: Int?
+    public var framesHeld: Int?
+    public var framesRedelivered: Int?
+    public var framesCarriedOver: Int?
+    public var lostAtSwitchOver: Int?
     /// The group checkpoint cutting the network, if any: its group id, the members that have cut and those that have not.
     public var cut: CutProgress?
 

@@ -591,17 +591,26 @@ public final class NetSwitchServer: @unchecked Sendable {
 
     private func status() -> NetStatus {
         let ports = sw.portList.map { p in
-            NetStatus.Port(
+            var port = NetStatus.Port(
                 port: p.id.value, vm: p.owner.vm, instance: p.owner.instance, mac: p.mac?.description, state: p.state.rawValue,
                 held: sw.isHeld(p.owner.vm) && sw.activePort(of: p.owner.vm) == p.id,
                 framesIn: p.counters.framesIn, bytesIn: p.counters.bytesIn, framesOut: p.counters.framesOut, bytesOut: p.counters.bytesOut,
                 queuedFrames: p.queuedFrames, drops: Dictionary(uniqueKeysWithValues: p.counters.drops.map { ($0.key.rawValue, $0.value) }))
+            port.framesHeld = p.counters.held
+            port.framesRedelivered = p.counters.redelivered
+            port.framesCarriedOver = p.counters.carriedOver
+            return port
         }
         let t = sw.totals
         var status = NetStatus(
             network: name.value, pid: getpid(), ports: ports, framesReceived: t.framesReceived, forwarded: t.forwarded,
             drops: t.ingressDrops + t.copiesDropped,
             macTable: Dictionary(uniqueKeysWithValues: sw.macTable.map { ($0.key.description, $0.value.value) }))
+        status.promotes = t.promotes
+        status.framesHeld = t.held
+        status.framesRedelivered = t.redelivered
+        status.framesCarriedOver = t.carriedOver
+        status.lostAtSwitchOver = t.lostAtSwitchOver
         if let cut = sw.cut {
             status.cut = NetStatus.CutProgress(
                 group: cut.group, cut: cut.cut.sorted(), uncut: cut.uncut, heldFrames: cut.heldFrames, channelFrames: cut.channel.count)

@@ -4,6 +4,7 @@ import Glibc
 import CEVMSystem
 import Foundation
 import Testing
+import TestSupport
 
 /// The Debian guest scripts/build-debian-guest makes (Docs/guest.md, "The
 /// Debian guest"): systemd, PostgreSQL 15 and cevm-pg, which commits
@@ -25,13 +26,49 @@ enum DebianGuest {
         return append
     }
 
-    /// `cevm run` arguments for a VM named `name` booting the Debian guest.
-    static func runArguments(_ name: String) throws -> [String] {
+    /// `cevm run` arguments for a VM named `name` booting the Debian guest,
+    /// with a user NIC forwarding 127.0.0.1:`postgresPort` to PostgreSQL's 5432.
+    static func runArguments(_ name: String, postgresPort: Int? = nil) throws -> [String] {
         [
             "run", name, "--accel", "tcg", "--memory", "512M",
             "--kernel", "\(directory)/vmlinuz", "--initrd", "\(directory)/initrd.img",
             "--append", try append(), "--disk", "\(directory)/debian.qcow2",
-        ]
+        ] + (postgresPort.map { ["--nic", "user,hostfwd=tcp:127.0.0.1:\($0)-:5432"] } ?? [])
+    }
+
+    /// PostgreSQL's answer to an SSLRequest (length 8, code 80877103) sent to
+    /// 127.0.0.1:`port`: "N" or "S" when the server answers; otherwise what
+    /// happened (slirp accepts the host's connection before the guest does,
+    /// and closes it when the guest refuses).
+    static func answer(port: Int) -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return "socket: errno \(errno)" }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = loopback(port: port)
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        guard connected else { return "connect: errno \(errno)" }
+        let request: [UInt8] = [0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F]
+        let sent = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        guard sent == request.count else { return "send: errno \(errno)" }
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, 0)
+        if n == 1 { return String(UnicodeScalar(byte)) }
+        return n == 0 ? "closed" : "recv: errno \(errno)"
+    }
+
+    /// Waits until PostgreSQL answers through the forward; returns the last answer.
+    static func waitForAnswer(_ cevm: borrowing CEVMHarness, port: Int, timeout: Double) throws -> String {
+        var last = ""
+        _ = try cevm.wait(timeout: timeout) {
+            last = answer(port: port)
+            return last == "N" || last == "S"
+        }
+        return last
     }
 }
 
@@ -88,10 +125,12 @@ struct DebianGuestTests {
         try #require(DebianGuest.built, "the Debian guest is not built in \(DebianGuest.directory): run scripts/build-debian-guest (make test's setup does)")
         let cevm = try CEVMHarness()
         let name = "pg"
+        // A user NIC: the host reaches PostgreSQL through a forward.
+        let pgPort = try freeTCPPort()
 
         // Boot; time QEMU's start to the first committed row.
         let started = Date().timeIntervalSince1970
-        let run = try cevm.run(try DebianGuest.runArguments(name))
+        let run = try cevm.run(try DebianGuest.runArguments(name, postgresPort: pgPort))
         #expect(run.ok, "\(run.stderr)")
         try #require(run.ok)
         var lines: [PGLine] = []
@@ -105,6 +144,17 @@ struct DebianGuestTests {
         print("debian guest: first committed row \(String(format: "%.1f", firstCommit - started)) s after `cevm run`")
         #expect(lines.first?.kind == .ready(recovery: "no"), "a fresh boot: no crash recovery (\(lines.first.map { "\($0.kind)" } ?? "none"))")
         #expect(lines.compactMap(\.committed) == Array(1...lines.compactMap(\.committed).count), "rows 1, 2, 3, … on a fresh disk")
+
+        // The NIC got its lease, and PostgreSQL answers the host through the forward.
+        var up: [String] = []
+        #expect(try cevm.wait(timeout: 60) {
+            up = try cevm.consoleLines(name).filter { $0.contains("cevm-net ") }
+            return !up.isEmpty
+        }, "no cevm-net line on the console")
+        #expect(up.first?.hasSuffix("cevm-net up dev=eth0 addr=10.0.2.15/24 gw=10.0.2.2") == true, "the NIC by DHCP: \(up)")
+        let answered = try DebianGuest.waitForAnswer(cevm, port: pgPort, timeout: 60)
+        #expect(answered == "N" || answered == "S", "PostgreSQL through the forward before the checkpoint: \(answered)")
+        print("debian guest: PostgreSQL answers through the forward \(String(format: "%.1f", Date().timeIntervalSince1970 - started)) s after `cevm run`")
 
         // A CEVM checkpoint (the default mechanism) while it commits.
         let checkpoint = try cevm.run(["checkpoint", name, "--json"])
@@ -131,6 +181,9 @@ struct DebianGuestTests {
         #expect(beforeCut == Array(1...lastBeforeCut))
         #expect(continued.count >= 5, "New_VM commits on after the checkpoint: \(continued)")
         #expect(continued.first == lastBeforeCut + 1, "New_VM continues from the cut: last before \(lastBeforeCut), then \(continued.prefix(3))")
+        // The forward moved to New_VM with the switch-over.
+        let afterCheckpoint = try DebianGuest.waitForAnswer(cevm, port: pgPort, timeout: 30)
+        #expect(afterCheckpoint == "N" || afterCheckpoint == "S", "PostgreSQL through New_VM's forward: \(afterCheckpoint)")
 
         // Lose everything of the VM: supervisor and QEMU, SIGKILL.
         let detail = try cevm.status(name)["status"] as? [String: Any]
@@ -160,6 +213,9 @@ struct DebianGuestTests {
         #expect(restoredCommits.first == lastBeforeCut + 1, "no committed row lost or repeated: cut at \(lastBeforeCut), restored \(restoredCommits.prefix(3))")
         #expect(restoredCommits == Array((lastBeforeCut + 1)...(lastBeforeCut + max(restoredCommits.count, 1))), "consecutive rows after the restore")
         #expect(restoredCommits.first == continued.first, "the restore continues where New_VM did")
+        // The restored instance binds the forward again; the guest kept its address.
+        let afterRestore = try DebianGuest.waitForAnswer(cevm, port: pgPort, timeout: 30)
+        #expect(afterRestore == "N" || afterRestore == "S", "PostgreSQL through the restored VM's forward: \(afterRestore)")
         for line in after {
             switch line.kind {
             case .ready(let recovery): #expect(recovery == "no", "PostgreSQL restarted after the restore with recovery=\(recovery)")

@@ -66,6 +66,10 @@ struct NetworkCheckpointTests {
         }
         let text = try cevm.run(["net", "status", "lab"]).stdout
         #expect(text.contains("0 dropped"), "\(text)")
+        // Four CEVM checkpoints were four switch-overs, none lost an unread frame.
+        #expect(status["promotes"] as? Int == 4, "promotes: \(status["promotes"] ?? "none")")
+        #expect(status["lostAtSwitchOver"] as? Int == 0)
+        #expect(text.contains("switch-overs: 4;"), "\(text)")
 
         #expect(try cevm.run(["stop", "tx"]).ok)
         #expect(try cevm.run(["stop", "rx"]).ok)

@@ -181,6 +181,7 @@ final class Harness {
         #expect(try h.eventually { $0.framesReceived == 6 })
         let heldPort = try h.port(a)
         #expect(heldPort.held && heldPort.framesOut == 3)
+        #expect(heldPort.framesHeld == 2)
         #expect(a2.silent())
 
         let reply = try h.request(NetRequest(op: .promote, vm: "a", port: a2.port))
@@ -196,6 +197,15 @@ final class Harness {
         let status = try h.status()
         #expect(status.macTable["52:54:00:00:00:0a"] == a2.port)
         #expect(status.ports.map(\.port).sorted() == [b.port, a2.port].sorted())
+        // The switch-over's counts: per network (kept with the old port gone) and on New_VM's port.
+        #expect(status.promotes == 1)
+        #expect(status.framesHeld == 2)
+        #expect(status.framesRedelivered == 2)
+        #expect(status.framesCarriedOver == 2)
+        #expect(status.lostAtSwitchOver == 0)
+        let newPort = try #require(status.ports.first { $0.port == a2.port })
+        #expect(newPort.framesRedelivered == 2 && newPort.framesCarriedOver == 2 && newPort.framesHeld == 0)
+        #expect(status.ports.first { $0.port == b.port }?.framesRedelivered == 0)
         let later = ethernet(macB, macA, tag: 9)
         try b.send(later)
         #expect(try a2.frame() == later)
@@ -239,7 +249,14 @@ final class Harness {
         #expect(seen == seen.sorted() && Set(seen).count == seen.count, "out of order or duplicated")
         #expect(seen.count + dropped + droppedToo == count, "\(seen.count) delivered + \(dropped) + \(droppedToo) dropped != \(count)")
         #expect(seen.first == 0)
-        #expect(try h.status().ports.allSatisfy { ($0.drops["lostAtSwitchOver"] ?? 0) == 0 })
+        let after = try h.status()
+        #expect(after.ports.allSatisfy { ($0.drops["lostAtSwitchOver"] ?? 0) == 0 })
+        // Every frame New_VM got came from Old_VM's socket (redelivered) or its queue (carried over, by way of the hold).
+        let newPort = try #require(after.ports.first { $0.port == a2.port })
+        #expect(after.promotes == 1 && after.lostAtSwitchOver == 0)
+        #expect((newPort.framesRedelivered ?? 0) + (newPort.framesCarriedOver ?? 0) == seen.count - 10 + droppedToo)
+        #expect(newPort.framesCarriedOver == after.framesHeld)
+        #expect(reply.redelivered == newPort.framesRedelivered)
         await h.stop()
     }
 

@@ -235,6 +235,14 @@ struct Three {
         #expect(t.sw.totals.redelivered == 2)
         #expect(t.sw.totals.unreadMismatches == 0)
         #expect(t.sw.isBalanced)
+        // The switch-over's counts: held for the paused VM, then redelivered and carried over to New_VM.
+        #expect(t.sw.totals.promotes == 1)
+        #expect(t.sw.totals.held == 2)
+        #expect(t.sw.totals.carriedOver == 2)
+        #expect(t.sw.ports[t.a]?.counters.held == 2)
+        #expect(t.sw.ports[a2]?.counters.redelivered == 2)
+        #expect(t.sw.ports[a2]?.counters.carriedOver == 2)
+        #expect(t.sw.ports[a2]?.counters.held == 0)
         // Later frames for A reach New_VM only.
         let f = frame(hostB, hostA, tag: 99)
         #expect(writes(t.send(f, on: t.b)) == [a2: [f]])
@@ -273,6 +281,10 @@ struct Three {
         let actions = try t.sw.promote(vm: "a", newPort: a2, unread: Array(wire([confirmed]).suffix(10)))
         #expect(writes(actions) == [a2: [confirmed, inFlight, queued]])
         #expect(t.sw.isBalanced)
+        // Written to Old_VM (read or not by its QEMU): redelivered; queued, then held at the pause: carried over.
+        #expect(t.sw.ports[a2]?.counters.redelivered == 2)
+        #expect(t.sw.ports[a2]?.counters.carriedOver == 1)
+        #expect(t.sw.totals.held == 1)
     }
 
     /// A full socket took only the head of a frame (its write never
@@ -378,6 +390,41 @@ struct Three {
         #expect(resent.count >= 3 && resent.count < 10)
         #expect(resent == Array(written.suffix(resent.count)))
         #expect(t.sw.ports[t.a]?.counters.drops[.lostAtSwitchOver] == 1)
+        #expect(t.sw.totals.lostAtSwitchOver == 1)
+        #expect(t.sw.ports[a2]?.counters.redelivered == resent.count)
+    }
+
+    /// Without `hold` (what the supervisor does): the frames written into
+    /// the paused Old_VM's socket are the ones redelivered; those its full
+    /// socket made the switch queue are carried over; nothing counts as held.
+    @Test func switchOverCountsWithoutAHold() throws {
+        var t = try Three()
+        _ = t.send(frame(hostA, everyone), on: t.a)
+        let read = frame(hostB, hostA, tag: 1)
+        _ = t.send(read, on: t.b)
+        let a2 = try t.sw.standby(vm: "a", instance: 2)
+        // Old_VM paused: two more frames reach its socket, then it is full and one is queued.
+        let unread = (2...3).map { frame(hostB, hostA, tag: UInt8($0)) }
+        for f in unread { _ = t.send(f, on: t.b) }
+        _ = t.sw.handle(.writabilityChanged(t.a, false))
+        let queued = frame(hostC, hostA, tag: 4)
+        _ = t.sw.handle(.frameReceived(t.c, queued))
+        let actions = try t.sw.promote(vm: "a", newPort: a2, unread: wire(unread))
+        #expect(writes(actions) == [a2: unread + [queued]])
+        #expect(t.sw.totals.promotes == 1)
+        #expect(t.sw.totals.held == 0)
+        #expect(t.sw.totals.redelivered == 2)
+        #expect(t.sw.totals.carriedOver == 1)
+        #expect(t.sw.totals.lostAtSwitchOver == 0)
+        #expect(t.sw.ports[a2]?.counters.redelivered == 2)
+        #expect(t.sw.ports[a2]?.counters.carriedOver == 1)
+        #expect(t.sw.isBalanced)
+        // A second switch-over of the same VM (New_VM read everything) adds to the network's counts.
+        for (p, frames) in writes(actions) { _ = t.sw.handle(.wrote(p, frames: frames.count)) }
+        let a3 = try t.sw.standby(vm: "a", instance: 3)
+        _ = try t.sw.promote(vm: "a", newPort: a3, unread: [])
+        #expect(t.sw.totals.promotes == 2)
+        #expect(t.sw.totals.redelivered == 2)
     }
 }
 

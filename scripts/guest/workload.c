@@ -8,7 +8,7 @@
  *
  * Parameters come from /proc/cmdline (the last occurrence of a key wins):
  *   cevm.mem=MiB cevm.pages=N cevm.disk=N cevm.tick=MS cevm.verify=N cevm.job=N
- *   cevm.net=ROLE[,ROLE...] (send:HOST:PORT, recv:PORT, echo:PORT) cevm.netrate=N
+ *   cevm.net=ROLE[,ROLE...] (send:HOST:PORT, recv:PORT, echo:PORT, ping:HOST:PORT) cevm.netrate=N
  * (cevm.ip= and cevm.gw= are applied by /init before the workload starts.)
  * Console lines (exact formats, see Docs/guest.md):
  *   cevm-workload start mem=<MiB> pages=<n> disk=<n> tick=<ms> verify=<n> job=<units>
@@ -964,8 +964,199 @@ static void net_echo(unsigned port)
     }
 }
 
+/* cevm.net=ping:HOST:PORT: round trips to an echo role. After the echo's
+ * banner line, one PING_MSG-byte message at a time (its number in w[1]) is
+ * sent and must come back whole before the next is sent, at most
+ * cevm.netrate a second (0: at once). Once a second:
+ *   cevm-net ping n=<round trips> got=<this second> p50=<us> p99=<us> max=<us> resets=<n> connected=<0|1>
+ * (p50/p99/max over this second's round trips, "-" when there were none; a
+ * round trip still waiting shows as wait=<us>). */
+#define PING_MSG 32u
+#define PING_MAGIC UINT64_C(0x31474e4950564543) /* "CEVPING1" */
+#define PING_SAMPLES 65536u
+
+static struct {
+    uint64_t n, resets, t_report, sent_at;
+    uint32_t rtt[PING_SAMPLES]; /* this second's round trips, us */
+    unsigned got;
+    int connected, waiting;
+} png;
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void ping_report(uint64_t t)
+{
+    if (t - png.t_report < 1000000000u)
+        return;
+    char wait[48] = "";
+    if (png.waiting)
+        snprintf(wait, sizeof wait, " wait=%" PRIu64, (t - png.sent_at) / 1000u);
+    if (png.got == 0) {
+        out("cevm-net ping n=%" PRIu64 " got=0 p50=- p99=- max=- resets=%" PRIu64 " connected=%d%s",
+            png.n, png.resets, png.connected, wait);
+    } else {
+        qsort(png.rtt, png.got, sizeof png.rtt[0], cmp_u32);
+        unsigned i50 = (png.got - 1) / 2, i99 = (unsigned)(((uint64_t)png.got * 99 + 99) / 100) - 1;
+        out("cevm-net ping n=%" PRIu64 " got=%u p50=%u p99=%u max=%u resets=%" PRIu64 " connected=%d%s",
+            png.n, png.got, png.rtt[i50], png.rtt[i99], png.rtt[png.got - 1], png.resets, png.connected, wait);
+    }
+    png.got = 0;
+    png.t_report = t;
+}
+
+/* Waits (reporting every second) until fd is readable; 0 when it is, -1 on poll failure. */
+static int ping_wait_readable(int fd)
+{
+    for (;;) {
+        uint64_t t = now_ns();
+        ping_report(t);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        uint64_t left_ms = (png.t_report + 1000000000u - t) / 1000000u + 1;
+        int r = poll(&p, 1, (int)left_ms);
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+static void net_ping(const char *host, unsigned port, uint64_t rate)
+{
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, host, &to.sin_addr) != 1)
+        fatal("cevm.net=ping:%s:%u: HOST must be an IPv4 address", host, port);
+    out("cevm-net start role=ping to=%s:%u rate=%" PRIu64, host, port, rate);
+    int last_err = -1;
+    uint64_t seq = 0;
+    png.t_report = now_ns();
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+            fatal("net ping: socket: %s", strerror(errno));
+        int err = 0;
+        if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
+            err = errno;
+            if (err == EINPROGRESS) {
+                struct pollfd p = {.fd = fd, .events = POLLOUT};
+                int r;
+                while ((r = poll(&p, 1, 3000)) < 0 && errno == EINTR)
+                    ;
+                socklen_t l = sizeof err;
+                if (r == 0)
+                    err = ETIMEDOUT;
+                else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0)
+                    err = errno;
+            }
+        }
+        if (err != 0) {
+            close(fd);
+            if (err != last_err)
+                out("cevm-net ping connect-failed to=%s:%u error=%s", host, port, strerror(err));
+            last_err = err;
+            nap_ms(1000);
+            ping_report(now_ns());
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        last_err = -1;
+        png.connected = 1;
+        const char *why = NULL;
+        /* the banner: up to its newline, byte by byte (nothing else comes before our first message) */
+        for (;;) {
+            char c;
+            ssize_t n = read(fd, &c, 1);
+            if (n == 1) {
+                if (c == '\n')
+                    break;
+                continue;
+            }
+            if (n == 0) {
+                why = "eof";
+                break;
+            }
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN) {
+                why = strerror(errno);
+                break;
+            }
+            if (ping_wait_readable(fd) != 0) {
+                why = strerror(errno);
+                break;
+            }
+        }
+        if (!why)
+            out("cevm-net ping connected to=%s:%u n=%" PRIu64, host, port, png.n);
+        uint64_t next_at = now_ns();
+        while (!why) {
+            uint64_t t = now_ns();
+            ping_report(t);
+            if (rate && t < next_at) {
+                uint64_t ms = (next_at - t) / 1000000u;
+                nap_ms(ms ? (unsigned)ms : 1u);
+                continue;
+            }
+            uint64_t msg[PING_MSG / 8] = {PING_MAGIC, ++seq, PING_MSG, 0};
+            png.sent_at = now_ns();
+            if (rate)
+                next_at = (next_at + 1000000000u / rate > png.sent_at) ? next_at + 1000000000u / rate : png.sent_at;
+            /* 32 bytes into an empty socket: all or an error */
+            ssize_t w;
+            while ((w = send(fd, msg, PING_MSG, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+                ;
+            if (w != (ssize_t)PING_MSG) {
+                why = w < 0 ? strerror(errno) : "short send";
+                break;
+            }
+            png.waiting = 1;
+            uint64_t back[PING_MSG / 8];
+            size_t have = 0;
+            while (have < PING_MSG) {
+                ssize_t n = read(fd, (char *)back + have, PING_MSG - have);
+                if (n > 0) {
+                    have += (size_t)n;
+                    continue;
+                }
+                if (n == 0) {
+                    why = "eof";
+                    break;
+                }
+                if (errno == EINTR)
+                    continue;
+                if (errno != EAGAIN || ping_wait_readable(fd) != 0) {
+                    why = strerror(errno);
+                    break;
+                }
+            }
+            png.waiting = 0;
+            if (why)
+                break;
+            if (back[0] != PING_MAGIC || back[1] != seq || back[2] != PING_MSG) {
+                why = "mismatch";
+                out("cevm-net ping bad seq=%" PRIu64 " got=%016" PRIx64 ":%" PRIu64, seq, back[0], back[1]);
+                break;
+            }
+            uint64_t us = (now_ns() - png.sent_at) / 1000u;
+            png.n++;
+            if (png.got < PING_SAMPLES)
+                png.rtt[png.got++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+        }
+        png.resets++;
+        png.connected = 0;
+        png.waiting = 0;
+        out("cevm-net ping broken to=%s:%u n=%" PRIu64 " error=%s", host, port, png.n, why);
+        close(fd);
+        nap_ms(1000);
+    }
+}
+
 /* Forks one process per role of cevm.net= (comma separated):
- * send:HOST:PORT, recv:PORT, echo:PORT. */
+ * send:HOST:PORT, recv:PORT, echo:PORT, ping:HOST:PORT. */
 static void net_start(void)
 {
     if (!prm.net[0])
@@ -986,8 +1177,10 @@ static void net_start(void)
             kind = 2;
         else if (sscanf(role, "echo:%u%n", &port, &used) == 1 && role[used] == 0)
             kind = 3;
+        else if (sscanf(role, "ping:%63[0-9.]:%u%n", host, &port, &used) == 2 && role[used] == 0)
+            kind = 4;
         if (!kind || port == 0 || port > 65535) {
-            out("cevm-error net bad role '%s' (send:HOST:PORT, recv:PORT or echo:PORT)", role);
+            out("cevm-error net bad role '%s' (send:HOST:PORT, recv:PORT, echo:PORT or ping:HOST:PORT)", role);
             continue;
         }
         pid_t pid = fork();
@@ -1006,8 +1199,10 @@ static void net_start(void)
             net_send(host, port, prm.netrate);
         else if (kind == 2)
             net_recv(port);
-        else
+        else if (kind == 3)
             net_echo(port);
+        else
+            net_ping(host, port, prm.netrate);
         _exit(1);
     }
 }
