@@ -70,7 +70,10 @@ struct GroupCheckpoint {
         let store = GroupStore(root: home.root)
         store.removeUncommitted()
         let id = GroupStore.newID()
-        let staging = try store.staging(id: id)
+        // The lock keeps a concurrent group checkpoint's removeUncommitted
+        // off this staging directory until it is committed or discarded.
+        let (staging, stagingLock) = try store.staging(id: id)
+        defer { withExtendedLifetime(stagingLock) {} }
         let networks = Array(Set(members.flatMap(\.networks))).sorted()
         var cuts: [String: SwitchSession] = [:]
         func abandon() async {

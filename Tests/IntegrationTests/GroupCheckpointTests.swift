@@ -139,6 +139,19 @@ struct GroupCheckpointTests {
             try expectStreamGoesOn(cevm, "rx", "after a group checkpoint \(options)")
         }
         try expectStreamIntact(cevm, rx: "rx", tx: "tx")
+        // A second group checkpoint while one runs is refused (one cut per
+        // network at a time) and leaves the running one alone: its staging
+        // directory is locked against the second's removeUncommitted.
+        let running = try cevm.spawn(["checkpoint", "--net", "lab"])
+        #expect(try cevm.wait(timeout: 60) { (try networkStatus(cevm, "lab")["cut"]) != nil }, "the cut begins")
+        let second = try cevm.run(["checkpoint", "--net", "lab"])
+        running.waitUntilExit()
+        #expect(running.terminationStatus == 0, "the running group checkpoint commits beside a refused one")
+        print("concurrent group checkpoints: the second \(second.ok ? "committed too" : "was refused: \(second.stderr)")")
+        // (The first may have ended before the second began: then both commit.)
+        #expect(second.ok || second.stderr.contains("cutting this network already"), "\(second.stderr)")
+        #expect(((try? Files.list("\(cevm.home)/groups")) ?? []).allSatisfy { !$0.hasPrefix(".") }, "no staging directory is left")
+        for id in committedGroups(cevm) { #expect(!Files.exists("\(cevm.home)/groups/\(id)/\(GroupStore.stagingLockName)")) }
         // The stop-and-save group restores as well as the last.
         for id in [committedGroups(cevm).first ?? "", last] {
             for vm in ["tx", "rx"] { #expect(try cevm.run(["stop", vm]).ok) }
