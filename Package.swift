@@ -120,7 +120,8 @@ let package = Package(
                 "TurnaroundReport", "CEVMBench", "NetSwitchControl", "NetSwitchServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
-            swiftSettings: strict),
+            // CEVM_GROUP_FAULT (the group coordinator's fault injection) exists in debug builds only.
+            swiftSettings: strict + [.define("CEVM_FAULT_INJECTION", .when(configuration: .debug))]),
         // A measurement tool, not shipped: depth-1 NBD latency around disk cuts (Docs/benchmarks.md).
         .executableTarget(
             name: "disk-cut-latency",

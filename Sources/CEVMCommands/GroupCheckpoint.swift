@@ -20,8 +20,10 @@ import VMStore
 /// manifest is committed last, by renaming the directory into place.
 ///
 /// A failure before the commit: every cut aborted, no group record, the
-/// staging directory removed. Members whose own checkpoint succeeded keep
-/// their record as a single-VM record: the running VM's disk chain is
+/// staging directory removed (a coordinator killed leaves it to the next
+/// group checkpoint's `removeUncommitted`). Members whose own checkpoint
+/// succeeded keep their record as a single-VM record, and every error
+/// after their checkpoints lists them: the running VM's disk chain is
 /// layered on it, so it cannot be taken back.
 struct GroupCheckpoint {
     struct Member {
@@ -68,7 +70,10 @@ struct GroupCheckpoint {
         let store = GroupStore(root: home.root)
         store.removeUncommitted()
         let id = GroupStore.newID()
-        let staging = try store.staging(id: id)
+        // The lock keeps a concurrent group checkpoint's removeUncommitted
+        // off this staging directory until it is committed or discarded.
+        let (staging, stagingLock) = try store.staging(id: id)
+        defer { withExtendedLifetime(stagingLock) {} }
         let networks = Array(Set(members.flatMap(\.networks))).sorted()
         var cuts: [String: SwitchSession] = [:]
         func abandon() async {
@@ -112,13 +117,22 @@ struct GroupCheckpoint {
             case .failure(let error): failures.append("\(member.name): \(error)")
             }
         }
+        // Members whose own record committed keep it, whatever happens to the group.
+        let kept = records.map { "\($0.record.vm) \($0.record.id)" }
+        let keptNote = kept.isEmpty ? "" : " (kept as single-VM records: \(kept.joined(separator: ", ")))"
         if !failures.isEmpty {
             await abandon()
-            let kept = records.map { "\($0.record.vm) \($0.record.id)" }
-            throw CLIError(
-                "group checkpoint \(id) failed, no group record: " + failures.joined(separator: "; ")
-                    + (kept.isEmpty ? "" : " (kept as single-VM records: \(kept.joined(separator: ", ")))"))
+            throw CLIError("group checkpoint \(id) failed, no group record: " + failures.joined(separator: "; ") + keptNote)
         }
+        let fault = GroupFault.fromEnvironment
+        func inject(_ step: GroupFault.Step) async {
+            guard let fault else { return }
+            await fault.trigger(at: step, lastMember: members.last?.paths) {
+                guard let network = networks.first, let session = cuts[network] else { return nil }
+                return try? await session.request(NetRequest(op: .status)).status?.pid
+            }
+        }
+        await inject(.membersDone)
         var networkEntries: [GroupManifest.Network] = []
         do {
             for network in networks {
@@ -135,8 +149,9 @@ struct GroupCheckpoint {
             }
         } catch {
             await abandon()
-            throw CLIError("group checkpoint \(id) failed, no group record: \(error)")
+            throw CLIError("group checkpoint \(id) failed, no group record: \(error)" + keptNote)
         }
+        await inject(.channelSaved)
         for (_, session) in cuts { session.close() }
         let manifest = GroupManifest(
             id: id, createdAt: Timestamp.now(),
@@ -151,7 +166,7 @@ struct GroupCheckpoint {
             return Result(record: record, members: records)
         } catch {
             store.discard(staging: staging)
-            throw CLIError("group checkpoint \(id) failed, no group record: \(error)")
+            throw CLIError("group checkpoint \(id) failed, no group record: \(error)" + keptNote)
         }
     }
 }

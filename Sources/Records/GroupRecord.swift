@@ -141,12 +141,24 @@ public struct GroupStore: Sendable {
 
     public static func isGroupID(_ text: String) -> Bool { text.hasPrefix("g") && Record.isPlainID(text) }
 
-    /// A fresh staging directory for group `id` (not a group until committed).
-    public func staging(id: String) throws -> String {
+    /// The lock file in a staging directory: held by the coordinator that
+    /// writes it, so `removeUncommitted` (run by every group checkpoint as it
+    /// starts) never takes the staging directory of one still running.
+    public static let stagingLockName = ".lock"
+
+    /// A fresh staging directory for group `id` (not a group until
+    /// committed), and its lock, held until the group is committed or
+    /// discarded (keep it alive until then).
+    public func staging(id: String) throws -> (path: String, lock: FileLock) {
         try Files.makeDirectory(directory, mode: 0o700)
         let path = "\(directory)/.staging-\(id)"
         try Files.makeDirectory(path, mode: 0o700)
-        return path
+        // A concurrent removeUncommitted that took the directory before its
+        // lock was held makes this throw: the group fails before it begins.
+        guard let lock = try FileLock.tryAcquire("\(path)/\(Self.stagingLockName)") else {
+            throw SystemError("flock", errno: EWOULDBLOCK, subject: "\(path)/\(Self.stagingLockName)")
+        }
+        return (path, lock)
     }
 
     /// Writes the manifest into `staging` and renames it into place: the
@@ -158,6 +170,8 @@ public struct GroupStore: Sendable {
         let final = "\(directory)/\(manifest.id)"
         if rename(staging, final) != 0 { throw SystemError("rename", errno: errno, subject: "\(staging) -> \(final)") }
         try Files.fsync(path: directory)
+        // Committed: the lock has no more use (a crash here leaves the file, which nothing reads).
+        unlink("\(final)/\(Self.stagingLockName)")
         return GroupRecord(directory: final, manifest: manifest)
     }
 
@@ -198,8 +212,14 @@ public struct GroupStore: Sendable {
         return removed
     }
 
-    /// Staging directories of group checkpoints that never committed.
+    /// Staging directories of group checkpoints that never committed (whose
+    /// coordinator is gone: a running one holds its staging directory's
+    /// lock), and group records half removed.
     public func removeUncommitted() {
-        for name in (try? Files.list(directory)) ?? [] where name.hasPrefix(".staging-") || name.hasPrefix(".removing-") { try? FileManager.default.removeItem(atPath: "\(directory)/\(name)") }
+        for name in (try? Files.list(directory)) ?? [] where name.hasPrefix(".staging-") || name.hasPrefix(".removing-") {
+            let path = "\(directory)/\(name)"
+            if name.hasPrefix(".staging-") && FileLock.isHeld("\(path)/\(Self.stagingLockName)") { continue }
+            try? FileManager.default.removeItem(atPath: path)
+        }
     }
 }
