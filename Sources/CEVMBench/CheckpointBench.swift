@@ -397,8 +397,7 @@ public final class CheckpointBenchRunner: BenchDriver {
     func measureBatch(_ mechanism: Mechanism, guest: Guest, mib: Int) async throws -> [CheckpointBenchReport.Row] {
         guard !formats.isEmpty else { return [try await measure(mechanism, guest: guest, mib: mib)] }
         var batch: [CheckpointBenchReport.Row] = []
-        // A background snapshot writes format 1 only (QEMU's own stream into the sink).
-        for format in formats where mechanism != .backgroundSnapshot || format == 1 {
+        for format in formats {
             var first = try await measure(mechanism, guest: guest, mib: mib, format: format, full: true)
             first.checkpoint = "first"
             guard !first.guestLost else { return batch + [first] }
@@ -610,7 +609,7 @@ public final class CheckpointBenchRunner: BenchDriver {
         func percent(_ value: Double) -> String { String(format: "%.1f %%", value * 100) }
         for mib in sizes {
             let ram = Int64(mib) << 20
-            for mechanism in mechanisms where mechanism != .backgroundSnapshot {
+            for mechanism in mechanisms {
                 let group = rows.filter { $0.memoryMiB == mib && $0.mechanism == mechanism.rawValue && $0.recordFormat != nil && !$0.guestLost }
                 guard !group.isEmpty else { continue }
                 let label = "\(mib) MiB \(mechanism.rawValue)"

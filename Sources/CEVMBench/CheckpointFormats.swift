@@ -124,7 +124,7 @@ extension CheckpointBenchRunner {
         guard let mib = restoreMiB else { return [] }
         var out: [CheckpointBenchReport.RestoreRow] = []
         var index = 0
-        for mechanism in mechanisms where mechanism != .backgroundSnapshot {
+        for mechanism in mechanisms {
             let group = rows.filter { $0.memoryMiB == mib && $0.mechanism == mechanism.rawValue && !$0.guestLost && !$0.record.isEmpty }
             let cases: [(String, CheckpointBenchReport.Row?)] = [
                 ("format 1", group.last { $0.recordFormat == 1 && $0.checkpoint == "first" }),

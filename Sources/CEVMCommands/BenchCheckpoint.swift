@@ -65,7 +65,7 @@ struct BenchCheckpoint: AsyncParsableCommand {
     var control = true
 
     @Option(
-        help: "Record formats to measure against each other, comma-separated (1, 2): per mechanism a first checkpoint (full) and a second one --gap seconds later in each; background-snapshot writes format 1 only.")
+        help: "Record formats to measure against each other, comma-separated (1, 2): per mechanism a first checkpoint (full) and a second one --gap seconds later in each.")
     var formats: String?
 
     @Option(help: "Seconds between the first checkpoint of a --formats pair being durable and the second's request.")

@@ -9,8 +9,10 @@ public enum MigrationStreamError: Error, Sendable, Equatable, CustomStringConver
     /// A known section type where the stream may not have one (e.g. PART
     /// before the RAM START section, EOF before the RAM END section).
     case unexpectedSection(type: UInt8, at: UInt64)
-    /// A FULL device section before the RAM END section: it carries no
-    /// length, so nothing after it could be parsed.
+    /// A FULL device section where the tail cannot begin (before any PART
+    /// section, or after SWITCHOVER_START before the RAM END section): it
+    /// carries no length, so nothing after it could be parsed. (Right
+    /// after a PART section one begins a background snapshot's tail.)
     case deviceSectionBeforeRAMEnd(name: String, at: UInt64)
     /// A START section of an iterable device other than `ram`.
     case iterableDeviceNotRAM(name: String, at: UInt64)

@@ -4,7 +4,8 @@
 /// Input layout: byte 0 chooses the mode. Bit 7 set: the rest is a program
 /// for `generate`, which writes a stream that is mostly valid (blocks,
 /// PART sections, pages of every kind, the switch-over, the END section,
-/// a tail) with occasional damage, so that the round trip is reached
+/// a tail; or a background snapshot's: the tail right after a PART
+/// section) with occasional damage, so that the round trip is reached
 /// often. Bit 7 clear: the rest is the stream itself. Bit 6: page size
 /// 1024 instead of 4096. Low bits: the seed of the chunk split points.
 ///
@@ -152,6 +153,13 @@ public enum MigrationStreamFuzz {
                 b.page(block: block.name, offset: offset, data: op & 0x10 == 0 ? nil : Array(repeating: fill, count: pageSize), named: op & 0x20 != 0)
             }
             if switched && inPart && op % 10 != 1 && op & 0x40 != 0 { break }
+        }
+        if !switched && inPart && byte() & 1 == 1 {
+            // A background snapshot's shape: the device state right after
+            // the last PART section, no switch-over, no END section.
+            b.endSection(id: 3)
+            b.tail()
+            return b.bytes
         }
         if !switched {
             if inPart { b.endSection(id: 3) }

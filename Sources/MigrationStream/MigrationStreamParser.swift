@@ -9,6 +9,12 @@
 /// footer are read, the rest (device sections, EOF, VM description) is tail
 /// and passes through unparsed: device sections carry no length.
 ///
+/// A background snapshot's stream (QEMU's `background-snapshot` capability)
+/// has no SWITCHOVER_START and no RAM END section: QEMU saves the device
+/// state into a buffer at the pause and appends it after the last PART
+/// section. There the tail begins at the type byte of the first FULL
+/// section that follows a PART section (`withoutRAMEnd`).
+///
 /// Anything the parser does not understand exactly is refused with a
 /// `MigrationStreamError`; after an error every further call throws it again.
 ///
@@ -42,6 +48,9 @@ public struct MigrationStreamParser: ~Copyable, @unchecked Sendable {
     public private(set) var hasFooters: Bool?
     /// Whether the stream had a SWITCHOVER_START command.
     public private(set) var sawSwitchover = false
+    /// Whether the tail began at a FULL device section right after a PART
+    /// section, with no RAM END section: a background snapshot's stream.
+    public private(set) var withoutRAMEnd = false
     /// Bytes of tail seen so far.
     public private(set) var tailBytes: UInt64 = 0
     /// Bytes consumed so far.
@@ -89,6 +98,8 @@ public struct MigrationStreamParser: ~Copyable, @unchecked Sendable {
         return nil
     }
     private var sawLive = false
+    /// A PART section began (a FULL section after one begins the tail).
+    private var sawPart = false
 
     /// Feed the next chunk; `sink` receives what it completes.
     public mutating func consume<S: MigrationStreamSink>(
@@ -546,6 +557,14 @@ public struct MigrationStreamParser: ~Copyable, @unchecked Sendable {
             keep(p, 1, .prologue, base, &sink)
             phase = .beforeRAM
             state = .configNameLength
+        case SectionType.full where phase == .live && sawPart:
+            // A background snapshot: the device state QEMU saved at the
+            // pause follows the pages directly; it is the tail.
+            keep(p, 1, .epilogue, base, &sink)
+            tailBytes += 1
+            withoutRAMEnd = true
+            phase = .tail
+            state = .tail
         case SectionType.start, SectionType.full:
             keep(p, 1, phase == .beforeRAM || phase == .beforeConfiguration ? .prologue : .epilogue, base, &sink)
             state = .sectionHead(type: type)
@@ -554,6 +573,7 @@ public struct MigrationStreamParser: ~Copyable, @unchecked Sendable {
             guard phase == .live else { throw .unexpectedSection(type: type, at: at) }
             keep(p, 1, .live, base, &sink)
             sawLive = true
+            sawPart = true
             state = .sectionID(type: type)
         case SectionType.end:
             guard phase == .live || phase == .switchedOver else { throw .unexpectedSection(type: type, at: at) }

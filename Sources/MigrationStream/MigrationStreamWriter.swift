@@ -5,7 +5,8 @@
 ///                first record and whenever the block changes, CONTINUE
 ///                otherwise; then EOS and the footer (when the stream has them)
 ///     epilogue   SWITCHOVER_START, RAM END without pages (header, EOS,
-///                footer), the tail (device sections, EOF, VM description)
+///                footer), the tail (device sections, EOF, VM description);
+///                a background snapshot's: the tail alone
 ///
 /// The switch-over command stays in the epilogue: QEMU sends it after the
 /// last PART section and before the END sections, and the pages it

@@ -103,25 +103,28 @@ extension Supervisor {
     /// gone or unreadable, or its chain is `MemoryChain.maxIncrementalDepth`
     /// records deep: the record is then full).
     ///
-    /// A background snapshot records format 1: its stream carries every
-    /// device's state before the RAM pages (saved at the pause, while the
-    /// pages follow as the guest runs), and device sections carry no
-    /// length, so nothing can find where they end without guessing. Its
-    /// stream already holds each page once (write protection sends a page
-    /// when first written, or when the scan reaches it).
+    /// All three mechanisms' streams parse the same way. A background
+    /// snapshot's differs from a pre-copy stream only at its end: QEMU saves
+    /// the device state into a buffer at the pause and writes it after the
+    /// last PART section, without SWITCHOVER_START or RAM END section
+    /// (`MigrationStreamParser.withoutRAMEnd`). Each page comes once, with
+    /// its content at the pause (write protection sends a page before the
+    /// guest's first write to it, or when the scan reaches it).
     func memoryRecording(_ options: CheckpointOptions, directory: String, previous: String?, ramBytes: Int64) -> StreamRecording.Plan {
-        if options.recordFormat == 1 || options.mechanism == .backgroundSnapshot { return .stream(path: "\(directory)/memory.mig") }
+        if options.recordFormat == 1 { return .stream(path: "\(directory)/memory.mig") }
         var parent: PageRecorder.Parent?
         if !options.full, let previous {
             let next = PageRecorder.Parent.forNextRecord(after: previous)
             parent = next.parent
             if let why = next.whyFull { log("\(why); this record's memory is full") }
         }
-        // A stopped guest waits for the sink: spool the stream raw and
-        // parse it after `cont`, when the records' file system has room for
+        // A stopped guest waits for the sink, and a background snapshot's
+        // guest waits for it on each page it writes before the scan reached
+        // it: spool the stream raw, as fast as format 1, and parse it once
+        // the stream has ended, when the records' file system has room for
         // the spool beside the page image (twice the RAM, a bound on both);
-        // otherwise parse as it comes, in the pause, using less space.
-        if options.mechanism == .stopAndSave, let free = Files.availableBytes(directory), free >= 2 * ramBytes {
+        // otherwise parse as it comes, using less space.
+        if options.mechanism != .cevm, let free = Files.availableBytes(directory), free >= 2 * ramBytes {
             return .spooledPages(directory: directory, parent: parent)
         }
         return .pages(directory: directory, parent: parent)

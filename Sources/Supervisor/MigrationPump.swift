@@ -224,8 +224,10 @@ final class StreamRecording {
         /// written raw to `spoolName` in `directory` as fast as the page
         /// cache takes it, and parsed from there by `finish`. For a stopped
         /// guest (stop-and-save), whose pause lasts as long as the sink
-        /// takes the stream: parsing, hashing each page and writing the
-        /// image then happen after `cont`, not in the pause.
+        /// takes the stream, and a background snapshot, whose guest waits
+        /// on each write fault until the sink has taken the page: parsing,
+        /// hashing each page and writing the image then happen after the
+        /// stream, not while the guest waits for it.
         case spooledPages(directory: String, parent: PageRecorder.Parent?)
     }
 

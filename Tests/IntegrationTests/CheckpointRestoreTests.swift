@@ -11,8 +11,10 @@ import TestSupport
 /// its console that it continues exactly where the checkpoint was taken.
 @Suite(.serialized, .enabled(if: endToEndReady, "needs the cevm binary, QEMU and the bundled guest"))
 struct CheckpointRestoreTests {
-    func checkpoint(_ cevm: borrowing CEVMHarness, _ name: String) throws -> (id: String, directory: String, manifest: [String: Any]) {
-        let result = try cevm.run(["checkpoint", name, "--mechanism", "stop-and-save", "--json"])
+    func checkpoint(_ cevm: borrowing CEVMHarness, _ name: String, _ options: [String] = ["--mechanism", "stop-and-save"]) throws
+        -> (id: String, directory: String, manifest: [String: Any])
+    {
+        let result = try cevm.run(["checkpoint", name, "--json"] + options)
         guard result.ok, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
             let manifest = object["manifest"] as? [String: Any], let id = manifest["id"] as? String,
             let directory = object["directory"] as? String
@@ -90,6 +92,60 @@ struct CheckpointRestoreTests {
         let records = try cevm.run(["records", "job"])
         #expect(records.stdout.contains(taken.id) && records.stdout.contains(second.id))
         #expect(try cevm.run(["stop", "job"]).ok)
+    }
+
+    /// A background snapshot writes record format 2 like the other
+    /// mechanisms (its stream has the device state after the pages, with no
+    /// RAM END section): full, then incremental over the previous record,
+    /// whichever mechanism wrote that one; `--full` and `--record-format 1`
+    /// still apply. Each record restores to the guest's state at its pause,
+    /// though the pages were written while the guest ran on.
+    @Test func backgroundSnapshotsWriteFormatTwoAndRestoreThePause() throws {
+        let cevm = try CEVMHarness()
+        #expect(try cevm.run(["run", "bg", "--accel", "tcg"]).ok)
+        _ = try cevm.waitForTicks("bg", count: 4)
+        let background = ["--mechanism", "background-snapshot"]
+        var taken: [(id: String, directory: String, manifest: [String: Any])] = []
+        for options in [background, background, ["--mechanism", "cevm"], background, background + ["--full"], background + ["--record-format", "1"]] {
+            taken.append(try checkpoint(cevm, "bg", options))
+            _ = try cevm.waitForTicks("bg", count: try cevm.consoleLines("bg").compactMap(Tick.init).count + 2, timeout: 20)
+        }
+        let memory = taken.map { $0.manifest["memory"] as? [String: Any] }
+        #expect(taken.map { $0.manifest["formatVersion"] as? Int } == [2, 2, 2, 2, 2, 1])
+        #expect(taken.map { $0.manifest["mechanism"] as? String } == [
+            "background-snapshot", "background-snapshot", "cevm", "background-snapshot", "background-snapshot", "background-snapshot",
+        ])
+        #expect(memory.map { $0?["kind"] as? String } == ["full", "incremental", "incremental", "incremental", "full", nil])
+        #expect(memory[1]?["parent"] as? String == taken[0].id, "the second snapshot builds on the first")
+        #expect(memory[2]?["parent"] as? String == taken[1].id, "a CEVM record builds on a snapshot")
+        #expect(memory[3]?["parent"] as? String == taken[2].id, "a snapshot builds on a CEVM record")
+        #expect((memory[1]?["dataPages"] as? Int ?? .max) < (memory[0]?["dataPages"] as? Int ?? 0) / 2, "an increment holds the changed pages")
+        #expect(Files.exists("\(taken[5].directory)/memory.mig") && !Files.exists("\(taken[5].directory)/memory.qcow2"))
+        for record in taken.prefix(5) {
+            #expect(try qemuImgCheck("\(record.directory)/memory.qcow2").ok)
+        }
+        let original = try cevm.consoleLines("bg").compactMap(Tick.init)
+        let sums = Dictionary(original.map { ($0.counter, $0.sum) }, uniquingKeysWith: { first, _ in first })
+        #expect(try cevm.run(["stop", "bg"]).ok)
+
+        for (index, record) in taken.enumerated() where [0, 1, 3, 5].contains(index) {
+            let timings = record.manifest["timings"] as? [String: Any]
+            let pausedAt = Timestamp.parse(timings?["pausedAt"] as? String ?? "") ?? 0
+            // The host stamps console lines as they arrive: a tick stamped
+            // a few ms after the pause may have been printed before it.
+            let before = original.filter { (Timestamp.parse($0.time) ?? .infinity) < pausedAt }.map(\.counter).max() ?? 0
+            let late = original.filter { abs((Timestamp.parse($0.time) ?? .infinity) - pausedAt) < 0.02 }.map(\.counter)
+            let name = "r\(index)"
+            let restore = try cevm.run(["restore", record.id, "--name", name])
+            #expect(restore.ok, "\(record.id): \(restore.stderr)")
+            let ticks = try cevm.waitForTicks(name, count: 3)
+            let errors = try cevm.consoleLines(name).filter { $0.contains("cevm-error") }.prefix(6)
+            #expect(ticks.allSatisfy { $0.mem == "ok" && $0.disk == "ok" }, "\(record.id): memory and disk verified by the guest \(errors)")
+            let first = ticks.first?.counter ?? 0
+            #expect(first == before + 1 || late.contains(first - 1), "\(record.id): restored at \(first), the pause came after tick \(before)")
+            for tick in ticks { if let sum = sums[tick.counter] { #expect(sum == tick.sum, "\(record.id): memory digest at \(tick.counter)") } }
+            #expect(try cevm.run(["stop", name]).ok)
+        }
     }
 
     /// Records name each other relatively: a VM's whole records tree moved

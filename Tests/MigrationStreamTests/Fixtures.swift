@@ -45,6 +45,23 @@ enum Fixtures {
         return b.bytes
     }
 
+    /// A background snapshot's stream: each page once, in PART sections,
+    /// then the device state right after the last one (no SWITCHOVER_START,
+    /// no END section), as QEMU's background snapshot writes it.
+    static func snapshotStream(footers: Bool = true) -> [UInt8] {
+        var b = prologue(footers: footers)
+        b.section(ST.part, id: 1)
+        b.page(block: "pc.ram", offset: 1024, data: page(1))
+        b.page(block: "pc.ram", offset: 0, data: nil)
+        b.endSection(id: 1)
+        b.section(ST.part, id: 1)
+        b.page(block: "pc.ram", offset: 3072, data: page(2))    // CONTINUE across sections
+        b.page(block: "rom", offset: 0, data: page(3))
+        b.endSection(id: 1)
+        b.tail()
+        return b.bytes
+    }
+
     static func parse(_ stream: [UInt8], pageSize: Int = pageSize) -> (events: [Event], error: MigrationStreamError?) {
         var log = MigrationStreamEventLog()
         do {

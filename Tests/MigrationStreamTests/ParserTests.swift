@@ -165,3 +165,102 @@ struct ThroughputTests {
         print("MigrationStreamParser: \(b.bytes.count) bytes in 64 KiB+1 chunks at \(Int(Double(b.bytes.count) / seconds / 1e6)) MB/s (this build)")
     }
 }
+
+/// A background snapshot's stream (QEMU's `background-snapshot`): QEMU saves
+/// the device state at the pause into a buffer and writes it after the last
+/// PART section, with no SWITCHOVER_START and no RAM END section.
+struct SnapshotStreamTests {
+    func tail(footers: Bool = true) -> [UInt8] {
+        var t = MigrationStreamBuilder(pageSize: Fixtures.pageSize, footers: footers)
+        t.tail()
+        return t.bytes
+    }
+
+    @Test(arguments: [true, false])
+    func theTailBeginsAtTheFirstDeviceSectionAfterTheParts(footers: Bool) throws {
+        let stream = Fixtures.snapshotStream(footers: footers)
+        var parser = MigrationStreamParser(pageSize: Fixtures.pageSize)
+        var recorder = MigrationStreamRecorder()
+        try parser.consume(stream, into: &recorder)
+        try parser.finish()
+        #expect(parser.withoutRAMEnd && !parser.sawSwitchover && parser.isComplete)
+        #expect(recorder.prologue == Fixtures.prologue(footers: footers).bytes)
+        #expect(recorder.epilogue == tail(footers: footers), "the epilogue is the device state, EOF and VM description")
+        #expect(recorder.pages.count == 4 && recorder.dataRecords == 3 && recorder.zeroRecords == 1)
+        #expect(recorder.pages[.init(block: 0, offset: 0)] == .zero)
+        #expect(recorder.pages[.init(block: 1, offset: 0)] == .data(Fixtures.page(3)))
+        #expect(parser.tailBytes == UInt64(tail(footers: footers).count))
+
+        // A pre-copy stream is not read that way.
+        var precopy = MigrationStreamParser(pageSize: Fixtures.pageSize)
+        var log = MigrationStreamEventLog()
+        try precopy.consume(Fixtures.stream(footers: footers), into: &log)
+        try precopy.finish()
+        #expect(!precopy.withoutRAMEnd && precopy.sawSwitchover)
+    }
+
+    @Test func everySplitPointGivesTheSameEvents() {
+        let stream = Fixtures.snapshotStream()
+        let whole = Fixtures.parse(stream)
+        #expect(whole.error == nil)
+        for k in 0...stream.count {
+            let split = Fixtures.parse(stream, cuts: [k])
+            #expect(split.events == whole.events && split.error == nil, "split at \(k)")
+        }
+        // Up to the device section's type byte the stream is truncated.
+        let pagesEnd = stream.count - tail().count
+        for k in 0..<(pagesEnd + 1) {
+            guard case .truncated? = Fixtures.error(Array(stream.prefix(k))) else {
+                Issue.record("prefix \(k) not reported truncated")
+                continue
+            }
+        }
+        #expect(Fixtures.error(Array(stream.prefix(pagesEnd + 1))) == nil)
+    }
+
+    @Test func aDeviceSectionElsewhereIsStillRefused() throws {
+        // Right after the RAM START section, before any PART section.
+        var b = Fixtures.prologue()
+        b.sectionStart(type: ST.full, id: 2, name: "timer", version: 2)
+        #expect(Fixtures.error(b.bytes) == .deviceSectionBeforeRAMEnd(name: "timer", at: UInt64(Fixtures.prologue().bytes.count)))
+        // After the switch-over, where the END section must come first.
+        b = Fixtures.prologue()
+        b.section(ST.part, id: 1)
+        b.page(block: "pc.ram", offset: 0, data: nil)
+        b.endSection(id: 1)
+        b.command(MigrationStream.Command.switchoverStart)
+        let at = UInt64(b.bytes.count)
+        b.tail()
+        #expect(Fixtures.error(b.bytes) == .deviceSectionBeforeRAMEnd(name: "timer", at: at))
+        // A PART section after the device state is tail, not pages.
+        var after = MigrationStreamRecorder()
+        var more = MigrationStreamBuilder(pageSize: Fixtures.pageSize)
+        more.section(ST.part, id: 1)
+        more.page(block: "pc.ram", offset: 2048, data: Fixtures.page(9))
+        more.endSection(id: 1)
+        try MigrationStreamParser.parse(Fixtures.snapshotStream() + more.bytes, pageSize: Fixtures.pageSize, into: &after)
+        #expect(after.pages.count == 4 && after.epilogue == tail() + more.bytes)
+    }
+
+    @Test(arguments: [true, false])
+    func rebuildKeepsTheShape(footers: Bool) throws {
+        var first = MigrationStreamRecorder()
+        try MigrationStreamParser.parse(Fixtures.snapshotStream(footers: footers), pageSize: Fixtures.pageSize, into: &first)
+        let rebuilt = try MigrationStreamWriter.rebuild(
+            prologue: first.prologue, pages: first.pages, epilogue: first.epilogue, pageSize: Fixtures.pageSize)
+        var expected = MigrationStreamBuilder(pageSize: Fixtures.pageSize, footers: footers)
+        expected.bytes = first.prologue
+        expected.section(ST.part, id: 1)
+        expected.page(block: "pc.ram", offset: 0, data: nil)
+        expected.page(block: "pc.ram", offset: 1024, data: Fixtures.page(1))
+        expected.page(block: "pc.ram", offset: 3072, data: Fixtures.page(2))
+        expected.page(block: "rom", offset: 0, data: Fixtures.page(3))
+        expected.endSection(id: 1)
+        #expect(rebuilt == expected.bytes + tail(footers: footers))
+        var parser = MigrationStreamParser(pageSize: Fixtures.pageSize)
+        var second = MigrationStreamRecorder()
+        try parser.consume(rebuilt, into: &second)
+        try parser.finish()
+        #expect(parser.withoutRAMEnd && second.pages == first.pages && second.epilogue == first.epilogue)
+    }
+}
