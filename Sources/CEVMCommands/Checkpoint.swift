@@ -123,9 +123,11 @@ extension Checkpoint {
         try await Output.reporting {
             let home = common.home
             let members = try GroupCheckpoint.members(names: names, network: net, home: home)
-            let result = try await GroupCheckpoint(home: home, members: members, options: try options()).run { Output.progress($0) }
+            let checkpoint = GroupCheckpoint(home: home, members: members, options: try options())
+            let result = try await checkpoint.run { Output.progress($0) }
             Output.endProgress()
             let group = result.record.manifest
+            defer { for casualty in checkpoint.casualties() { Output.notice("warning: \(casualty)") } }
             if common.json {
                 return try Output.json(
                     GroupSummary(

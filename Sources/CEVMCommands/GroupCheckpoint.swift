@@ -65,6 +65,30 @@ struct GroupCheckpoint {
         var members: [(record: RecordManifest, directory: String)]
     }
 
+    /// After a committed group: the members that no longer run and the
+    /// networks whose switch is down. The group is whole and restores, but
+    /// a member or a switch killed during its last phases is not what the
+    /// user expects to find running after a success.
+    func casualties() -> [String] {
+        var found: [String] = []
+        for member in members {
+            let status = member.paths.readStatus()
+            let state = status?.state
+            // A killed supervisor's status still says running: its pid tells.
+            let supervisorGone = status?.supervisorPID.map { kill($0, 0) != 0 && errno == ESRCH } ?? true
+            if supervisorGone || !member.paths.supervisorAlive || state != .running {
+                found.append("VM '\(member.name)' no longer runs (\(state?.rawValue ?? "no status")); the group restores it")
+            }
+        }
+        for network in Set(members.flatMap(\.networks)).sorted() {
+            guard let name = try? parseNetworkName(network) else { continue }
+            if !FileLock.isHeld(NetPaths(root: home.root, name: name).lock) {
+                found.append("network '\(network)''s switch is down; `cevm run` or `cevm restore` of a VM on it starts it again")
+            }
+        }
+        return found
+    }
+
     func run(progress: @escaping @Sendable (String) -> Void) async throws -> Result {
         let requested = Timestamp.monotonic()
         let store = GroupStore(root: home.root)

@@ -342,6 +342,10 @@ struct GroupCheckpointTests {
             let listed = try cevm.run(["records", "--groups"])
             #expect(listed.ok && listed.stdout.contains(id), "\(listed.stdout)\(listed.stderr)")
             if !kill.coordinatorDies { #expect(attempt.ok, "\(kill): a committed group is a success: \(attempt.stderr)") }
+            // A success that left a member's supervisor dead says so.
+            if attempt.ok, let pid = cevm.supervisorPID("tx"), Glibc.kill(pid, 0) != 0 {
+                #expect(attempt.stderr.contains("warning: VM 'tx' no longer runs"), "\(kill): \(attempt.stderr)")
+            }
         } else {
             #expect(!attempt.ok, "\(kill): no group, yet the coordinator succeeded: \(attempt.stdout)")
             for word in kill.error { #expect(attempt.stderr.contains(word), "\(kill): the error names '\(word)': \(attempt.stderr)") }
