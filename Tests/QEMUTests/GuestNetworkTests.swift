@@ -208,6 +208,50 @@ struct GuestNetworkTests {
         await Self.stop(guests)
     }
 
+    /// The ping role against an echo role: round trips counted, their
+    /// latencies printed as figures, no bad reply or broken connection.
+    @Test(.timeLimit(.minutes(5)))
+    func pingMeasuresRoundTripsToAnEcho() async throws {
+        let dir = try Self.scratch()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let socket = "\(dir)/net.sock"
+        var guests: [Guest] = []
+        do {
+            let echo = try Self.boot(
+                dir, name: "echo", append: "cevm.ip=10.0.78.2/24 cevm.net=echo:7",
+                netdev: "stream,server=on,addr.type=unix,addr.path=\(socket)", mac: "52:54:00:78:00:02")
+            guests.append(echo)
+            let listenDeadline = ContinuousClock.now + .seconds(30)
+            while !Files.exists(socket) && ContinuousClock.now < listenDeadline && echo.process.exitStatus == nil {
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            try #require(Files.exists(socket), "the echo's QEMU made no \(socket)")
+            let pinger = try Self.boot(
+                dir, name: "ping", append: "cevm.ip=10.0.78.1/24 cevm.net=ping:10.0.78.2:7 cevm.netrate=100",
+                netdev: "stream,server=off,addr.type=unix,addr.path=\(socket)", mac: "52:54:00:78:00:01")
+            guests.append(pinger)
+            let report = try #require(
+                await pinger.waitForLine("200 round trips", timeout: .seconds(180)) {
+                    $0.hasPrefix("cevm-net ping n=") && Int(Self.fields($0)["n"] ?? "") ?? 0 >= 200
+                })
+            let reports = pinger.lines.filter { $0.hasPrefix("cevm-net ping n=") }
+            let measured = reports.filter { Int(Self.fields($0)["got"] ?? "") ?? 0 > 0 }
+            #expect(!measured.isEmpty, "some second had round trips: \(reports)")
+            for line in measured {
+                let f = Self.fields(line)
+                let p50 = Int(f["p50"] ?? "") ?? -1, p99 = Int(f["p99"] ?? "") ?? -1, max = Int(f["max"] ?? "") ?? -1
+                #expect(p50 > 0 && p50 <= p99 && p99 <= max, "\(line)")
+                #expect(f["resets"] == "0" && f["connected"] == "1", "\(line)")
+            }
+            #expect(!pinger.lines.contains { $0.hasPrefix("cevm-net ping bad ") || $0.hasPrefix("cevm-net ping broken ") }, "\(pinger.lines)")
+            print("guest network ping (TCG, stream netdev): \(report)")
+        } catch {
+            await Self.stop(guests)
+            throw error
+        }
+        await Self.stop(guests)
+    }
+
     /// A free TCP port on 127.0.0.1 (the kernel's choice, released again).
     static func freePort() throws -> UInt16 { UInt16(try freeTCPPort()) }
 

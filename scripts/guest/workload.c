@@ -677,6 +677,31 @@ static void send_report(uint64_t t)
     snd.t_report = t;
 }
 
+/* A non-blocking TCP connect to `to`, waited for at most 3 s: the socket,
+ * with *err 0 once connected, or the error (the caller closes the socket). */
+static int net_connect(const struct sockaddr_in *to, int *err, const char *role)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0)
+        fatal("net %s: socket: %s", role, strerror(errno));
+    *err = 0;
+    if (connect(fd, (const struct sockaddr *)to, sizeof *to) != 0) {
+        *err = errno;
+        if (*err == EINPROGRESS) {
+            struct pollfd p = {.fd = fd, .events = POLLOUT};
+            int r;
+            while ((r = poll(&p, 1, 3000)) < 0 && errno == EINTR)
+                ;
+            socklen_t l = sizeof *err;
+            if (r == 0)
+                *err = ETIMEDOUT;
+            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &l) != 0)
+                *err = errno;
+        }
+    }
+    return fd;
+}
+
 /* cevm.net=send:HOST:PORT */
 static void net_send(const char *host, unsigned port, uint64_t rate)
 {
@@ -691,24 +716,8 @@ static void net_send(const char *host, unsigned port, uint64_t rate)
     snd.t_report = now_ns();
 
     for (;;) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0)
-            fatal("net send: socket: %s", strerror(errno));
         int err = 0;
-        if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
-            err = errno;
-            if (err == EINPROGRESS) {
-                struct pollfd p = {.fd = fd, .events = POLLOUT};
-                int r;
-                while ((r = poll(&p, 1, 3000)) < 0 && errno == EINTR)
-                    ;
-                socklen_t l = sizeof err;
-                if (r == 0)
-                    err = ETIMEDOUT;
-                else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0)
-                    err = errno;
-            }
-        }
+        int fd = net_connect(&to, &err, "send");
         if (err != 0) {
             close(fd);
             if (err != last_err) /* once per kind of failure, not every retry */
@@ -1034,24 +1043,8 @@ static void net_ping(const char *host, unsigned port, uint64_t rate)
     uint64_t seq = 0;
     png.t_report = now_ns();
     for (;;) {
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd < 0)
-            fatal("net ping: socket: %s", strerror(errno));
         int err = 0;
-        if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0) {
-            err = errno;
-            if (err == EINPROGRESS) {
-                struct pollfd p = {.fd = fd, .events = POLLOUT};
-                int r;
-                while ((r = poll(&p, 1, 3000)) < 0 && errno == EINTR)
-                    ;
-                socklen_t l = sizeof err;
-                if (r == 0)
-                    err = ETIMEDOUT;
-                else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0)
-                    err = errno;
-            }
-        }
+        int fd = net_connect(&to, &err, "ping");
         if (err != 0) {
             close(fd);
             if (err != last_err)
