@@ -273,10 +273,14 @@ struct GroupCheckpointTests {
             phase: "members done", victim: "the switch", groupFault: "members-done:kill-switch", group: .none, txRuns: true,
             error: ["network lab", "no group record", "kept as single-VM records: rx", "tx"]),
         LateKill(phase: "members done", victim: "a member's QEMU", groupFault: "members-done:kill-member-qemu", group: .whole, txRuns: false),
+        LateKill(
+            phase: "members done", victim: "a member's supervisor", groupFault: "members-done:kill-member-supervisor", group: .whole,
+            txRuns: false),
         // The channel state written into the staging directory, the manifest not committed.
         LateKill(phase: "channel saved", victim: "the coordinator", groupFault: "channel-saved:kill-coordinator", group: .none, txRuns: true, coordinatorDies: true),
         LateKill(phase: "channel saved", victim: "the switch", groupFault: "channel-saved:kill-switch", group: .whole, txRuns: true),
         LateKill(phase: "channel saved", victim: "a member's supervisor", groupFault: "channel-saved:kill-member-supervisor", group: .whole, txRuns: false),
+        LateKill(phase: "channel saved", victim: "a member's QEMU", groupFault: "channel-saved:kill-member-qemu", group: .whole, txRuns: false),
     ]
 
     /// The committed records of `vm` (`cevm records list NAME --json`).
