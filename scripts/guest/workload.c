@@ -677,29 +677,45 @@ static void send_report(uint64_t t)
     snd.t_report = t;
 }
 
-/* A non-blocking TCP connect to `to`, waited for at most 3 s: the socket,
- * with *err 0 once connected, or the error (the caller closes the socket). */
-static int net_connect(const struct sockaddr_in *to, int *err, const char *role)
+/* A TCP connection to `to` for role `role` (HOST:PORT as given), with
+ * TCP_NODELAY: a non-blocking connect waited for at most 3 s, tried again
+ * once a second until it succeeds; each kind of failure is printed once,
+ * not every retry, and `report` (the role's progress line) goes on. */
+static int net_connect(const struct sockaddr_in *to, const char *role, const char *host, unsigned port,
+                       void (*report)(uint64_t))
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0)
-        fatal("net %s: socket: %s", role, strerror(errno));
-    *err = 0;
-    if (connect(fd, (const struct sockaddr *)to, sizeof *to) != 0) {
-        *err = errno;
-        if (*err == EINPROGRESS) {
-            struct pollfd p = {.fd = fd, .events = POLLOUT};
-            int r;
-            while ((r = poll(&p, 1, 3000)) < 0 && errno == EINTR)
-                ;
-            socklen_t l = sizeof *err;
-            if (r == 0)
-                *err = ETIMEDOUT;
-            else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, err, &l) != 0)
-                *err = errno;
+    int last_err = -1;
+    for (;;) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+            fatal("net %s: socket: %s", role, strerror(errno));
+        int err = 0;
+        if (connect(fd, (const struct sockaddr *)to, sizeof *to) != 0) {
+            err = errno;
+            if (err == EINPROGRESS) {
+                struct pollfd p = {.fd = fd, .events = POLLOUT};
+                int r;
+                while ((r = poll(&p, 1, 3000)) < 0 && errno == EINTR)
+                    ;
+                socklen_t l = sizeof err;
+                if (r == 0)
+                    err = ETIMEDOUT;
+                else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &l) != 0)
+                    err = errno;
+            }
         }
+        if (err == 0) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            return fd;
+        }
+        close(fd);
+        if (err != last_err)
+            out("cevm-net %s connect-failed to=%s:%u error=%s", role, host, port, strerror(err));
+        last_err = err;
+        nap_ms(1000);
+        report(now_ns());
     }
-    return fd;
 }
 
 /* cevm.net=send:HOST:PORT */
@@ -711,25 +727,11 @@ static void net_send(const char *host, unsigned port, uint64_t rate)
     out("cevm-net start role=send to=%s:%u rate=%" PRIu64, host, port, rate);
     static uint64_t rec[NET_WORDS];
     uint64_t seq = 1;
-    int last_err = -1;
     double credit = 0;
     snd.t_report = now_ns();
 
     for (;;) {
-        int err = 0;
-        int fd = net_connect(&to, &err, "send");
-        if (err != 0) {
-            close(fd);
-            if (err != last_err) /* once per kind of failure, not every retry */
-                out("cevm-net send connect-failed to=%s:%u error=%s", host, port, strerror(err));
-            last_err = err;
-            nap_ms(1000);
-            send_report(now_ns());
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        last_err = -1;
+        int fd = net_connect(&to, "send", host, port, send_report);
         snd.connected = 1;
         out("cevm-net send connected to=%s:%u next=%" PRIu64, host, port, seq);
         size_t off = 0;              /* bytes of the current record already written */
@@ -761,7 +763,7 @@ static void net_send(const char *host, unsigned port, uint64_t rate)
             if (w < 0) {
                 if (errno == EAGAIN || errno == EINTR)
                     continue;
-                err = errno;
+                int err = errno;
                 snd.resets++;
                 snd.connected = 0;
                 out("cevm-net send broken to=%s:%u sent=%" PRIu64 " partial=%zu error=%s",
@@ -1039,24 +1041,10 @@ static void net_ping(const char *host, unsigned port, uint64_t rate)
     if (inet_pton(AF_INET, host, &to.sin_addr) != 1)
         fatal("cevm.net=ping:%s:%u: HOST must be an IPv4 address", host, port);
     out("cevm-net start role=ping to=%s:%u rate=%" PRIu64, host, port, rate);
-    int last_err = -1;
     uint64_t seq = 0;
     png.t_report = now_ns();
     for (;;) {
-        int err = 0;
-        int fd = net_connect(&to, &err, "ping");
-        if (err != 0) {
-            close(fd);
-            if (err != last_err)
-                out("cevm-net ping connect-failed to=%s:%u error=%s", host, port, strerror(err));
-            last_err = err;
-            nap_ms(1000);
-            ping_report(now_ns());
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        last_err = -1;
+        int fd = net_connect(&to, "ping", host, port, ping_report);
         png.connected = 1;
         const char *why = NULL;
         /* the banner: up to its newline, byte by byte (nothing else comes before our first message) */
