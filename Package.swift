@@ -126,7 +126,13 @@ let package = Package(
         .executableTarget(
             name: "disk-cut-latency",
             dependencies: ["DiskManager", "DiskExportNBD", "NBDServer", "QCOW2"],
-            path: "Benchmarks/DiskCutLatency",
+            path: "Sources/DiskCutLatency",
+            swiftSettings: strict),
+        // A measurement tool, not shipped: the version 2 page recorder alone, stage by stage (Docs/benchmarks.md).
+        .executableTarget(
+            name: "record-replay",
+            dependencies: ["CEVMSystem", "MigrationStream", "Records", .product(name: "Crypto", package: "swift-crypto")],
+            path: "Sources/RecordReplay",
             swiftSettings: strict),
 
         // Helpers shared by the test targets (scratch directories, qemu-img oracles).
@@ -138,7 +144,7 @@ let package = Package(
             swiftSettings: strict),
         .testTarget(name: "QEMUTests", dependencies: ["QEMU", "QMP", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "VMStoreTests", dependencies: ["VMStore"], swiftSettings: strict),
-        .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem", "QCOW2", "TestSupport"], swiftSettings: strict),
+        .testTarget(name: "RecordsTests", dependencies: ["Records", "VMStore", "CEVMSystem", "QCOW2", "MigrationStream", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "QCOW2Tests", dependencies: ["QCOW2", "DiskTools", "CEVMSystem", "TestSupport"], swiftSettings: strict),
         .testTarget(name: "DiskIntegrationTests", dependencies: ["DiskIntegration", "TestSupport"], swiftSettings: strict),
         .testTarget(

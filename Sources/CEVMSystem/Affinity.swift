@@ -87,6 +87,14 @@ public enum Affinity {
     /// The calling thread's kernel id (gettid(2)).
     public static func currentThreadID() -> pid_t { cevm_gettid() }
 
+    /// setpriority(2) of one thread (Linux: a thread id is a process id
+    /// here): its nice value, -20 ... 19. False when refused (raising the
+    /// priority needs CAP_SYS_NICE or RLIMIT_NICE).
+    @discardableResult
+    public static func setNice(thread tid: pid_t, _ nice: Int32) -> Bool {
+        setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), nice) == 0
+    }
+
     /// sched_getaffinity(2) of one thread (0 = the caller).
     public static func get(thread tid: pid_t) throws -> CPUSet {
         var buffer = [Int32](repeating: 0, count: CPUSet.maximumCPU + 1)

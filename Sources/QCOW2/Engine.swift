@@ -413,18 +413,72 @@ final class Engine: @unchecked Sendable {
     /// hold fills the rest of the new cluster from the backing chain (or with
     /// zeros for a zero cluster), so the whole cluster is written before its
     /// L2 entry can reach the disk.
+    ///
+    /// Whole clusters whose host clusters follow each other (data this
+    /// layer holds, or clusters allocated one after another for the write)
+    /// go to the file in one write; their new L2 entries are set after it.
     func write(_ source: UnsafeRawBufferPointer, at offset: UInt64) throws(QCOW2Error) {
         try requireWritable()
         try checkRange(offset, source.count)
+        var run = HostRun()
         var done = 0
         while done < source.count {
             let position = offset + UInt64(done)
             let g = position >> clusterBits
             let within = position & (clusterSize - 1)
             let count = min(Int(clusterSize - within), source.count - done)
-            let piece = UnsafeRawBufferPointer(rebasing: source[done..<(done + count)])
-            try writeCluster(g, within: within, piece)
+            if within == 0 && UInt64(count) == clusterSize {
+                let (host, isNew) = try wholeClusterTarget(g)
+                if !run.extend(host: host, guest: isNew ? g : nil, bytes: count) {
+                    try flush(&run, source)
+                    run = HostRun(host: host, firstGuest: g, sourceStart: done, bytes: count, newGuests: isNew ? [g] : [])
+                }
+            } else {
+                try flush(&run, source)
+                try writeCluster(g, within: within, UnsafeRawBufferPointer(rebasing: source[done..<(done + count)]))
+            }
             done += count
+        }
+        try flush(&run, source)
+    }
+
+    /// Whole clusters of one write, contiguous in the file and in the
+    /// source, not yet written.
+    struct HostRun {
+        var host: UInt64 = 0
+        var firstGuest: UInt64 = 0
+        var sourceStart = 0
+        var bytes = 0
+        /// The guest clusters of the run that get an L2 entry once written.
+        var newGuests: [UInt64] = []
+
+        mutating func extend(host next: UInt64, guest: UInt64?, bytes count: Int) -> Bool {
+            guard bytes > 0, next == host + UInt64(bytes) else { return false }
+            bytes += count
+            if let guest { newGuests.append(guest) }
+            return true
+        }
+    }
+
+    private func flush(_ run: inout HostRun, _ source: UnsafeRawBufferPointer) throws(QCOW2Error) {
+        guard run.bytes > 0 else { return }
+        try hostWrite(UnsafeRawBufferPointer(rebasing: source[run.sourceStart..<(run.sourceStart + run.bytes)]), at: run.host)
+        for g in run.newGuests {
+            let host = run.host + (g - run.firstGuest) * clusterSize
+            try setL2(g, host | QCOW2Entries.copied)
+        }
+        run = HostRun()
+    }
+
+    /// Where a whole-cluster write of guest cluster `g` goes: the data
+    /// cluster this layer holds (false), or a cluster taken for it now
+    /// (true: its L2 entry is set once the data is written).
+    func wholeClusterTarget(_ g: UInt64) throws(QCOW2Error) -> (host: UInt64, isNew: Bool) {
+        switch try mapping(g) {
+        case .data(let host): return (host, false)
+        case .compressed(let raw): throw .compressedCluster(guestOffset: g << clusterBits, entry: raw)
+        case .zero(.some(let preallocated)): return (preallocated, true)
+        case .zero(nil), .unallocated: return (try allocateCluster(), true)
         }
     }
 

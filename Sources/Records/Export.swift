@@ -151,7 +151,7 @@ public enum RecordExport {
             flat.zeroPages = summary.zeroPages
             flat.unchangedPages = summary.unchangedPages
             manifest.memory = flat
-            for name in flat.fileNames { files.append(try await entry(directory, name, role: .memory)) }
+            for name in flat.fileNames { files.append(try await entry(directory, name, role: .memory, hashed: name != flat.image)) }
         } else if let stream = record.manifest.file(.memory) {
             try await Blocking.run { [directory] in try copy(record.path(of: stream), to: "\(directory)/\(stream.name)") }
             files.append(try await entry(directory, stream.name, role: .memory))
@@ -190,17 +190,24 @@ public enum RecordExport {
         return manifest
     }
 
-    static func entry(_ directory: String, _ name: String, role: RecordManifest.FileEntry.Role) async throws -> RecordManifest.FileEntry {
+    /// `hashed`: false for a page image (checked by its page digests).
+    static func entry(_ directory: String, _ name: String, role: RecordManifest.FileEntry.Role, hashed: Bool = true) async throws
+        -> RecordManifest.FileEntry
+    {
         try await Blocking.run {
             let path = "\(directory)/\(name)"
             try Files.fsync(path: path)
-            return .init(name: name, role: role, size: try Files.size(path), sha256: try FileDigest.sha256(of: path))
+            return .init(name: name, role: role, size: try Files.size(path), sha256: hashed ? try FileDigest.sha256(of: path) : nil)
         }
     }
 
     static func identity(_ directory: String, _ name: String, role: ExternalFile.Role) async throws -> ExternalFile {
-        let file = try await entry(directory, name, role: .memory)
-        return ExternalFile(role: role, path: name, size: file.size, sha256: file.sha256)
+        let path = "\(directory)/\(name)"
+        let (size, sha256) = try await Blocking.run {
+            try Files.fsync(path: path)
+            return (try Files.size(path), try FileDigest.sha256(of: path))
+        }
+        return ExternalFile(role: role, path: name, size: size, sha256: sha256)
     }
 
     /// Copies a file byte for byte into a new file, then fsyncs it.

@@ -253,6 +253,11 @@ public final class MemoryImageWriter {
     var run: [UInt8] = []
     var runStart: UInt64 = 0
     static let runLimit = 256 << 10
+    /// The image read-only, to start its write-back as it grows, so that
+    /// `finish`'s fsync finds little left to write.
+    let writeback: Int32
+    var sinceWriteback = 0
+    static let writebackEvery = 32 << 20
 
     /// `parent`: the parent record's image, named relative to `path`'s
     /// directory (e.g. "../ID/memory.qcow2"), and its digests. Its layout
@@ -274,7 +279,10 @@ public final class MemoryImageWriter {
             path: path, virtualSize: layout.imageSize, clusterBits: MemoryImage.clusterBits(layout.pageSize),
             backingFile: parent?.imageName, backingFormat: parent == nil ? nil : "qcow2")
         run.reserveCapacity(Self.runLimit)
+        writeback = open(path, O_RDONLY | O_CLOEXEC)
     }
+
+    deinit { if writeback >= 0 { close(writeback) } }
 
     /// One page record of the stream: `data` is the page's bytes, nil for
     /// QEMU's ZERO record.
@@ -312,7 +320,12 @@ public final class MemoryImageWriter {
     func flushRun() throws {
         guard !run.isEmpty else { return }
         try run.withUnsafeBytes { try image.write($0, at: runStart) }
+        sinceWriteback += run.count
         run.removeAll(keepingCapacity: true)
+        if sinceWriteback >= Self.writebackEvery, writeback >= 0 {
+            _ = Files.startWriteback(writeback)
+            sinceWriteback = 0
+        }
     }
 
     /// Writes what is pending, makes the image durable and writes the

@@ -90,11 +90,13 @@ public final class PageRecorder {
         var files: [RecordManifest.FileEntry] = []
         files.append(try state.prologue.finish(role: .memory))
         files.append(try state.epilogue.finish(role: .memory))
-        for name in [MemoryImage.fileName, MemoryImage.digestFileName] {
-            let path = "\(directory)/\(name)"
-            try Files.fsync(path: path)
-            files.append(.init(name: name, role: .memory, size: try Files.size(path), sha256: try FileDigest.sha256(of: path)))
-        }
+        // The image's pages are checked against the digest file, which is
+        // hashed; the image itself is not read back (RecordManifest.FileEntry).
+        let image = "\(directory)/\(MemoryImage.fileName)", digests = "\(directory)/\(MemoryImage.digestFileName)"
+        try Files.fsync(path: image)
+        files.append(.init(name: MemoryImage.fileName, role: .memory, size: try Files.size(image), sha256: nil))
+        try Files.fsync(path: digests)
+        files.append(.init(name: MemoryImage.digestFileName, role: .memory, size: try Files.size(digests), sha256: try FileDigest.sha256(of: digests)))
         try Files.fsync(path: directory)
         let memory = RecordManifest.MemoryRecord(
             kind: state.incrementalOver == nil ? .full : .incremental, parent: state.incrementalOver, layout: layout,

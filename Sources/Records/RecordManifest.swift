@@ -255,9 +255,13 @@ public struct RecordManifest: Codable, Sendable, Equatable {
         public var name: String
         public var role: Role
         public var size: Int64
-        public var sha256: String
+        /// The file's SHA-256, hex. None for a version 2 page image
+        /// (`MemoryRecord.image`): it is checked page by page against the
+        /// record's digest file, which has one (`Record.verifyRestorable`),
+        /// so a second pass over the whole image would check nothing more.
+        public var sha256: String?
 
-        public init(name: String, role: Role, size: Int64, sha256: String) {
+        public init(name: String, role: Role, size: Int64, sha256: String?) {
             self.name = name
             self.role = role
             self.size = size

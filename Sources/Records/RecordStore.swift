@@ -79,6 +79,9 @@ public struct Record: Sendable {
             for name in memory.fileNames where !manifest.files.contains(where: { $0.name == name && $0.role == .memory }) {
                 throw RecordError.corruptManifest(path: path, reason: "the memory file \(name) is not among the listed files")
             }
+            for entry in manifest.files where entry.name == memory.digests && entry.sha256 == nil {
+                throw RecordError.corruptManifest(path: path, reason: "the page digest file \(entry.name) has no SHA-256")
+            }
             if let parent = memory.parent, !Record.isPlainID(parent) {
                 throw RecordError.corruptManifest(path: path, reason: "its memory's parent '\(parent)' is not a plain record id")
             }
@@ -86,15 +89,20 @@ public struct Record: Sendable {
                 throw RecordError.corruptManifest(path: path, reason: "an incremental memory names its parent, a full one does not")
             }
         }
+        for entry in manifest.files where entry.sha256 == nil && entry.name != manifest.memory?.image {
+            throw RecordError.corruptManifest(path: path, reason: "the file \(entry.name) has no SHA-256 (only a page image may go without)")
+        }
         return Record(directory: directory, manifest: manifest)
     }
 
-    /// Checks every file's SHA-256 against the manifest.
+    /// Checks every file's SHA-256 against the manifest (a version 2 page
+    /// image has none: `verifyRestorable` checks its pages).
     public func verify() throws {
         for entry in manifest.files {
+            guard let expected = entry.sha256 else { continue }
             let file = path(of: entry)
             let digest = try FileDigest.sha256(of: file)
-            if digest != entry.sha256 { throw RecordError.checksumMismatch(path: file, expected: entry.sha256, actual: digest) }
+            if digest != expected { throw RecordError.checksumMismatch(path: file, expected: expected, actual: digest) }
         }
     }
 
@@ -205,7 +213,8 @@ public enum FileDigest {
 }
 
 /// A file being written from a stream: appends, hashes, counts, fsyncs;
-/// or, as `.scratch`, a file kept only to be read back once (`replay`) and
+/// or, as `.scratch`, a file kept only to be read back once (by a
+/// `FollowingPageRecorder`'s parser) and
 /// removed.
 public final class StreamSpool {
     /// When the file's SHA-256 is computed: as the bytes are written, or by
@@ -214,7 +223,7 @@ public final class StreamSpool {
     /// of the pre-copy CPU bounds the migration's bandwidth) and happens on
     /// the old side's CPU after the switch-over instead. `scratch`: never,
     /// nor fsynced: the file is part of no record (a stream spooled to be
-    /// parsed after it ended, `replay`), and `finish` refuses it.
+    /// parsed beside it), and `finish` refuses it.
     public enum Hashing: Sendable {
         case whileWriting
         case atFinish
@@ -227,7 +236,7 @@ public final class StreamSpool {
     private var hasher = SHA256()
     public private(set) var bytes: Int64 = 0
 
-    /// Creates the file (it must not exist), open for reading too (`replay`).
+    /// Creates the file (it must not exist).
     public init(path: String, hashing: Hashing = .whileWriting) throws {
         self.path = path
         self.hashing = hashing
@@ -264,24 +273,7 @@ public final class StreamSpool {
         bytes += Int64(count)
     }
 
-    /// Reads the file from its start, in 1 MiB chunks (for `.scratch`: the
-    /// stream spooled to be parsed now).
-    public func replay(_ body: (UnsafeRawBufferPointer) throws -> Void) throws {
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
-        var offset: off_t = 0
-        while true {
-            let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw RecordError.writeFailed(path: path, reason: "reading the spooled stream back: \(String(cString: strerror(errno)))")
-            }
-            if n == 0 { return }
-            offset += off_t(n)
-            try buffer.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-        }
-    }
-
-    /// Removes the file (a `.scratch` spool once replayed).
+    /// Removes the file (a `.scratch` spool once parsed).
     public func remove() { unlink(path) }
 
     /// fsync(2), then the file's entry for the manifest. With `.atFinish`,

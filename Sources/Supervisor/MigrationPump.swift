@@ -220,25 +220,20 @@ final class StreamRecording {
     enum Plan: Sendable {
         case stream(path: String)
         case pages(directory: String, parent: PageRecorder.Parent?)
-        /// Pages, parsed after the stream has ended: the stream is first
-        /// written raw to `spoolName` in `directory` as fast as the page
-        /// cache takes it, and parsed from there by `finish`. For a stopped
-        /// guest (stop-and-save), whose pause lasts as long as the sink
-        /// takes the stream, and a background snapshot, whose guest waits
-        /// on each write fault until the sink has taken the page: parsing,
-        /// hashing each page and writing the image then happen after the
-        /// stream, not while the guest waits for it.
+        /// Pages, parsed beside the stream: the stream is written raw to a
+        /// spool in `directory` as fast as the page cache takes it, and a
+        /// parser thread follows the spool (`FollowingPageRecorder`). For a
+        /// stopped guest (stop-and-save), whose pause lasts as long as the
+        /// sink takes the stream, and a background snapshot, whose guest
+        /// waits on each write fault until the sink has taken the page: the
+        /// stream never waits for parsing, hashing or the image's writes.
         case spooledPages(directory: String, parent: PageRecorder.Parent?)
     }
-
-    /// The raw stream of `.spooledPages`, removed once parsed (or with the
-    /// record's directory, when the checkpoint fails).
-    static let spoolName = "memory.stream-spool"
 
     enum Kind {
         case stream(StreamSpool)
         case pages(PageRecorder)
-        case spooled(StreamSpool, directory: String, parent: PageRecorder.Parent?)
+        case spooled(FollowingPageRecorder)
     }
 
     let kind: Kind
@@ -251,17 +246,21 @@ final class StreamRecording {
         switch plan {
         case .stream(let path): kind = .stream(try StreamSpool(path: path, hashing: tee ? .atFinish : .whileWriting))
         case .pages(let directory, let parent): kind = .pages(try PageRecorder(directory: directory, parent: parent))
-        case .spooledPages(let directory, let parent):
-            kind = .spooled(try StreamSpool(path: "\(directory)/\(Self.spoolName)", hashing: .scratch), directory: directory, parent: parent)
+        case .spooledPages(let directory, let parent): kind = .spooled(try FollowingPageRecorder(directory: directory, parent: parent))
         }
     }
+
+    /// A recording dropped unfinished (the stream failed) stops its parser.
+    deinit { if case .spooled(let recorder) = kind, !finished { recorder.cancel() } }
+
+    private var finished = false
 
     func write(_ chunk: UnsafeRawBufferPointer) throws {
         seen += Int64(chunk.count)
         switch kind {
         case .stream(let spool): try spool.write(chunk)
         case .pages(let recorder): try recorder.write(chunk)
-        case .spooled(let raw, _, _): try raw.write(chunk)
+        case .spooled(let recorder): try recorder.write(chunk)
         }
     }
 
@@ -272,9 +271,9 @@ final class StreamRecording {
         case .stream(let spool):
             seen += Int64(count)
             try spool.append(fromPipe: pipe, count: count)
-        case .spooled(let raw, _, _):
+        case .spooled(let recorder):
             seen += Int64(count)
-            try raw.append(fromPipe: pipe, count: count)
+            try recorder.append(fromPipe: pipe, count: count)
         case .pages:
             if buffer.count < count { buffer = [UInt8](repeating: 0, count: count) }
             var filled = 0
@@ -297,11 +296,9 @@ final class StreamRecording {
         case .pages(let recorder):
             let (files, memory) = try recorder.finish()
             return RecordedMemory(files: files, memory: memory, streamBytes: seen)
-        case .spooled(let raw, let directory, let parent):
-            let recorder = try PageRecorder(directory: directory, parent: parent)
-            try raw.replay { try recorder.write($0) }
+        case .spooled(let recorder):
+            finished = true
             let (files, memory) = try recorder.finish()
-            raw.remove()
             return RecordedMemory(files: files, memory: memory, streamBytes: seen)
         }
     }

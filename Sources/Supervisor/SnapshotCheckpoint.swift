@@ -270,9 +270,9 @@ final class SnapshotRun: CheckpointRun {
         var timings = RecordManifest.Timings(
             requestToPauseMs: (state.pauseStart - requested) * 1000, guestPauseMs: (state.pauseEnd - state.pauseStart) * 1000,
             requestToDurableMs: 0, pausedAt: state.pausedAt, resumedAt: state.resumedAt)
+        timings.phases = state.phases
         if kind == .backgroundSnapshot {
             timings.overlapMs = (durable - state.pauseEnd) * 1000
-            timings.phases = state.phases
             timings.consoleGapMs = await console?.interruption(paused: state.pausedWall, resumed: state.resumedWall).map { $0 * 1000 }
         }
         let info = state.info

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CEVMSystem
 import Foundation
+import QCOW2
 import Records
 import Testing
 import TestSupport
@@ -69,7 +70,9 @@ struct V2Tree {
             dataPages: summary.dataPages, zeroPages: summary.zeroPages, unchangedPages: summary.unchangedPages)
         let files = try memory.fileNames.map { name in
             let path = "\(directory)/\(name)"
-            return RecordManifest.FileEntry(name: name, role: .memory, size: try Files.size(path), sha256: try FileDigest.sha256(of: path))
+            // As a recorder writes it: the page image has no whole-file hash.
+            return RecordManifest.FileEntry(
+                name: name, role: .memory, size: try Files.size(path), sha256: name == MemoryImage.fileName ? nil : try FileDigest.sha256(of: path))
         }
         let spec = try spec
         var manifest = RecordManifest(
@@ -192,6 +195,45 @@ struct V2Tree {
         let (_, b) = try tree.chain()
         Files.remove("\(b.directory)/memory.epilogue")
         #expect(throws: RecordError.missingFile(path: "\(b.directory)/memory.epilogue")) { _ = try Record.load(directory: b.directory) }
+    }
+
+    /// Only the page image may go without a SHA-256: its pages are checked
+    /// against the digest file, which must have one.
+    @Test(arguments: [MemoryImage.digestFileName, "memory.prologue"])
+    func aFileOtherThanThePageImageNeedsItsHash(name: String) throws {
+        let tree = try V2Tree()
+        let (a, _) = try tree.chain()
+        try tree.rewriteManifest(a.directory) { object in
+            var files = object["files"] as? [[String: Any]] ?? []
+            for i in files.indices where files[i]["name"] as? String == name { files[i]["sha256"] = nil }
+            object["files"] = files
+        }
+        #expect {
+            _ = try Record.load(directory: a.directory)
+        } throws: { error in
+            guard case RecordError.corruptManifest(_, let reason) = error else { return false }
+            return reason.contains(name) && reason.contains("no SHA-256")
+        }
+    }
+
+    /// A byte changed in a page image (which has no whole-file hash) is
+    /// caught page by page, before anything restores it.
+    @Test func aChangedPageOfTheImageIsRefused() throws {
+        let tree = try V2Tree()
+        let (a, b) = try tree.chain()
+        #expect(try Record.load(directory: a.directory).manifest.files.first { $0.name == MemoryImage.fileName }?.sha256 == nil)
+        let image = try QCOW2Image.open(path: "\(a.directory)/\(MemoryImage.fileName)", writable: true, backing: .none)
+        var page = [UInt8](repeating: 0, count: V2Tree.page)
+        try page.withUnsafeMutableBytes { try image.read(into: $0, at: 0) }
+        page[100] ^= 0xff
+        try image.write(page, at: 0)
+        try image.flush()
+        try a.verify()  // nothing for the whole-file pass to see
+        #expect {
+            try b.verifyRestorable()
+        } throws: { error in
+            "\(error)".contains("does not match its digest")
+        }
     }
 
     @Test func truncatedPageImageIsRefused() throws {

@@ -52,9 +52,9 @@ import Testing
         return (b.bytes, last)
     }
 
-    /// Stop-and-save's spooled pages: the raw stream is kept in a scratch
-    /// file while it flows and parsed at the end; the record is the one
-    /// parsing as it comes makes, and the scratch file is gone.
+    /// Stop-and-save's following recorder: the stream is queued while it
+    /// flows and a parser thread follows it; the record is the one parsing
+    /// inline makes, and no spool file is left.
     /// The same through a tee: the spool takes the bytes spliced from the
     /// tee's pipe, and the destination gets the stream unchanged.
     @Test func spooledPagesRecordWhatInlinePagesRecord() async throws {
@@ -104,7 +104,7 @@ import Testing
             #expect(spooled.0.memory == inline.0.memory)
             #expect(spooled.0.streamBytes == Int64(stream.count))
             #expect(spooled.0.files.map(\.sha256) == inline.0.files.map(\.sha256))
-            #expect(!Files.exists("\(spooled.1)/\(StreamRecording.spoolName)"), "the raw spool is removed once parsed")
+            #expect(!Files.exists("\(spooled.1)/\(FollowingPageRecorder.spoolName)"), "the raw spool is removed once parsed")
             #expect(try Files.list(spooled.1).sorted() == Files.list(inline.1).sorted())
         }
     }
