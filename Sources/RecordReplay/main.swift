@@ -66,32 +66,6 @@ struct Digest: MigrationStreamSink {
     }
 }
 
-func writeBandwidth(directory: String, bytes: Int64) throws -> Double {
-    let path = "\(directory)/.bandwidth"
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-    guard fd >= 0 else { throw Failure("cannot create \(path)") }
-    defer {
-        close(fd)
-        unlink(path)
-    }
-    var chunk = [UInt8](repeating: 0, count: 1 << 20)
-    var state: UInt64 = 0x9e37_79b9_7f4a_7c15
-    for index in chunk.indices {
-        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-        chunk[index] = UInt8(truncatingIfNeeded: state >> 56)
-    }
-    let elapsed = try seconds {
-        var left = bytes
-        while left > 0 {
-            let count = Int(min(left, Int64(chunk.count)))
-            try Files.writeAll(fd, chunk[0..<count], subject: path)
-            left -= Int64(count)
-        }
-        guard fdatasync(fd) == 0 else { throw Failure("fdatasync \(path)") }
-    }
-    return Double(bytes) / elapsed
-}
-
 let arguments = CommandLine.arguments
 guard arguments.count >= 3 else {
     FileHandle.standardError.write(Data("usage: record-replay STREAM SCRATCH [REPEAT]\n".utf8))
@@ -139,7 +113,7 @@ do {
         spooled = try seconds { try replay(stream) { try following.write($0) } }
         afterStream = try seconds { _ = try following.finish() }
         let spilled = following.spooledBytes
-        let bandwidth = try writeBandwidth(directory: scratch, bytes: max(recordBytes, 64 << 20))
+        let bandwidth = try WriteBandwidth.measure(directory: scratch, bytes: max(recordBytes, 64 << 20))
         let bound = 1.2 * Double(recordBytes) / bandwidth
         print(String(format: "round %d: stream %.1f MiB, %d pages; record %.1f MiB", round, Double(streamBytes) / 1048576, drop.pages, Double(recordBytes) / 1048576))
         print(String(format: "  read %.3f s (%@), parse %.3f s (%@), digest %.3f s (%@)", read, mb(streamBytes, read), parse, mb(streamBytes, parse), hash, mb(streamBytes, hash)))
