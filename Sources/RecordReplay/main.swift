@@ -10,7 +10,9 @@
 //   parse    parsed, the pages dropped;
 //   digest   parsed, every page's digest computed;
 //   record   the whole recorder (PageRecorder: image, digests, every file
-//            hashed and made durable).
+//            hashed and made durable);
+//   following  the stream handed to a FollowingPageRecorder as fast as it
+//            is read, then the time from its end to durable.
 // Then "bound": 1.2 × the record's memory bytes / the write bandwidth, the
 // target of Docs/benchmarks.md ("Record formats").
 //

@@ -42,7 +42,6 @@ public final class FollowingPageRecorder: @unchecked Sendable {
         case spooled(offset: Int64, count: Int64)
     }
 
-    let directory: String
     let recorder: PageRecorder
     let memoryLimit: Int
     let spoolPath: String
@@ -68,7 +67,6 @@ public final class FollowingPageRecorder: @unchecked Sendable {
     private var parserThread: pid_t = 0
 
     public init(directory: String, parent: PageRecorder.Parent?, memoryLimit: Int = FollowingPageRecorder.defaultMemoryLimit) throws {
-        self.directory = directory
         self.memoryLimit = max(memoryLimit, Self.chunkSize)
         spoolPath = "\(directory)/\(Self.spoolName)"
         recorder = try PageRecorder(directory: directory, parent: parent)

@@ -120,10 +120,12 @@ extension Supervisor {
         }
         // A stopped guest waits for the sink, and a background snapshot's
         // guest waits for it on each page it writes before the scan reached
-        // it: spool the stream raw, as fast as format 1, and parse it once
-        // the stream has ended, when the records' file system has room for
-        // the spool beside the page image (twice the RAM, a bound on both);
-        // otherwise parse as it comes, using less space.
+        // it: take the stream into a queue a parser thread follows
+        // (`FollowingPageRecorder`), when the records' file system has room
+        // for the queue's spool beside the page image (twice the RAM, a
+        // bound on both); otherwise parse as it comes. CEVM's tee parses as
+        // it comes: its pre-copy stream carries every round's pages, which a
+        // parser behind it would have to catch up on after the switch-over.
         if options.mechanism != .cevm, let free = Files.availableBytes(directory), free >= 2 * ramBytes {
             return .spooledPages(directory: directory, parent: parent)
         }

@@ -1035,6 +1035,27 @@ static int ping_wait_readable(int fd)
     }
 }
 
+/* Reads up to len bytes, waiting (reporting every second) while there are none: the count read,
+ * or 0 with *why set on end of stream or an error. */
+static size_t ping_read(int fd, void *buf, size_t len, const char **why)
+{
+    for (;;) {
+        ssize_t n = read(fd, buf, len);
+        if (n > 0)
+            return (size_t)n;
+        if (n == 0) {
+            *why = "eof";
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN || ping_wait_readable(fd) != 0) {
+            *why = strerror(errno);
+            return 0;
+        }
+    }
+}
+
 static void net_ping(const char *host, unsigned port, uint64_t rate)
 {
     struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
@@ -1050,26 +1071,8 @@ static void net_ping(const char *host, unsigned port, uint64_t rate)
         /* the banner: up to its newline, byte by byte (nothing else comes before our first message) */
         for (;;) {
             char c;
-            ssize_t n = read(fd, &c, 1);
-            if (n == 1) {
-                if (c == '\n')
-                    break;
-                continue;
-            }
-            if (n == 0) {
-                why = "eof";
+            if (ping_read(fd, &c, 1, &why) == 0 || c == '\n')
                 break;
-            }
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN) {
-                why = strerror(errno);
-                break;
-            }
-            if (ping_wait_readable(fd) != 0) {
-                why = strerror(errno);
-                break;
-            }
         }
         if (!why)
             out("cevm-net ping connected to=%s:%u n=%" PRIu64, host, port, png.n);
@@ -1098,21 +1101,10 @@ static void net_ping(const char *host, unsigned port, uint64_t rate)
             uint64_t back[PING_MSG / 8];
             size_t have = 0;
             while (have < PING_MSG) {
-                ssize_t n = read(fd, (char *)back + have, PING_MSG - have);
-                if (n > 0) {
-                    have += (size_t)n;
-                    continue;
-                }
-                if (n == 0) {
-                    why = "eof";
+                size_t n = ping_read(fd, (char *)back + have, PING_MSG - have, &why);
+                if (n == 0)
                     break;
-                }
-                if (errno == EINTR)
-                    continue;
-                if (errno != EAGAIN || ping_wait_readable(fd) != 0) {
-                    why = strerror(errno);
-                    break;
-                }
+                have += n;
             }
             png.waiting = 0;
             if (why)
