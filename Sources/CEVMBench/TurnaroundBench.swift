@@ -538,6 +538,13 @@ public final class TurnaroundBenchRunner: BenchDriver {
                 if let policy = configuration.policy { arguments += ["--policy", policy.rawValue] }
                 let output = try await cevm(arguments)
                 guard output.status.succeeded else {
+                    // A job that ends before its checkpoint does would end
+                    // so on every attempt: the job is too short, not the guest lost.
+                    if ConsoleProgress.firstLine(paths.consoleLog, startingWith: "cevm-job complete") != nil {
+                        throw BenchError(
+                            "\(name): the job ended during its checkpoint at unit \(Int(reached)) of \(units); "
+                                + "give it more --units (or --job-seconds): \(output.stderr)")
+                    }
                     if !(paths.readStatus()?.state.isLive ?? false) {
                         throw GuestLost(reason: "cevm checkpoint \(output.status): \(output.stderr)", console: ConsoleProgress.tail(paths.consoleLog))
                     }

@@ -41,8 +41,15 @@ extension Supervisor {
             }
             return record
         case .failed(let failure):
-            log("checkpoint \(run.id) failed: \(failure)")
-            throw SupervisorError.checkpointFailed("\(failure)")
+            // An instance that ended on its own says why (the guest powered
+            // off: its job is done; it panicked; QEMU's status).
+            let ends = [("Old_VM", old), ("New_VM", run.made.withLock { $0.new })].compactMap { name, instance -> String? in
+                guard let reason = instance?.exitReason, !reason.requested else { return nil }
+                return "\(name): \(reason)"
+            }
+            let message = ends.isEmpty ? "\(failure)" : "\(failure) (\(ends.joined(separator: "; ")))"
+            log("checkpoint \(run.id) failed: \(message)")
+            throw SupervisorError.checkpointFailed(message)
         default:
             throw SupervisorError.checkpointFailed("the checkpoint ended while \(machine.phase.name)")
         }
