@@ -8,12 +8,14 @@ import VMStore
 
 extension Record {
     /// Everything a restore checks before it starts anything: every file's
-    /// SHA-256; for a version 2 record its memory chain (parents found by
-    /// id among the record's siblings: a loop, a parent outside the tree or
-    /// a missing one is refused), each parent's files, and every page the
-    /// chain restores against its digest. Blocking.
+    /// SHA-256; the disk's backing chain (`verifyDiskChain`); for a version
+    /// 2 record its memory chain (parents found by id among the record's
+    /// siblings: a loop, a parent outside the tree or a missing one is
+    /// refused), each parent's files, and every page the chain restores
+    /// against its digest. Blocking.
     public func verifyRestorable() throws {
         try verify()
+        try verifyDiskChain()
         guard manifest.memory != nil else { return }
         let chain = try MemoryChain(self)
         for parent in chain.records.dropFirst() { try parent.verify() }

@@ -13,6 +13,9 @@ public enum RecordError: Error, Sendable, Equatable, CustomStringConvertible {
     case badMemoryImage(reason: String)
     /// A retention request that cannot be carried out as asked.
     case badRetention(String)
+    /// A disk record whose qcow2 backing chain names a file that is neither
+    /// a record's disk nor the VM's base (`Record.verifyDiskChain`).
+    case badDiskChain(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -32,6 +35,7 @@ public enum RecordError: Error, Sendable, Equatable, CustomStringConvertible {
         case .writeFailed(let path, let reason): return "cannot write \(path): \(reason)"
         case .badMemoryImage(let reason): return "memory image: \(reason)"
         case .badRetention(let reason): return "retention: \(reason)"
+        case .badDiskChain(let path, let reason): return "disk record \(path) \(reason)"
         }
     }
 }

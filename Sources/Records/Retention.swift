@@ -218,7 +218,7 @@ public enum Retention {
         steps: (absorbed: Step, rebased: Step)
     ) async throws {
         let current = try QCOW2Image.open(path: image, writable: false, backing: .none).header.backingFile
-        if let current, sameFile(QCOW2Image.resolve(backingName: current, relativeTo: image), parentImage) {
+        if let current, Record.samePath(QCOW2Image.resolve(backingName: current, relativeTo: image), parentImage) {
             try await Blocking.run {
                 // The parent's own layer (not its backing). The image gets
                 // it as its backing reader: a zero cluster written over it
@@ -229,7 +229,7 @@ public enum Retention {
                 try top.flush()
             }
             try stop(after: steps.absorbed, stopAfter)
-            try await Blocking.run { try QCOW2Image.setBacking(path: image, name: target?.name, format: target?.format) }
+            _ = try await Blocking.run { try QCOW2Image.setBacking(path: image, name: target?.name, format: target?.format) }
             try stop(after: steps.rebased, stopAfter)
             return
         }
@@ -238,7 +238,7 @@ public enum Retention {
         case (nil, nil): done = true
         case (let name?, let target?):
             done = name == target.name
-                || sameFile(QCOW2Image.resolve(backingName: name, relativeTo: image), QCOW2Image.resolve(backingName: target.name, relativeTo: parentImage))
+                || Record.samePath(QCOW2Image.resolve(backingName: name, relativeTo: image), QCOW2Image.resolve(backingName: target.name, relativeTo: parentImage))
         default: done = false
         }
         guard done else {
@@ -246,18 +246,6 @@ public enum Retention {
                 path: image,
                 reason: "its backing file is '\(current ?? "none")': neither its parent \(parentImage) nor the parent's backing '\(target?.name ?? "none")'")
         }
-    }
-
-    /// Whether two paths name the same file (by their real paths when both
-    /// exist, else as strings).
-    static func sameFile(_ a: String, _ b: String) -> Bool {
-        func real(_ path: String) -> String? {
-            guard let resolved = realpath(path, nil) else { return nil }
-            defer { free(resolved) }
-            return String(cString: resolved)
-        }
-        if let x = real(a), let y = real(b) { return x == y }
-        return a == b
     }
 
     /// The clusters of a memory image holding data and zero.

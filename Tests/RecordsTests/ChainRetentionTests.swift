@@ -123,6 +123,7 @@ import VMStore
         func expectIntact(_ id: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
             let record = try record(id)
             try record.verify()
+            try record.verifyDiskChain()
             #expect(try Self.pages(of: record) == pages[id], "\(id) restores the same pages", sourceLocation: sourceLocation)
             let disk = try #require(record.diskPath)
             #expect(try QCOW2Image.open(path: disk).read(at: 0, count: ChainRetentionTests.diskSize) == disks[id], "\(id)'s disk reads what it read", sourceLocation: sourceLocation)

@@ -63,6 +63,7 @@ import VMStore
         func expectIntact(_ id: String) throws {
             let record = try Record.load(directory: "\(store.directory)/\(id)")
             try record.verify()
+            try record.verifyDiskChain()
             let disk = try #require(record.diskPath)
             #expect(try QCOW2Image.open(path: disk).read(at: 0, count: 1 << 20) == views[id], "\(id) reads what it read")
             try expectClean(disk)
