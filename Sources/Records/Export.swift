@@ -11,14 +11,16 @@ extension Record {
     /// SHA-256; the disk's backing chain (`verifyDiskChain`); for a version
     /// 2 record its memory chain (parents found by id among the record's
     /// siblings: a loop, a parent outside the tree or a missing one is
-    /// refused), each parent's files, and every page the chain restores
+    /// refused), each parent's memory files, and every page the chain restores
     /// against its digest. Blocking.
     public func verifyRestorable() throws {
         try verify()
         try verifyDiskChain()
         guard manifest.memory != nil else { return }
         let chain = try MemoryChain(self)
-        for parent in chain.records.dropFirst() { try parent.verify() }
+        // A parent's memory files; its disk, where this record's disk chain
+        // goes through it, `verifyDiskChain` has checked.
+        for parent in chain.records.dropFirst() { try parent.verify(role: .memory) }
         try chain.reader().forEachPage { _, _, _ in }
     }
 

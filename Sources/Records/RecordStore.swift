@@ -95,10 +95,11 @@ public struct Record: Sendable {
         return Record(directory: directory, manifest: manifest)
     }
 
-    /// Checks every file's SHA-256 against the manifest (a version 2 page
-    /// image has none: `verifyRestorable` checks its pages).
-    public func verify() throws {
-        for entry in manifest.files {
+    /// Checks every file's SHA-256 (or only those of `role`) against the
+    /// manifest (a version 2 page image has none: `verifyRestorable` checks
+    /// its pages).
+    public func verify(role: RecordManifest.FileEntry.Role? = nil) throws {
+        for entry in manifest.files where role == nil || entry.role == role {
             guard let expected = entry.sha256 else { continue }
             let file = path(of: entry)
             let digest = try FileDigest.sha256(of: file)
